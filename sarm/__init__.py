@@ -1,0 +1,1 @@
+"""SARM: stage-aware reward modeling — model, data, training, export and serving."""
