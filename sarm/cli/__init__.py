@@ -1,0 +1,8 @@
+"""The `sarm` command: one typer app, one sub-app per area."""
+
+import typer
+
+from sarm.cli.data import data_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="SARM stage-aware reward models.")
+app.add_typer(data_app, name="data")

@@ -1,0 +1,72 @@
+"""Shared fixtures: small synthetic datasets written with our own writer, and the real LeRobot fixture."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sarm.data.annotations import EpisodeAnnotation, Subtask
+from sarm.data.episode import EpisodeData
+from sarm.data.lerobot import LeRobotWriter
+
+CAMERA = "observation.images.top"
+LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_aloha_insertion"
+
+
+def synthetic_episode(length: int, seed: int, stages: tuple[str, ...] = ("reach", "grasp", "lift")) -> EpisodeData:
+    """An episode whose frames encode time (a moving bar) so decoding errors are visible."""
+    rng = np.random.default_rng(seed)
+    frames = np.full((length, 32, 48, 3), 40, np.uint8)
+    for t in range(length):
+        column = int(t / max(length - 1, 1) * 40)
+        frames[t, 8:24, column : column + 8] = (220, 120, 30)
+    bounds = np.linspace(0, length, len(stages) + 1).round().astype(int)
+    subtasks = tuple(Subtask(name, int(s), int(e)) for name, s, e in zip(stages, bounds[:-1], bounds[1:], strict=True))
+    return EpisodeData(
+        task="pick up the cube",
+        frames={CAMERA: frames},
+        state=rng.normal(size=(length, 5)).astype(np.float32),
+        action=rng.normal(size=(length, 4)).astype(np.float32),
+        annotations={"sparse": EpisodeAnnotation(subtasks)},
+        episode_columns={"success": seed % 2 == 0, "quality": "clean"},
+        frame_columns={"next.reward": np.linspace(0, 1, length, dtype=np.float32)},
+    )
+
+
+@pytest.fixture
+def episodes() -> list[EpisodeData]:
+    return [synthetic_episode(length, seed) for seed, length in enumerate((30, 21, 44))]
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, episodes: list[EpisodeData]) -> Path:
+    root = tmp_path / "dataset"
+    with LeRobotWriter(root, fps=10) as writer:
+        for ep in episodes:
+            writer.add_episode(ep)
+    return root
+
+
+@pytest.fixture
+def lerobot_fixture(tmp_path: Path) -> Path:
+    """A private copy of the LeRobot-written dataset in shared/ (tests must not modify shared/)."""
+    if not LEROBOT_FIXTURE.is_dir():
+        pytest.skip(f"the shared LeRobot fixture is not at {LEROBOT_FIXTURE}")
+    return Path(shutil.copytree(LEROBOT_FIXTURE, tmp_path / "aloha"))
+
+
+def rewrite_episodes(root: Path, drop: tuple[str, ...] = (), **replace: list) -> None:
+    """Edit the episodes table in place: drop columns, or replace a column with one value per episode."""
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    rows = pq.read_table(path).to_pylist()
+    for i, row in enumerate(rows):
+        for column in drop:
+            row.pop(column, None)
+        for column, values in replace.items():
+            row[column] = values[i]
+    pq.write_table(pa.Table.from_pylist(rows), path)
