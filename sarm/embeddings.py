@@ -73,11 +73,12 @@ def embed_dataset(
     `on_episode(episode_index, frames_encoded)` reports progress (frames_encoded is 0 when skipped).
     """
     store = store_path(ds.root, frame_encoder.encoder_id)
-    manifest = {
+    tasks = list(ds.tasks.values())
+    manifest: dict[str, Any] = {
         "frame_encoder": {"id": frame_encoder.encoder_id, "version": frame_encoder.version, "dim": frame_encoder.dim},
         "text_encoder": {"id": text_encoder.encoder_id, "version": text_encoder.version, "dim": text_encoder.dim},
         "cameras": ds.camera_keys,
-        "tasks": list(ds.tasks.values()),
+        "tasks": tasks,
         "distractors": list(DISTRACTORS),
     }
     manifest_file = store / "manifest.json"
@@ -90,7 +91,7 @@ def embed_dataset(
                 "delete it to re-embed with the current encoders"
             )
     store.mkdir(parents=True, exist_ok=True)
-    _save_atomic(store / "text.npy", text_encoder.encode(manifest["tasks"]))
+    _save_atomic(store / "text.npy", text_encoder.encode(tasks))
     _save_atomic(store / "distractors.npy", text_encoder.encode(list(DISTRACTORS)))
     manifest_file.write_text(json.dumps(manifest, indent=2))
     for meta in ds.episodes:
