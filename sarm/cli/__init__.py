@@ -4,7 +4,9 @@ import typer
 
 from sarm.cli.data import data_app
 from sarm.cli.embed import embed
+from sarm.cli.train import train_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SARM stage-aware reward models.")
 app.add_typer(data_app, name="data")
 app.command()(embed)
+app.command("train")(train_command)

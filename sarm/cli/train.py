@@ -1,0 +1,62 @@
+"""`sarm train`: train SARM (or the frame-index baseline) on embedded datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sarm.cli.progress import progress_bar
+from sarm.data.annotations import AnnotationError
+from sarm.data.lerobot import DatasetError
+from sarm.encoders.base import EncoderMismatchError
+from sarm.training.checkpoint import CheckpointError
+from sarm.training.samples import LabelMode
+from sarm.training.trainer import TrainConfig, train
+
+console = Console()
+
+
+def train_command(
+    datasets: Annotated[list[Path], typer.Argument(help="Embedded dataset roots (run `sarm embed` first).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    preset: Annotated[str, typer.Option(help="Model size: small (CPU default) or paper.")] = "small",
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 3000,
+    labels: Annotated[str, typer.Option(help="stage (SARM) or frame-index (the t/T baseline).")] = "stage",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default by preset).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = 250,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+) -> None:
+    """Train SARM with the paper's recipe; progress bar with losses, checkpoint at every validation."""
+    if labels not in ("stage", "frame-index"):
+        console.print(f"[red]error:[/red] --labels must be stage or frame-index, got {labels!r}")
+        raise typer.Exit(2)
+    label_mode: LabelMode = "stage" if labels == "stage" else "frame-index"
+    try:
+        config = TrainConfig(
+            datasets=datasets, out=out, preset=preset, steps=steps, labels=label_mode, batch_size=batch_size,
+            lr=lr, seed=seed, eval_every=eval_every, resume=resume,
+        )
+        with progress_bar() as bar:
+            job = bar.add_task("training", total=steps, status="")
+
+            def show(step: int, report: dict[str, float]) -> None:
+                status = f"loss {report['loss']:.3f} (stage {report['stage_loss']:.3f}, τ {report['tau_loss']:.4f})"
+                if "val_loss" in report:
+                    show.last_val = f" · val {report['val_loss']:.3f}, acc {report['val_stage_accuracy']:.2f}"
+                bar.update(job, completed=step, status=status + show.last_val)
+
+            show.last_val = ""  # type: ignore[attr-defined]
+            result = train(config, on_step=show)
+    except (DatasetError, AnnotationError, EncoderMismatchError, CheckpointError, FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(2) from error
+    val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+    console.print(
+        f"checkpoint {result.checkpoint}: {result.steps} steps, {result.steps_per_s:.1f} steps/s "
+        f"({result.samples_per_s:.0f} samples/s), train loss {result.train_loss:.4f}; {val}"
+    )

@@ -1,0 +1,96 @@
+"""SARM checkpoints: a directory with safetensors weights and one JSON that holds everything inference needs.
+
+    CKPT/model.safetensors     the SARM heads (stage and subtask networks, breakpoints, state stats)
+    CKPT/config.json           model config (stage names, ᾱ, sizes, window), encoder ids and versions,
+                               label mode, training provenance and figures
+    CKPT/trainer_state.pt      optimiser, scheduler, step and RNG (for --resume; not needed to score)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sarm.model.configuration_sarm import SARMConfig
+from sarm.model.modeling_sarm import SARM
+
+FORMAT = "sarm-checkpoint/1"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, incomplete or written by an incompatible version."""
+
+
+@dataclass
+class CheckpointInfo:
+    model: SARMConfig
+    frame_encoder: dict[str, Any]  # {"id", "version", "dim"}
+    text_encoder: dict[str, Any]
+    labels: str  # "stage" or "frame-index"
+    training: dict[str, Any] = field(default_factory=dict)  # provenance: data, preset, steps, seed, figures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self.model.to_dict(),
+            "frame_encoder": self.frame_encoder,
+            "text_encoder": self.text_encoder,
+            "labels": self.labels,
+            "training": self.training,
+        }
+
+
+def save_checkpoint(path: Path, model: SARM, info: CheckpointInfo) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path / WEIGHTS), metadata={"format": FORMAT})
+    (path / CONFIG).write_text(json.dumps(info.to_dict(), indent=2))
+
+
+def load_info(path: Path) -> CheckpointInfo:
+    config_path = path / CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} is not a SARM checkpoint: {CONFIG} is missing")
+    data = json.loads(config_path.read_text())
+    if data.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path} has format {data.get('format')!r}; this version reads {FORMAT!r}")
+    return CheckpointInfo(
+        model=SARMConfig.from_dict(data["model"]),
+        frame_encoder=data["frame_encoder"],
+        text_encoder=data["text_encoder"],
+        labels=data["labels"],
+        training=data.get("training", {}),
+    )
+
+
+def load_checkpoint(path: Path) -> tuple[SARM, CheckpointInfo]:
+    """The model in eval mode and its info; refuses weights that do not fit the config."""
+    info = load_info(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{path} has a config but no {WEIGHTS}")
+    model = SARM(info.model)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as error:
+        raise CheckpointError(f"{weights} does not match {path / CONFIG}: {error}") from error
+    model.eval()
+    return model, info
+
+
+def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
+    torch.save(state, path / TRAINER_STATE)
+
+
+def load_trainer_state(path: Path) -> dict[str, Any] | None:
+    file = path / TRAINER_STATE
+    # Our own file (optimiser tensors and python RNG state), so a full unpickle is expected here.
+    return torch.load(file, weights_only=False) if file.is_file() else None

@@ -1,0 +1,171 @@
+"""Training batches from stored embeddings: causal windows, rewinds and wrong instructions, all in numpy.
+
+Everything lives in memory as arrays, so a batch is a handful of fancy-indexing operations: a training
+step never decodes video or runs an encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from sarm.data.annotations import AnnotationError, stage_proportions, stage_vocabulary
+from sarm.data.lerobot import LeRobotDataset
+from sarm.embeddings import DatasetEmbeddings
+from sarm.model.labels import FrameLabels, frame_index_labels, stage_tau_labels
+from sarm.model.windows import MAX_REWIND, WINDOW_FRAMES, sequence_indices, stride_frames
+
+LabelMode = Literal["stage", "frame-index"]
+FRAME_INDEX_STAGE = "task"  # the single stage of the frame-index baseline
+
+
+@dataclass
+class EpisodeArrays:
+    dataset: str
+    episode: int
+    frames: np.ndarray  # (T, C, D_frame)
+    text: np.ndarray  # (D_text,)
+    labels: FrameLabels
+    stride: int  # window stride g in frames
+    success: bool | None
+    quality: str | None
+
+    @property
+    def length(self) -> int:
+        return len(self.frames)
+
+
+@dataclass
+class Batch:
+    frames: torch.Tensor  # (B, L, C, D_frame)
+    text: torch.Tensor  # (B, D_text)
+    stage: torch.Tensor  # (B, L) int64
+    tau: torch.Tensor  # (B, L) float32
+    lengths: torch.Tensor  # (B,) valid positions
+
+
+def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tuple[list[str], list[float]]:
+    """Stage names (class order) and ᾱ for the datasets; one model covers one stage vocabulary."""
+    if mode == "frame-index":
+        return [FRAME_INDEX_STAGE], [1.0]
+    annotated = []
+    vocabularies = []
+    for ds in datasets:
+        pairs = []
+        for meta in ds.episodes:
+            ann = ds.annotation(meta.index)
+            if ann is None:
+                raise AnnotationError(f"{ds.root} episode {meta.index} has no sparse annotation: annotate it")
+            pairs.append((ann, meta.length))
+        declared = ds.proportions() or {}
+        vocabularies.append(list(declared) or stage_vocabulary(a for a, _ in pairs))
+        annotated += pairs
+    if any(set(v) != set(vocabularies[0]) for v in vocabularies):
+        raise AnnotationError(
+            f"the datasets use different stage vocabularies {vocabularies}: train one model per task "
+            "(progress is a map through one task's stage proportions)"
+        )
+    vocabulary = vocabularies[0]
+    proportions = stage_proportions(annotated, vocabulary)
+    return vocabulary, [proportions[name] for name in vocabulary]
+
+
+def episode_arrays(
+    ds: LeRobotDataset, embeddings: DatasetEmbeddings, vocabulary: Sequence[str], mode: LabelMode,
+    stride_seconds: float = 1.0,
+) -> list[EpisodeArrays]:
+    stride = stride_frames(ds.fps, stride_seconds)
+    columns = set(ds.episodes_table.column_names)
+    episodes = []
+    for meta in ds.episodes:
+        if mode == "stage":
+            ann = ds.annotation(meta.index)
+            if ann is None:
+                raise AnnotationError(f"{ds.root} episode {meta.index} has no sparse annotation: annotate it")
+            labels = stage_tau_labels(ann, meta.length, vocabulary)
+        else:
+            labels = frame_index_labels(meta.length)
+        episodes.append(EpisodeArrays(
+            dataset=str(ds.root),
+            episode=meta.index,
+            frames=embeddings.frames[meta.index],
+            text=embeddings.text[meta.task],
+            labels=labels,
+            stride=stride,
+            success=bool(meta.row["success"]) if "success" in columns else None,
+            quality=str(meta.row["quality"]) if "quality" in columns else None,
+        ))
+    return episodes
+
+
+def split_episodes(
+    episodes: list[EpisodeArrays], val_fraction: float, seed: int
+) -> tuple[list[EpisodeArrays], list[EpisodeArrays]]:
+    """Split by episode (never by frame: neighbouring frames of one demo would leak into validation)."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_val = round(len(episodes) * val_fraction) if len(episodes) > 1 else 0
+    val = {int(i) for i in order[:n_val]}
+    return [e for i, e in enumerate(episodes) if i not in val], [e for i, e in enumerate(episodes) if i in val]
+
+
+class WindowSampler:
+    """Draws training windows uniformly over frames, with SARM's augmentations (SARM.md, "Training")."""
+
+    def __init__(
+        self,
+        episodes: list[EpisodeArrays],
+        distractors: np.ndarray,
+        rewind_p: float = 0.8,
+        wrong_instruction_p: float = 0.2,
+        window_frames: int = WINDOW_FRAMES,
+        max_rewind: int = MAX_REWIND,
+    ):
+        if not episodes:
+            raise ValueError("no training episodes")
+        self.episodes = episodes
+        self.distractors = distractors
+        self.rewind_p, self.wrong_instruction_p = rewind_p, wrong_instruction_p
+        self.window_frames, self.max_rewind = window_frames, max_rewind
+        lengths = np.array([e.length for e in episodes])
+        self._episode_weights = lengths / lengths.sum()
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        picks = rng.choice(len(self.episodes), size=batch_size, p=self._episode_weights)
+        t = np.array([rng.integers(self.episodes[i].length) for i in picks])
+        rewinds = np.where(
+            rng.random(batch_size) < self.rewind_p, rng.integers(1, self.max_rewind + 1, batch_size), 0
+        )
+        wrong = rng.random(batch_size) < self.wrong_instruction_p
+        distractor = np.where(wrong, rng.integers(len(self.distractors), size=batch_size), -1)
+        return self.batch(picks, t, rewinds, distractor)
+
+    def batch(self, picks: np.ndarray, t: np.ndarray, rewinds: np.ndarray, distractor: np.ndarray) -> Batch:
+        """Windows ending at frame t[i] of episode picks[i]; distractor[i] ≥ 0 swaps in that unrelated
+        instruction and sets every target to 0, -1 keeps the episode's own instruction."""
+        frames, texts, stages, taus = [], [], [], []
+        lengths = np.empty(len(picks), dtype=np.int64)
+        for row, (i, ti, n, d) in enumerate(zip(picks, t, rewinds, distractor, strict=True)):
+            ep = self.episodes[int(i)]
+            seq = sequence_indices(ti, ep.stride, 0, n, self.window_frames, self.max_rewind)
+            index = seq.indices[0]
+            lengths[row] = seq.lengths[0]
+            frames.append(ep.frames[index])
+            if d >= 0:
+                texts.append(self.distractors[d])
+                stages.append(np.zeros(len(index), np.int64))
+                taus.append(np.zeros(len(index), np.float32))
+            else:
+                texts.append(ep.text)
+                stages.append(ep.labels.stage[index])
+                taus.append(ep.labels.tau[index])
+        return Batch(
+            frames=torch.from_numpy(np.stack(frames)).float(),
+            text=torch.from_numpy(np.stack(texts)).float(),
+            stage=torch.from_numpy(np.stack(stages)),
+            tau=torch.from_numpy(np.stack(taus)).float(),
+            lengths=torch.from_numpy(lengths),
+        )
