@@ -17,6 +17,8 @@ from sarm.training.samples import LabelMode
 from sarm.training.trainer import TrainConfig, train
 
 console = Console()
+# Problems with the user's data or arguments: a message and exit code 2, never a traceback.
+USER_ERRORS = (DatasetError, AnnotationError, EncoderMismatchError, CheckpointError, FileNotFoundError, ValueError)
 
 
 def train_command(
@@ -43,16 +45,16 @@ def train_command(
         )
         with progress_bar() as bar:
             job = bar.add_task("training", total=steps, status="")
+            last_val = [""]  # the latest validation figures stay on the bar between validations
 
             def show(step: int, report: dict[str, float]) -> None:
                 status = f"loss {report['loss']:.3f} (stage {report['stage_loss']:.3f}, τ {report['tau_loss']:.4f})"
                 if "val_loss" in report:
-                    show.last_val = f" · val {report['val_loss']:.3f}, acc {report['val_stage_accuracy']:.2f}"
-                bar.update(job, completed=step, status=status + show.last_val)
+                    last_val[0] = f" · val {report['val_loss']:.3f}, acc {report['val_stage_accuracy']:.2f}"
+                bar.update(job, completed=step, status=status + last_val[0])
 
-            show.last_val = ""  # type: ignore[attr-defined]
             result = train(config, on_step=show)
-    except (DatasetError, AnnotationError, EncoderMismatchError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except USER_ERRORS as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
     val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())

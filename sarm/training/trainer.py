@@ -157,7 +157,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     warmup = config.warmup_steps if config.warmup_steps is not None else min(1000, max(1, config.steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, config.steps))
     rng = np.random.default_rng(config.seed)
-    step, history = 0, []
+    step, history = 0, list[dict[str, float]]()
     if config.resume:
         step, history = _resume(config.out, model, optimizer, scheduler, rng, model_config)
 
