@@ -4,9 +4,11 @@ import typer
 
 from sarm.cli.data import data_app
 from sarm.cli.embed import embed
+from sarm.cli.evaluate import eval_command
 from sarm.cli.train import train_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SARM stage-aware reward models.")
 app.add_typer(data_app, name="data")
 app.command()(embed)
 app.command("train")(train_command)
+app.command("eval")(eval_command)

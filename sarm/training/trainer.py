@@ -180,8 +180,9 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
         optimizer.step()
         scheduler.step()
         step += 1
-        running = float(loss.total) if step == start_step + 1 else 0.98 * running + 0.02 * float(loss.total)
-        report = {"loss": float(loss.total), "stage_loss": float(loss.stage), "tau_loss": float(loss.tau)}
+        report = {name: float(value.detach()) for name, value in
+                  (("loss", loss.total), ("stage_loss", loss.stage), ("tau_loss", loss.tau))}
+        running = report["loss"] if step == start_step + 1 else 0.98 * running + 0.02 * report["loss"]
         if step % config.eval_every == 0 or step == config.steps:
             report |= evaluate_batch(model, val_batch)
             history.append({"step": step, "train_loss": running, **report})

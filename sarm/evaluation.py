@@ -1,0 +1,176 @@
+"""`sarm eval`: how well checkpoints track progress on held-out demos (SARM.md, "How results are judged").
+
+Per checkpoint: VOC (Spearman of predicted progress vs time) on successful demos, demo MSE against the
+ground-truth stage-aware progress (overall and per quality), stage accuracy (stage-label checkpoints whose
+stages match the data), and AUROC of final progress separating successful from failed demos.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy.stats import rankdata, spearmanr
+
+from sarm.data.lerobot import LeRobotDataset
+from sarm.data.validate import require_valid
+from sarm.embeddings import load_embeddings, require_same_encoders
+from sarm.model.labels import progress_from_stage_tau, stage_tau_labels
+from sarm.model.windows import stride_frames
+from sarm.scoring import EpisodeScores, score_embeddings
+from sarm.training.checkpoint import load_checkpoint
+
+
+@dataclass
+class EpisodeResult:
+    episode: int
+    quality: str
+    success: bool | None
+    true_progress: np.ndarray
+    scores: EpisodeScores
+
+
+def success_auroc(final: np.ndarray, success: np.ndarray) -> float | None:
+    """P(final progress of a successful demo > that of a failed one), ties count half (Mann–Whitney)."""
+    pos, neg = int(success.sum()), int((~success).sum())
+    if pos == 0 or neg == 0:
+        return None
+    ranks = rankdata(final)
+    return float((ranks[success].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def value_order_correlation(progress: np.ndarray) -> float:
+    """Spearman rank correlation of predicted progress with time (GVL's VOC); 0 for a constant curve."""
+    if np.ptp(progress) == 0:
+        return 0.0
+    return float(spearmanr(progress, np.arange(len(progress))).statistic)
+
+
+def ground_truth_progress(ds: LeRobotDataset, episode: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-aware progress and stage class per frame from the dataset's annotations and ᾱ."""
+    proportions = ds.proportions() or {}
+    vocabulary = list(proportions)
+    meta = ds.episode(episode)
+    annotation = ds.annotation(episode)
+    if annotation is None:
+        raise ValueError(f"{ds.root} episode {episode} has no sparse annotation: it cannot be evaluated")
+    labels = stage_tau_labels(annotation, meta.length, vocabulary)
+    return progress_from_stage_tau(labels.stage, labels.tau, list(proportions.values())), labels.stage
+
+
+def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str, Any], list[EpisodeResult]]:
+    model, info = load_checkpoint(checkpoint)
+    embeddings = load_embeddings(ds, info.frame_encoder["id"])
+    require_same_encoders(embeddings, info.frame_encoder, info.text_encoder)
+    stride = stride_frames(ds.fps, model.config.stride_seconds)
+    columns = set(ds.episodes_table.column_names)
+    vocabulary = list(ds.proportions() or {})
+    stages_match = info.labels == "stage" and model.config.stage_names == vocabulary
+    results, correct, counted = [], 0, 0
+    for meta in ds.episodes:
+        scores = score_embeddings(model, embeddings.frames[meta.index], embeddings.text[meta.task], stride)
+        truth, true_stage = ground_truth_progress(ds, meta.index)
+        if stages_match:
+            correct += int((scores.stage == true_stage).sum())
+            counted += meta.length
+        results.append(EpisodeResult(
+            episode=meta.index,
+            quality=str(meta.row["quality"]) if "quality" in columns else "unknown",
+            success=bool(meta.row["success"]) if "success" in columns else None,
+            true_progress=truth,
+            scores=scores,
+        ))
+    successful = [r for r in results if r.success is not False]
+    vocs = [value_order_correlation(r.scores.progress) for r in successful]
+    mse = {r.episode: float(np.mean((r.scores.progress - r.true_progress) ** 2)) for r in results}
+    by_quality = {
+        q: float(np.mean([mse[r.episode] for r in results if r.quality == q])) for q in sorted({r.quality for r in results})
+    }
+    labelled = [r for r in results if r.success is not None]
+    auroc = success_auroc(
+        np.array([r.scores.progress[-1] for r in labelled]), np.array([bool(r.success) for r in labelled])
+    )
+    metrics = {
+        "checkpoint": str(checkpoint),
+        "labels": info.labels,
+        "voc_mean": float(np.mean(vocs)) if vocs else None,
+        "voc_episodes": len(vocs),
+        "demo_mse": float(np.mean(list(mse.values()))),
+        "demo_mse_by_quality": by_quality,
+        "demo_mse_episodes": len(mse),
+        "stage_accuracy": correct / counted if counted else None,
+        "stage_accuracy_frames": counted,
+        "success_auroc": auroc,
+        "auroc_episodes": {"successful": sum(bool(r.success) for r in labelled),
+                           "failed": sum(not r.success for r in labelled)},
+    }
+    return metrics, results
+
+
+def _plot_examples(path: Path, runs: dict[str, list[EpisodeResult]], fps: float) -> list[str]:
+    """One PNG per quality (first episode of each): predicted progress of every checkpoint vs the truth."""
+    written = []
+    first_run = next(iter(runs.values()))
+    for quality in sorted({r.quality for r in first_run}):
+        index = next(i for i, r in enumerate(first_run) if r.quality == quality)
+        ref = first_run[index]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        seconds = np.arange(len(ref.true_progress)) / fps
+        ax.plot(seconds, ref.true_progress, color="black", lw=2, label="ground truth (stage-aware)")
+        for name, results in runs.items():
+            ax.plot(seconds, results[index].scores.progress, lw=1.3, label=name)
+        ax.set(xlabel="time (s)", ylabel="progress", ylim=(-0.02, 1.02),
+               title=f"episode {ref.episode} ({quality}, success={ref.success})")
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        name = f"episode_{ref.episode:03d}_{quality}.png"
+        fig.savefig(path / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def evaluate(checkpoints: list[Path], data: Path, out: Path) -> dict[str, Any]:
+    """Evaluate checkpoints side by side; writes metrics.json, report.md and plots under `out`."""
+    ds = require_valid(data)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c.name if checkpoints.count(c) == 1 else str(c) for c in checkpoints]
+    runs, metrics = {}, {}
+    for name, checkpoint in zip(names, checkpoints, strict=True):
+        metrics[name], runs[name] = evaluate_checkpoint(checkpoint, ds)
+    report = {"data": str(data), "episodes": len(ds.episodes), "checkpoints": metrics}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    plots = _plot_examples(out, runs, ds.fps)
+    (out / "report.md").write_text(_markdown(report, plots))
+    return report
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(report: dict[str, Any], plots: list[str]) -> str:
+    lines = [
+        f"# SARM evaluation on `{report['data']}` ({report['episodes']} episodes)", "",
+        "| checkpoint | labels | VOC (successful) | demo MSE | stage accuracy | success AUROC |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in report["checkpoints"].items():
+        lines.append(
+            f"| {name} | {m['labels']} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | {_fmt(m['demo_mse'])} | "
+            f"{_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} |"
+        )
+    lines += ["", "Demo MSE by quality:", "", "| checkpoint | " + " | ".join(
+        next(iter(report["checkpoints"].values()))["demo_mse_by_quality"]) + " |"]
+    lines.append("| --- " * (1 + len(next(iter(report["checkpoints"].values()))["demo_mse_by_quality"])) + "|")
+    for name, m in report["checkpoints"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in m["demo_mse_by_quality"].values()) + " |")
+    lines += ["", "## Predicted vs true progress", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"

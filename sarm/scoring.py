@@ -1,0 +1,71 @@
+"""In-process scoring: frames (or stored embeddings) + instruction → per-frame stage, τ, progress, confidence.
+
+Each frame is encoded exactly once, however many windows hold it; windows are then assembled from the
+embeddings by index and scored in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sarm.encoders.base import FrameEncoder, TextEncoder, check_encoder
+from sarm.model.modeling_sarm import SARM
+from sarm.model.windows import sequence_indices, stride_frames
+from sarm.training.checkpoint import CheckpointInfo
+
+
+@dataclass
+class EpisodeScores:
+    frame_index: np.ndarray  # (N,) which frames were scored
+    stage: np.ndarray  # (N,) predicted stage class
+    stage_probs: np.ndarray  # (N, K)
+    tau: np.ndarray  # (N,)
+    progress: np.ndarray  # (N,) normalised task progress in [0, 1]
+    confidence: np.ndarray  # (N,) probability of the predicted stage
+
+
+@torch.inference_mode()
+def score_embeddings(
+    model: SARM, frames: np.ndarray, text: np.ndarray, stride: int,
+    frame_index: np.ndarray | None = None, batch_size: int = 256,
+) -> EpisodeScores:
+    """Score causal windows ending at `frame_index` (default: every frame) of one episode's embeddings.
+
+    frames: (T, C, D_frame) or (T, D_frame) for one camera; text: (D_text,).
+    """
+    if frames.ndim == 2:
+        frames = frames[:, None]
+    t = np.arange(len(frames)) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
+    model.eval()
+    text_row = torch.from_numpy(np.asarray(text, dtype=np.float32))[None]
+    parts = []
+    for start in range(0, len(t), batch_size):
+        seq = sequence_indices(t[start : start + batch_size], stride, 0, 0, model.config.window_frames,
+                               model.config.max_rewind)
+        window = torch.from_numpy(frames[seq.indices]).float()
+        parts.append(model.predict(window, text_row.expand(len(window), -1), torch.from_numpy(seq.lengths)))
+    probs = torch.cat([p.stage_probs for p in parts]).numpy()
+    return EpisodeScores(
+        frame_index=t,
+        stage=probs.argmax(-1),
+        stage_probs=probs,
+        tau=torch.cat([p.tau for p in parts]).numpy(),
+        progress=torch.cat([p.progress for p in parts]).numpy(),
+        confidence=torch.cat([p.confidence for p in parts]).numpy(),
+    )
+
+
+def score_frames(
+    model: SARM, info: CheckpointInfo, frame_encoder: FrameEncoder, text_encoder: TextEncoder,
+    frames: np.ndarray, instruction: str, fps: float, every: int = 1,
+) -> EpisodeScores:
+    """Score raw frames (T, H, W, 3) uint8 of one camera; every `every`-th frame gets a score."""
+    check_encoder(frame_encoder, info.frame_encoder["id"], info.frame_encoder["version"])
+    check_encoder(text_encoder, info.text_encoder["id"], info.text_encoder["version"])
+    embeddings = frame_encoder.encode_frames(frames)
+    text = text_encoder.encode([instruction])[0]
+    stride = stride_frames(fps, model.config.stride_seconds)
+    return score_embeddings(model, embeddings, text, stride, np.arange(0, len(frames), every))
