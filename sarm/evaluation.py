@@ -90,9 +90,8 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     successful = [r for r in results if r.success is not False]
     vocs = [value_order_correlation(r.scores.progress) for r in successful]
     mse = {r.episode: float(np.mean((r.scores.progress - r.true_progress) ** 2)) for r in results}
-    by_quality = {
-        q: float(np.mean([mse[r.episode] for r in results if r.quality == q])) for q in sorted({r.quality for r in results})
-    }
+    qualities = sorted({r.quality for r in results})
+    by_quality = {q: float(np.mean([mse[r.episode] for r in results if r.quality == q])) for q in qualities}
     labelled = [r for r in results if r.success is not None]
     auroc = success_auroc(
         np.array([r.scores.progress[-1] for r in labelled]), np.array([bool(r.success) for r in labelled])

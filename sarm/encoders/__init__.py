@@ -8,6 +8,7 @@ from sarm.encoders.base import (
     check_encoder,
     fingerprint,
 )
+from sarm.encoders.onnx_export import export_frame_encoder
 from sarm.encoders.registry import (
     DEFAULT_FRAME_ENCODER,
     DEFAULT_TEXT_ENCODER,
@@ -27,6 +28,7 @@ __all__ = [
     "FrameEncoder",
     "TextEncoder",
     "check_encoder",
+    "export_frame_encoder",
     "fingerprint",
     "load_frame_encoder",
     "load_text_encoder",
