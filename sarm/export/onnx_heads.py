@@ -1,0 +1,54 @@
+"""Export the SARM heads to ONNX: window embeddings + instruction embedding + lengths → scores.
+
+Inputs  (batch symbolic):  frames  (B, L, C, D_frame) float32   window embeddings, L = window + max rewind
+                           text    (B, D_text)        float32   instruction embedding
+                           lengths (B,)               int64     valid positions; the score is read at the last
+Outputs:                   stage_probs (B, K), tau (B,), progress (B,), confidence (B,)   float32
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from sarm.model.modeling_sarm import SARM
+
+INPUTS = ("frames", "text", "lengths")
+OUTPUTS = ("stage_probs", "tau", "progress", "confidence")
+
+
+class HeadsGraph(nn.Module):
+    """SARM.predict as a plain tuple-returning module (what torch.onnx.export traces)."""
+
+    def __init__(self, model: SARM) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, frames: Tensor, text: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        prediction = self.model.predict(frames, text, lengths)
+        return prediction.stage_probs, prediction.tau, prediction.progress, prediction.confidence
+
+
+def export_heads(model: SARM, path: Path) -> Path:
+    """A single self-contained .onnx with a symbolic batch (exported from a batch of 2: a batch of 1 would
+    be specialised to a constant)."""
+    config = model.config
+    frames = torch.zeros(2, config.sequence_length, config.num_cameras, config.frame_dim)
+    text = torch.zeros(2, config.text_dim)
+    lengths = torch.full((2,), config.window_frames, dtype=torch.int64)
+    batch = torch.export.Dim("batch")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        HeadsGraph(model),
+        (frames, text, lengths),
+        str(path),
+        input_names=list(INPUTS),
+        output_names=list(OUTPUTS),
+        dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    return path
