@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# MuJoCo picks its GL backend once, at import: headless tests render through Mesa's software EGL.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 import shutil
 from pathlib import Path
 

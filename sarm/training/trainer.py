@@ -142,6 +142,8 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
         episodes += episode_arrays(ds, emb, vocabulary, config.labels)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     distractors = embeddings[0].distractors
+    # Camera resolutions travel with the checkpoint: the exported encoder takes images of exactly this size.
+    cameras = {key: datasets[0].info["features"][key]["shape"][:2] for key in datasets[0].camera_keys}
     sampler = WindowSampler(train_eps, distractors, config.rewind_p, config.wrong_instruction_p)
     val_batch = validation_batch(WindowSampler(val_eps or train_eps, distractors), np.random.default_rng(config.seed))
 
@@ -189,6 +191,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
             elapsed = time.perf_counter() - started
             info.training = _provenance(config, lr, warmup, step, history, len(train_eps), len(val_eps))
             info.training["steps_per_s"] = (step - start_step) / elapsed
+            info.training["cameras"] = cameras
             save_checkpoint(config.out, model, info)
             save_trainer_state(config.out, {
                 "step": step, "history": history, "optimizer": optimizer.state_dict(),
