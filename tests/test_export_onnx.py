@@ -42,12 +42,13 @@ def test_heads_match_pytorch(heads: tuple[SARM, Path], batch: int) -> None:
     rng = np.random.default_rng(batch)
     frames = rng.normal(size=(batch, 13, 2, 64)).astype(np.float32)
     text = rng.normal(size=(batch, 32)).astype(np.float32)
-    lengths = rng.integers(9, 14, size=batch).astype(np.int64)
+    lengths = rng.integers(9, 14, size=(batch, 1)).astype(np.int64)
     got = session(path).run(list(OUTPUTS), dict(zip(INPUTS, (frames, text, lengths), strict=True)))
     with torch.no_grad():
-        want = model.predict(torch.from_numpy(frames), torch.from_numpy(text), torch.from_numpy(lengths))
+        want = model.predict(torch.from_numpy(frames), torch.from_numpy(text), torch.from_numpy(lengths[:, 0]))
     for name, onnx_value, torch_value in zip(OUTPUTS, got, want, strict=True):
-        np.testing.assert_allclose(onnx_value, torch_value.numpy(), atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(onnx_value.reshape(torch_value.shape), torch_value.numpy(), atol=1e-4, err_msg=name)
+    assert got[2].shape == (batch, 1) and got[0].shape == (batch, 4)
     assert batch == 1 or np.ptp(got[2]) > 0, "progress should vary across random windows"
 
 
@@ -62,7 +63,7 @@ def test_heads_reject_wrong_inputs_with_a_clear_error(heads: tuple[SARM, Path]) 
     run = session(heads[1])
     frames = np.zeros((2, 13, 2, 64), np.float32)
     text = np.zeros((2, 32), np.float32)
-    lengths = np.full(2, 9, np.int64)
+    lengths = np.full((2, 1), 9, np.int64)
     with pytest.raises(Exception, match=r"Unexpected input data type\. Actual: \(tensor\(double\)\)"):
         run.run(None, {"frames": frames.astype(np.float64), "text": text, "lengths": lengths})
     with pytest.raises(Exception, match=r"invalid dimensions for input: frames .*\n index: 3 Got: 10 Expected: 64"):

@@ -2,8 +2,11 @@
 
 Inputs  (batch symbolic):  frames  (B, L, C, D_frame) float32   window embeddings, L = window + max rewind
                            text    (B, D_text)        float32   instruction embedding
-                           lengths (B,)               int64     valid positions; the score is read at the last
-Outputs:                   stage_probs (B, K), tau (B,), progress (B,), confidence (B,)   float32
+                           lengths (B, 1)             int64     valid positions; the score is read at the last
+Outputs:                   stage_probs (B, K), tau (B, 1), progress (B, 1), confidence (B, 1)   float32
+
+Per-window scalars are (B, 1), not (B,): Triton describes every tensor by its per-item dims, which cannot
+be empty, so (B, 1) is what a Triton model of any backend (python, TensorRT) hands over as it is.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ class HeadsGraph(nn.Module):
         self.model = model.eval()
 
     def forward(self, frames: Tensor, text: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        prediction = self.model.predict(frames, text, lengths)
-        return prediction.stage_probs, prediction.tau, prediction.progress, prediction.confidence
+        p = self.model.predict(frames, text, lengths[:, 0])
+        return p.stage_probs, p.tau[:, None], p.progress[:, None], p.confidence[:, None]
 
 
 def export_heads(model: SARM, path: Path) -> Path:
@@ -37,7 +40,7 @@ def export_heads(model: SARM, path: Path) -> Path:
     config = model.config
     frames = torch.zeros(2, config.sequence_length, config.num_cameras, config.frame_dim)
     text = torch.zeros(2, config.text_dim)
-    lengths = torch.full((2,), config.window_frames, dtype=torch.int64)
+    lengths = torch.full((2, 1), config.window_frames, dtype=torch.int64)
     batch = torch.export.Dim("batch")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
