@@ -9,7 +9,8 @@ APT_PACKAGES := redis-server libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA := out/demo-pick-place
 
-.PHONY: setup system-packages serve test lint typecheck pytest clean
+MODEL_REPO ?= model_repo
+.PHONY: setup system-packages serve triton test lint typecheck pytest clean
 
 setup: $(STAMP)
 
@@ -35,8 +36,12 @@ serve: setup
 	$(BIN)/sarm data info $(DEMO_DATA)
 	@echo "The reward service itself (sarm serve) is not built yet: see the open issues."
 
+# The real tritonserver (from nvidia-pytriton) on a model repository written by `sarm export`.
+triton: setup
+	$(BIN)/python -m sarm.triton.server --model-repository $(MODEL_REPO)
+
 lint: setup
-	$(BIN)/ruff check sarm tests
+	$(BIN)/ruff check sarm tests bench clients
 
 typecheck: setup
 	$(BIN)/mypy

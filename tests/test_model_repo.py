@@ -57,7 +57,7 @@ def test_cpu_repository_layout_and_manifest(cpu_repo: Path) -> None:
     for name in (ENCODER_MODEL, HEADS_MODEL):
         config = (repo / name / "config.pbtxt").read_text()
         assert 'backend: "python"' in config and "max_batch_size: 64" in config
-        batching = "dynamic_batching { preferred_batch_size: [ 8, 16, 32, 64 ] max_queue_delay_microseconds: 2000 }"
+        batching = "dynamic_batching { preferred_batch_size: [ 8, 16, 32, 64 ] max_queue_delay_microseconds: 500 }"
         assert batching in config
         assert "kind: KIND_CPU" in config
         assert (repo / name / "1" / "model.onnx").is_file() and (repo / name / "1" / "model.py").is_file()
