@@ -9,47 +9,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from sarm.cli import app
-from sarm.encoders.registry import load_frame_encoder, load_text_encoder
+from sarm.encoders.registry import load_frame_encoder
 from sarm.export.model_repo import ENCODER_MODEL, HEADS_MODEL, export_model_repository, read_manifest
-from sarm.model.configuration_sarm import SARMConfig
-from sarm.model.modeling_sarm import SARM
-from sarm.training.checkpoint import CheckpointError, CheckpointInfo, save_checkpoint
+from sarm.training.checkpoint import CheckpointError
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained but complete checkpoint for the default encoders, trained-on images 48x64."""
-    frame, text = load_frame_encoder(), load_text_encoder()
-    config = SARMConfig.from_preset("small", ["reach", "grasp", "lift"], [0.5, 0.2, 0.3],
-                                    frame_dim=frame.dim, text_dim=text.dim)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    info = CheckpointInfo(
-        model=config,
-        frame_encoder={"id": frame.encoder_id, "version": frame.version, "dim": frame.dim},
-        text_encoder={"id": text.encoder_id, "version": text.version, "dim": text.dim},
-        labels="stage",
-        training={"cameras": {"observation.images.top": [48, 64]}},
-    )
-    save_checkpoint(path, SARM(config), info)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cpu_repo(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("cpu") / "repo"
-    export_model_repository(checkpoint, repo, "cpu")
-    return repo
-
-
-def test_cpu_repository_layout_and_manifest(cpu_repo: Path) -> None:
-    repo = cpu_repo
+def test_cpu_repository_layout_and_manifest(cpu_model_repo: Path) -> None:
+    repo = cpu_model_repo
     manifest = read_manifest(repo)
     assert manifest["stage_names"] == ["reach", "grasp", "lift"] and manifest["image"] == {"height": 48, "width": 64}
     assert manifest["window"] == {"frames": 9, "max_rewind": 4, "stride_seconds": 1.0, "sequence_length": 13}
@@ -67,38 +38,38 @@ def test_cpu_repository_layout_and_manifest(cpu_repo: Path) -> None:
     assert 'name: "frames" data_type: TYPE_FP32 dims: [ 13, 1, 1280 ]' in heads_config
 
 
-def test_exported_encoder_matches_the_torch_encoder(cpu_repo: Path) -> None:
-    repo = cpu_repo
+def test_exported_encoder_matches_the_torch_encoder(cpu_model_repo: Path) -> None:
+    repo = cpu_model_repo
     images = np.random.default_rng(1).integers(0, 256, size=(3, 48, 64, 3), dtype=np.uint8)
     session = ort.InferenceSession(str(repo / ENCODER_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = load_frame_encoder().encode_frames(images)
     np.testing.assert_allclose(session.run(None, {"images": images})[0], expected, atol=2e-4)
 
 
-def test_gpu_repository_uses_tensorrt_plans(checkpoint: Path, tmp_path: Path) -> None:
+def test_gpu_repository_uses_tensorrt_plans(sarm_checkpoint: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    export_model_repository(checkpoint, repo, "gpu", image_size=(96, 128))
+    export_model_repository(sarm_checkpoint, repo, "gpu", image_size=(96, 128))
     config = (repo / HEADS_MODEL / "config.pbtxt").read_text()
     assert 'platform: "tensorrt_plan"' in config and "kind: KIND_GPU" in config
     script = (repo / "build_engines.sh").read_text()
-    assert "--onnx=onnx/encoder.onnx --saveEngine=sarm_frame_encoder/1/model.plan --fp16" in script
+    assert "--onnx=sarm_frame_encoder/model.onnx --saveEngine=sarm_frame_encoder/1/model.plan --fp16" in script
     assert "--minShapes=images:1x96x128x3 --optShapes=images:16x96x128x3 --maxShapes=images:64x96x128x3" in script
     assert "lengths:64x1" in script
 
 
-def test_tensorrt_engines_build_on_a_gpu(checkpoint: Path, tmp_path: Path) -> None:
+def test_tensorrt_engines_build_on_a_gpu(sarm_checkpoint: Path, tmp_path: Path) -> None:
     if shutil.which("trtexec") is None:
         pytest.skip("TensorRT (trtexec) cannot be installed on CPU machines; this runs where a GPU is lent")
     repo = tmp_path / "repo"
-    export_model_repository(checkpoint, repo, "gpu")
+    export_model_repository(sarm_checkpoint, repo, "gpu")
     import subprocess
 
     subprocess.run([str(repo / "build_engines.sh")], check=True)
     assert (repo / ENCODER_MODEL / "1" / "model.plan").stat().st_size > 0
 
 
-def test_export_refuses_an_encoder_mismatch_and_a_used_directory(checkpoint: Path, tmp_path: Path) -> None:
-    stale = Path(shutil.copytree(checkpoint, tmp_path / "stale"))
+def test_export_refuses_an_encoder_mismatch_and_a_used_directory(sarm_checkpoint: Path, tmp_path: Path) -> None:
+    stale = Path(shutil.copytree(sarm_checkpoint, tmp_path / "stale"))
     config = json.loads((stale / "config.json").read_text())
     config["frame_encoder"]["version"] = "0.0.1+000000000000.224squash"
     (stale / "config.json").write_text(json.dumps(config))
@@ -106,7 +77,7 @@ def test_export_refuses_an_encoder_mismatch_and_a_used_directory(checkpoint: Pat
         export_model_repository(stale, tmp_path / "repo", "cpu")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
-    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "used")])
+    result = runner.invoke(app, ["export", str(sarm_checkpoint), "--out", str(tmp_path / "used")])
     assert result.exit_code == 2 and "is not empty" in result.output
-    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "x"), "--image-size", "big"])
+    result = runner.invoke(app, ["export", str(sarm_checkpoint), "--out", str(tmp_path / "x"), "--image-size", "big"])
     assert result.exit_code == 2 and "HEIGHTxWIDTH" in result.output

@@ -1,9 +1,12 @@
 """`sarm export`: a checkpoint → a Triton model repository the gateway and `tritonserver` both load.
 
     <repo>/sarm_manifest.json          checkpoint, encoder ids/versions, stage names, ᾱ, window, image size, models
-    <repo>/onnx/{encoder,heads}.onnx   the exported graphs (local backend; TensorRT engines are built from these)
     <repo>/sarm_frame_encoder/         uint8 images (B, H, W, 3) → embeddings (B, D_frame); resize/normalise inside
     <repo>/sarm_heads/                 window embeddings + instruction embedding + lengths → scores
+
+Each model folder holds its ONNX graph (the manifest's "onnx" paths): `1/model.onnx` on CPU, which the
+gateway's local backend runs too, and `model.onnx` beside `config.pbtxt` on GPU, the source its TensorRT
+engine is built from. Nothing else sits at the top level: Triton takes every folder there for a model.
 
 `--target cpu`: python-backend models running the ONNX files with onnxruntime (the `tritonserver` of
 nvidia-pytriton has only that backend). `--target gpu`: `tensorrt_plan` models whose engines are built on
@@ -30,6 +33,7 @@ MANIFEST = "sarm_manifest.json"
 MANIFEST_FORMAT = "sarm-model-repo/1"
 ENCODER_MODEL = "sarm_frame_encoder"
 HEADS_MODEL = "sarm_heads"
+MODELS = {"encoder": ENCODER_MODEL, "heads": HEADS_MODEL}  # role in the manifest -> Triton model name
 MAX_BATCH = 64
 PREFERRED_BATCHES = [8, 16, 32, 64]
 # A lone request waits this long for company, so it is kept well under the 2 ms serving-overhead budget.
@@ -84,10 +88,11 @@ def export_model_repository(
     height, width = image_size or next(iter(cameras.values()))
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new directory")
-    onnx_dir = out / "onnx"
-    onnx_dir.mkdir(parents=True)
-    encoder_onnx = export_frame_encoder(encoder, onnx_dir / "encoder.onnx", height=height, width=width)
-    heads_onnx = export_heads(model, onnx_dir / "heads.onnx")
+    sources = {name: out / name / ("1" if target == "cpu" else "") / "model.onnx" for name in MODELS.values()}
+    for path in sources.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    encoder_onnx = export_frame_encoder(encoder, sources[ENCODER_MODEL], height=height, width=width)
+    heads_onnx = export_heads(model, sources[HEADS_MODEL])
     config = model.config
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -103,13 +108,14 @@ def export_model_repository(
         },
         "num_cameras": config.num_cameras,
         "image": {"height": height, "width": width},
-        "models": {"encoder": ENCODER_MODEL, "heads": HEADS_MODEL},
-        "onnx": {"encoder": "onnx/encoder.onnx", "heads": "onnx/heads.onnx"},
+        "models": {role: name for role, name in MODELS.items()},
+        "onnx": {role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
         "onnx_sha256": {"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
     }
     specs = tensor_specs(manifest)
     for name, onnx_path in ((ENCODER_MODEL, encoder_onnx), (HEADS_MODEL, heads_onnx)):
         inputs, outputs = specs[name]
+        # On CPU the graph is already where the python backend reads it (1/model.onnx).
         if target == "cpu":
             write_onnx_python_model(out, name, onnx_path, inputs, outputs, MAX_BATCH, PREFERRED_BATCHES,
                                     MAX_QUEUE_DELAY_US)
@@ -146,13 +152,12 @@ def _write_engine_build_script(out: Path, specs: dict[str, tuple[list[TensorSpec
         'cd "$(dirname "$0")"',
         'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
     ]
-    sources = {ENCODER_MODEL: "onnx/encoder.onnx", HEADS_MODEL: "onnx/heads.onnx"}
     for name, (inputs, _) in specs.items():
         def shapes(batch: int, inputs: list[TensorSpec] = inputs) -> str:
             return ",".join(f"{s.name}:{'x'.join(map(str, [batch, *s.dims]))}" for s in inputs)
 
         lines.append(
-            f'"$TRTEXEC" --onnx={sources[name]} --saveEngine={name}/1/model.plan --fp16 '
+            f'"$TRTEXEC" --onnx={name}/model.onnx --saveEngine={name}/1/model.plan --fp16 '
             f"--minShapes={shapes(1)} --optShapes={shapes(PREFERRED_BATCHES[1])} --maxShapes={shapes(MAX_BATCH)}"
         )
     script = out / "build_engines.sh"

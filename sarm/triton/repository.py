@@ -101,7 +101,9 @@ def write_onnx_python_model(
     model_dir = Path(repo) / name
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, version_dir / "model.onnx")
+    target = version_dir / "model.onnx"
+    if Path(onnx_path).resolve() != target.resolve():  # an exporter may have written it in place already
+        shutil.copyfile(onnx_path, target)
     shutil.copyfile(MODEL_TEMPLATE, version_dir / "model.py")
     (model_dir / "config.pbtxt").write_text(config)
     return model_dir
