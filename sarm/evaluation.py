@@ -2,7 +2,7 @@
 
 Per checkpoint: VOC (Spearman of predicted progress vs time) on successful demos, demo MSE against the
 ground-truth stage-aware progress (overall and per quality), stage accuracy (stage-label checkpoints whose
-stages match the data), and AUROC of final progress separating successful from failed demos.
+stages include the data's), and AUROC of final progress separating successful from failed demos.
 """
 
 from __future__ import annotations
@@ -72,13 +72,17 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     stride = stride_frames(ds.fps, model.config.stride_seconds)
     columns = set(ds.episodes_table.column_names)
     vocabulary = list(ds.proportions() or {})
-    stages_match = info.labels == "stage" and model.config.stage_names == vocabulary
+    # Stage accuracy needs every dataset stage to be a checkpoint class (a multi-task model has more);
+    # classes are matched by name, as their numbers differ between the two.
+    classes = model.config.stage_names
+    stages_match = info.labels == "stage" and set(vocabulary) <= set(classes)
+    checkpoint_class = np.array([classes.index(name) for name in vocabulary if name in classes], np.int64)
     results, correct, counted = [], 0, 0
     for meta in ds.episodes:
         scores = score_embeddings(model, embeddings.frames[meta.index], embeddings.text[meta.task], stride)
         truth, true_stage = ground_truth_progress(ds, meta.index)
         if stages_match:
-            correct += int((scores.stage == true_stage).sum())
+            correct += int((scores.stage == checkpoint_class[true_stage]).sum())
             counted += meta.length
         results.append(EpisodeResult(
             episode=meta.index,

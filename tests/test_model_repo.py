@@ -23,6 +23,8 @@ def test_cpu_repository_layout_and_manifest(cpu_model_repo: Path) -> None:
     repo = cpu_model_repo
     manifest = read_manifest(repo)
     assert manifest["stage_names"] == ["reach", "grasp", "lift"] and manifest["image"] == {"height": 48, "width": 64}
+    assert manifest["tasks"] == [{"instruction": "", "stage_names": ["reach", "grasp", "lift"],
+                                  "proportions": [0.5, 0.2, 0.3]}]
     assert manifest["window"] == {"frames": 9, "max_rewind": 4, "stride_seconds": 1.0, "sequence_length": 13}
     assert manifest["frame_encoder"]["id"] == "efficientnet-lite0" and manifest["checkpoint"]["labels"] == "stage"
     for name in (ENCODER_MODEL, HEADS_MODEL):

@@ -85,14 +85,12 @@ def test_resume_continues_where_the_run_stopped(embedded: Path, tmp_path: Path) 
         train(small_config(embedded, tmp_path / "empty", resume=True))
 
 
-def test_training_refuses_unembedded_or_mixed_data(dataset: Path, embedded: Path, tmp_path: Path) -> None:
+def test_training_refuses_unembedded_data_and_undeclared_stages(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="sarm embed"):
         train(small_config(dataset, tmp_path / "a"))
-    other = tmp_path / "other"
-    with LeRobotWriter(other, fps=10) as writer:
-        writer.add_episode(synthetic_episode(20, 0, stages=("open", "close")))
-    with pytest.raises(AnnotationError, match="different stage vocabularies"):
-        label_vocabulary([LeRobotDataset(embedded), LeRobotDataset(other)], "stage")
+    (dataset / "meta/temporal_proportions_sparse.json").write_text(json.dumps({"reach": 0.5, "grasp": 0.5}))
+    with pytest.raises(AnnotationError, match=r"stage 'lift' is not in the vocabulary \['reach', 'grasp'\]"):
+        label_vocabulary([LeRobotDataset(dataset)], "stage")
 
 
 def test_eval_refuses_a_checkpoint_of_another_encoder(embedded: Path, tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ USER_ERRORS = (DatasetError, AnnotationError, EncoderMismatchError, CheckpointEr
 
 
 def train_command(
-    datasets: Annotated[list[Path], typer.Argument(help="Embedded dataset roots (run `sarm embed` first).")],
+    datasets: Annotated[list[Path], typer.Argument(
+        help="Embedded dataset roots (run `sarm embed` first); datasets of several tasks train one model."
+    )],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
     preset: Annotated[str, typer.Option(help="Model size: small (CPU default) or paper.")] = "small",
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 3000,

@@ -1,6 +1,7 @@
 """`sarm export`: a checkpoint → a Triton model repository the gateway and `tritonserver` both load.
 
-    <repo>/sarm_manifest.json          checkpoint, encoder ids/versions, stage names, ᾱ, window, image size, models
+    <repo>/sarm_manifest.json          checkpoint, encoder ids/versions, stage names, tasks (instruction, stages,
+                                       ᾱ), window, image size, models
     <repo>/sarm_frame_encoder/         uint8 images (B, H, W, 3) → embeddings (B, D_frame); resize/normalise inside
     <repo>/sarm_heads/                 window embeddings + instruction embedding + lengths → scores
 
@@ -102,6 +103,7 @@ def export_model_repository(
         "text_encoder": info.text_encoder,
         "stage_names": config.stage_names,
         "proportions": config.proportions,
+        "tasks": config.tasks,
         "window": {
             "frames": config.window_frames, "max_rewind": config.max_rewind,
             "stride_seconds": config.stride_seconds, "sequence_length": config.sequence_length,

@@ -78,6 +78,20 @@ def stage_breakpoints(proportions: Sequence[float]) -> npt.NDArray[np.float64]:
     return breakpoints
 
 
+def task_progress_map(
+    stage_names: Sequence[str], proportions: Sequence[float], classes: Sequence[str]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """One task's progress interval [low_k, high_k) per global stage class k: the task's breakpoints
+    around its stage named classes[k], and (0, 0) for classes that are not its stages (they add no
+    progress). Progress of stage k at τ is low_k + (high_k − low_k)·τ."""
+    b = stage_breakpoints(proportions)
+    class_of = {name: k for k, name in enumerate(classes)}
+    low, high = np.zeros(len(classes)), np.zeros(len(classes))
+    for i, name in enumerate(stage_names):
+        low[class_of[name]], high[class_of[name]] = b[i], b[i + 1]
+    return low, high
+
+
 def progress_from_stage_tau(
     stage: npt.ArrayLike, tau: npt.ArrayLike, proportions: Sequence[float]
 ) -> npt.NDArray[np.float64]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sarm.model.configuration_sarm import SARMConfig
-from sarm.model.labels import stage_breakpoints
+from sarm.model.labels import task_progress_map
 
 
 class SARMOutput(NamedTuple):
@@ -84,9 +85,16 @@ class SARMNetwork(nn.Module):
 
 
 class SARM(nn.Module):
-    """Stage estimator + subtask estimator, with the stage-proportion breakpoints to map them to progress."""
+    """Stage estimator + subtask estimator, with each task's stage proportions to map them to progress.
 
-    breakpoints: Tensor
+    A model may cover several tasks (`config.tasks`) whose stages share one set of classes. The task of a
+    window is the one whose instruction embedding is most cosine-similar to the window's instruction, so
+    the task is chosen inside the graph from the same inputs as a single-task model's.
+    """
+
+    progress_low: Tensor  # (num tasks, K) task progress where each stage class starts
+    progress_width: Tensor  # (num tasks, K) its ᾱ; 0 for classes that are not stages of the task
+    task_text: Tensor  # (num tasks, D_text) the tasks' instruction embeddings, L2-normalised
     state_mean: Tensor
     state_std: Tensor
 
@@ -95,10 +103,36 @@ class SARM(nn.Module):
         self.config = config
         self.stage_net = SARMNetwork(config, out_dim=config.num_stages, stage_stream=False)
         self.subtask_net = SARMNetwork(config, out_dim=1, stage_stream=True)
-        self.register_buffer("breakpoints", torch.tensor(stage_breakpoints(config.proportions), dtype=torch.float32))
+        maps = [task_progress_map(t["stage_names"], t["proportions"], config.stage_names) for t in config.tasks]
+        low = torch.tensor(np.stack([lo for lo, _ in maps]), dtype=torch.float32)
+        high = torch.tensor(np.stack([hi for _, hi in maps]), dtype=torch.float32)
+        # Derived from the config, so not saved: the checkpoint's config.json is their one source.
+        self.register_buffer("progress_low", low, persistent=False)
+        self.register_buffer("progress_width", high - low, persistent=False)
+        # Zeros until set_task_embeddings: every window then maps through task 0, all a one-task model needs.
+        self.register_buffer("task_text", torch.zeros(config.num_tasks, config.text_dim))
         # Joint-state z-score statistics travel with the weights so exported graphs take raw state.
         self.register_buffer("state_mean", torch.zeros(config.state_dim))
         self.register_buffer("state_std", torch.ones(config.state_dim))
+        self.register_load_state_dict_pre_hook(_upgrade_single_task_state)
+
+    def set_task_embeddings(self, text: Tensor) -> None:
+        """The instruction embeddings of `config.tasks` (same order), from the checkpoint's text encoder."""
+        expected = (self.config.num_tasks, self.config.text_dim)
+        if tuple(text.shape) != expected:
+            raise ValueError(f"task embeddings must have shape {expected} (tasks, text_dim), got {tuple(text.shape)}")
+        self.task_text.copy_(F.normalize(text.float(), dim=-1))
+
+    def select_task(self, text: Tensor) -> Tensor:
+        """(B,) the task whose instruction is most cosine-similar to each row of `text` (B, D_text).
+
+        Scaling a row of `text` never changes its argmax, so only the stored side is normalised.
+        """
+        return (text @ self.task_text.T).argmax(dim=-1)
+
+    def task_progress(self, task: Tensor, stage: Tensor, tau: Tensor) -> Tensor:
+        """Normalised task progress low + ᾱ·τ of stage class `stage` at `tau` under task `task`."""
+        return self.progress_low[task, stage] + self.progress_width[task, stage] * tau
 
     def set_state_stats(self, mean: Tensor, std: Tensor) -> None:
         """Dataset statistics of the joint state; a (near-)constant joint is only centred, never divided by ~0."""
@@ -140,8 +174,16 @@ class SARM(nn.Module):
         stage_probs = torch.softmax(logits[rows, last], dim=-1)
         confidence, stage = stage_probs.max(dim=-1)
         tau_last = tau[rows, last]
-        low, high = self.breakpoints[stage], self.breakpoints[stage + 1]
-        return SARMPrediction(stage_probs, tau_last, low + (high - low) * tau_last, confidence)
+        progress = self.task_progress(self.select_task(text), stage, tau_last)
+        return SARMPrediction(stage_probs, tau_last, progress, confidence)
+
+
+def _upgrade_single_task_state(module: SARM, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """Load checkpoints written before multi-task models: they saved `breakpoints` (now derived from the
+    config) and no task embeddings, which a one-task model never needs (its only task always wins)."""
+    state_dict.pop(prefix + "breakpoints", None)
+    if module.config.num_tasks == 1:
+        state_dict.setdefault(prefix + "task_text", module.task_text)
 
 
 def sarm_loss(output: SARMOutput, stage_target: Tensor, tau_target: Tensor, lengths: Tensor) -> SARMLoss:

@@ -1,7 +1,7 @@
 """SARM checkpoints: a directory with safetensors weights and one JSON that holds everything inference needs.
 
-    CKPT/model.safetensors     the SARM heads (stage and subtask networks, breakpoints, state stats)
-    CKPT/config.json           model config (stage names, ᾱ, sizes, window), encoder ids and versions,
+    CKPT/model.safetensors     the SARM heads (stage and subtask networks, task instruction embeddings, state stats)
+    CKPT/config.json           model config (stage names, tasks and their ᾱ, sizes, window), encoder ids and versions,
                                label mode, training provenance and figures
     CKPT/trainer_state.pt      optimiser, scheduler, step and RNG (for --resume; not needed to score)
 """

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from sarm.data.annotations import AnnotationError, stage_proportions, stage_vocabulary
+from sarm.data.annotations import AnnotationError, EpisodeAnnotation, stage_proportions, stage_vocabulary
 from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import DatasetEmbeddings
 from sarm.model.labels import FrameLabels, frame_index_labels, stage_tau_labels
@@ -48,30 +48,38 @@ class Batch:
     lengths: torch.Tensor  # (B,) valid positions
 
 
-def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tuple[list[str], list[float]]:
-    """Stage names (class order) and ᾱ for the datasets; one model covers one stage vocabulary."""
+def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tuple[list[str], list[dict[str, Any]]]:
+    """The stage classes and the tasks (`SARMConfig.tasks` entries) of the datasets' episodes.
+
+    Episodes are grouped by instruction, across and within datasets. Each task keeps its own stage order
+    (its datasets' declared proportions order, restricted to the stages its episodes use, else the order
+    stages first appear) and its own ᾱ over its own episodes; the classes are the union of the tasks'
+    stages in first-seen order, so a stage name shared by tasks is one class.
+    """
     if mode == "frame-index":
-        return [FRAME_INDEX_STAGE], [1.0]
-    annotated = []
-    vocabularies = []
+        instructions = dict.fromkeys(meta.task for ds in datasets for meta in ds.episodes)
+        return [FRAME_INDEX_STAGE], [
+            {"instruction": task, "stage_names": [FRAME_INDEX_STAGE], "proportions": [1.0]} for task in instructions
+        ]
+    episodes: dict[str, list[tuple[EpisodeAnnotation, int]]] = {}
+    declared: dict[str, dict[str, None]] = {}  # instruction -> declared stage order of its datasets
     for ds in datasets:
-        pairs = []
+        order = dict.fromkeys(ds.proportions() or {})
         for meta in ds.episodes:
             ann = ds.annotation(meta.index)
             if ann is None:
                 raise AnnotationError(f"{ds.root} episode {meta.index} has no sparse annotation: annotate it")
-            pairs.append((ann, meta.length))
-        declared = ds.proportions() or {}
-        vocabularies.append(list(declared) or stage_vocabulary(a for a, _ in pairs))
-        annotated += pairs
-    if any(set(v) != set(vocabularies[0]) for v in vocabularies):
-        raise AnnotationError(
-            f"the datasets use different stage vocabularies {vocabularies}: train one model per task "
-            "(progress is a map through one task's stage proportions)"
-        )
-    vocabulary = vocabularies[0]
-    proportions = stage_proportions(annotated, vocabulary)
-    return vocabulary, [proportions[name] for name in vocabulary]
+            episodes.setdefault(meta.task, []).append((ann, meta.length))
+            declared.setdefault(meta.task, {}).update(order)
+    tasks: list[dict[str, Any]] = []
+    for task, pairs in episodes.items():
+        used = stage_vocabulary(ann for ann, _ in pairs)
+        # A stage used but not declared is left out, so stage_proportions names it in its error.
+        vocabulary = [name for name in declared[task] if name in used] if declared[task] else used
+        alpha = stage_proportions(pairs, vocabulary)
+        tasks.append({"instruction": task, "stage_names": vocabulary, "proportions": [alpha[n] for n in vocabulary]})
+    classes = list(dict.fromkeys(name for task in tasks for name in task["stage_names"]))
+    return classes, tasks
 
 
 def episode_arrays(

@@ -121,8 +121,8 @@ def evaluate_batch(model: SARM, batch: Batch) -> dict[str, float]:
     rows = torch.arange(len(batch.lengths))
     last = batch.lengths - 1
     true_stage, true_tau = batch.stage[rows, last], batch.tau[rows, last]
-    low, high = model.breakpoints[true_stage], model.breakpoints[true_stage + 1]
-    true_progress = low + (high - low) * true_tau
+    # Validation windows carry their own instruction, whose stored embedding selects their own task.
+    true_progress = model.task_progress(model.select_task(batch.text), true_stage, true_tau)
     model.train()
     return {
         "val_loss": float(loss.total),
@@ -136,10 +136,10 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     datasets = [require_valid(path) for path in config.datasets]
     embeddings = [load_embeddings(ds) for ds in datasets]
     _same_encoders(embeddings)
-    vocabulary, proportions = label_vocabulary(datasets, config.labels)
+    stage_names, tasks = label_vocabulary(datasets, config.labels)
     episodes: list[EpisodeArrays] = []
     for ds, emb in zip(datasets, embeddings, strict=True):
-        episodes += episode_arrays(ds, emb, vocabulary, config.labels)
+        episodes += episode_arrays(ds, emb, stage_names, config.labels)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     distractors = embeddings[0].distractors
     # Camera resolutions travel with the checkpoint: the exported encoder takes images of exactly this size.
@@ -149,11 +149,13 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
 
     sample = episodes[0].frames
     model_config = SARMConfig.from_preset(
-        config.preset, vocabulary, proportions,
+        config.preset, stage_names, tasks=tasks,
         frame_dim=sample.shape[-1], text_dim=len(episodes[0].text), num_cameras=sample.shape[1],
     )
     torch.manual_seed(config.seed)
     model = SARM(model_config)
+    instruction_text = {task: text for emb in embeddings for task, text in emb.text.items()}
+    model.set_task_embeddings(torch.from_numpy(np.stack([instruction_text[t["instruction"]] for t in tasks])))
     lr = config.lr or DEFAULT_LR.get(config.preset, 5e-5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     warmup = config.warmup_steps if config.warmup_steps is not None else min(1000, max(1, config.steps // 10))
