@@ -80,28 +80,10 @@ def rewrite_episodes(root: Path, drop: tuple[str, ...] = (), **replace: list) ->
 @pytest.fixture(scope="session")
 def sarm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained but complete checkpoint for the default encoders, for images of 48x64."""
-    import torch
+    from sarm.training.scaffold import untrained_checkpoint
 
-    from sarm.encoders.registry import load_frame_encoder, load_text_encoder
-    from sarm.model.configuration_sarm import SARMConfig
-    from sarm.model.modeling_sarm import SARM
-    from sarm.training.checkpoint import CheckpointInfo, save_checkpoint
-
-    frame, text = load_frame_encoder(), load_text_encoder()
-    config = SARMConfig.from_preset(
-        "small", ["reach", "grasp", "lift"], [0.5, 0.2, 0.3], frame_dim=frame.dim, text_dim=text.dim
-    )
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    info = CheckpointInfo(
-        model=config,
-        frame_encoder={"id": frame.encoder_id, "version": frame.version, "dim": frame.dim},
-        text_encoder={"id": text.encoder_id, "version": text.version, "dim": text.dim},
-        labels="stage",
-        training={"cameras": {CAMERA: [48, 64]}},
-    )
-    save_checkpoint(path, SARM(config), info)
-    return path
+    return untrained_checkpoint(path, ["reach", "grasp", "lift"], [0.5, 0.2, 0.3], (48, 64))
 
 
 @pytest.fixture(scope="session")

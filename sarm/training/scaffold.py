@@ -1,0 +1,31 @@
+"""An untrained but complete checkpoint for the default encoders: for smoke tests and serving benchmarks,
+where the pipeline matters and the weights do not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sarm.encoders.registry import load_frame_encoder, load_text_encoder
+from sarm.model.configuration_sarm import SARMConfig
+from sarm.model.modeling_sarm import SARM
+from sarm.training.checkpoint import CheckpointInfo, save_checkpoint
+
+
+def untrained_checkpoint(
+    path: Path, stage_names: list[str], proportions: list[float], image_size: tuple[int, int],
+    preset: str = "small", seed: int = 0,
+) -> Path:
+    frame, text = load_frame_encoder(), load_text_encoder()
+    config = SARMConfig.from_preset(preset, stage_names, proportions, frame_dim=frame.dim, text_dim=text.dim)
+    torch.manual_seed(seed)
+    info = CheckpointInfo(
+        model=config,
+        frame_encoder={"id": frame.encoder_id, "version": frame.version, "dim": frame.dim},
+        text_encoder={"id": text.encoder_id, "version": text.version, "dim": text.dim},
+        labels="stage",
+        training={"cameras": {"observation.images.camera": list(image_size)}},
+    )
+    save_checkpoint(path, SARM(config), info)
+    return path
