@@ -26,7 +26,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from sarm.triton import TensorSpec, TritonError, TritonServer, free_ports, write_onnx_python_model
+from sarm.triton import Batching, TensorSpec, TritonError, TritonServer, free_ports, write_onnx_python_model
 
 RNG = np.random.default_rng(0)
 WEIGHT = RNG.normal(size=(4, 3)).astype(np.float32)
@@ -92,9 +92,9 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def model_repo(tmp_path_factory: pytest.TempPathFactory, onnx_models: dict[str, Path]) -> Path:
     repo = tmp_path_factory.mktemp("model_repo")
     # "affine" waits up to 20 ms to fill a batch (so batching is observable); "affine_nowait" never waits (latency).
-    write_onnx_python_model(repo, "affine", onnx_models["affine"], *AFFINE_IO, 32, [8, 16, 32], 20_000)
-    write_onnx_python_model(repo, "affine_nowait", onnx_models["affine"], *AFFINE_IO, 32, [], 0)
-    write_onnx_python_model(repo, "lookup", onnx_models["lookup"], *LOOKUP_IO, 32, [], 20_000)
+    write_onnx_python_model(repo, "affine", onnx_models["affine"], *AFFINE_IO, Batching(32, [8, 16, 32], 20_000))
+    write_onnx_python_model(repo, "affine_nowait", onnx_models["affine"], *AFFINE_IO, Batching(32))
+    write_onnx_python_model(repo, "lookup", onnx_models["lookup"], *LOOKUP_IO, Batching(32, [], 20_000))
     return repo
 
 
@@ -359,7 +359,7 @@ def test_model_that_does_not_match_its_onnx_fails_startup_with_the_log(
     tmp_path: Path, onnx_models: dict[str, Path]
 ) -> None:
     inputs = [TensorSpec("features", "TYPE_FP32", [4]), TensorSpec("k", "TYPE_INT64", [1])]
-    write_onnx_python_model(tmp_path, "broken", onnx_models["affine"], inputs, AFFINE_IO[1], 8, [], 0)
+    write_onnx_python_model(tmp_path, "broken", onnx_models["affine"], inputs, AFFINE_IO[1], Batching(8))
     with pytest.raises(TritonError, match=r"(?s)exited with code.*'features' is in config.pbtxt but not in model.onnx"):
         TritonServer(tmp_path, startup_timeout_s=60).start()
 

@@ -27,7 +27,7 @@ from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_enco
 from sarm.encoders.registry import load_frame_encoder
 from sarm.export.onnx_heads import export_heads
 from sarm.training.checkpoint import WEIGHTS, CheckpointError, load_checkpoint
-from sarm.triton.repository import TensorSpec, write_onnx_python_model
+from sarm.triton.repository import Batching, TensorSpec, model_config_pbtxt, write_onnx_python_model
 
 Target = Literal["cpu", "gpu"]
 MANIFEST = "sarm_manifest.json"
@@ -35,10 +35,8 @@ MANIFEST_FORMAT = "sarm-model-repo/1"
 ENCODER_MODEL = "sarm_frame_encoder"
 HEADS_MODEL = "sarm_heads"
 MODELS = {"encoder": ENCODER_MODEL, "heads": HEADS_MODEL}  # role in the manifest -> Triton model name
-MAX_BATCH = 64
-PREFERRED_BATCHES = [8, 16, 32, 64]
-# A lone request waits this long for company, so it is kept well under the 2 ms serving-overhead budget.
-MAX_QUEUE_DELAY_US = 500
+# A lone request waits max_queue_delay_us for company: kept well under the 2 ms serving-overhead budget.
+BATCHING = Batching(max_batch_size=64, preferred_batch_sizes=(8, 16, 32, 64), max_queue_delay_us=500)
 
 
 def _sha256(path: Path) -> str:
@@ -119,33 +117,20 @@ def export_model_repository(
         inputs, outputs = specs[name]
         # On CPU the graph is already where the python backend reads it (1/model.onnx).
         if target == "cpu":
-            write_onnx_python_model(out, name, onnx_path, inputs, outputs, MAX_BATCH, PREFERRED_BATCHES,
-                                    MAX_QUEUE_DELAY_US)
+            write_onnx_python_model(out, name, onnx_path, inputs, outputs, BATCHING)
         else:
-            _write_tensorrt_model(out, name, inputs, outputs)
+            (out / name / "1").mkdir(parents=True)
+            pbtxt = model_config_pbtxt(name, inputs, outputs, BATCHING, runtime='platform: "tensorrt_plan"',
+                                       kind="KIND_GPU")
+            (out / name / "config.pbtxt").write_text(pbtxt)
     if target == "gpu":
         _write_engine_build_script(out, specs)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def _write_tensorrt_model(out: Path, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
-    (out / name / "1").mkdir(parents=True)
-    (out / name / "config.pbtxt").write_text("\n".join([
-        f'name: "{name}"',
-        'platform: "tensorrt_plan"',
-        f"max_batch_size: {MAX_BATCH}",
-        "input [", ",\n".join(s.pbtxt() for s in inputs), "]",
-        "output [", ",\n".join(s.pbtxt() for s in outputs), "]",
-        f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, PREFERRED_BATCHES))} ] "
-        f"max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}",
-        "instance_group [ { count: 1 kind: KIND_GPU } ]",
-        "",
-    ]))
-
-
 def _write_engine_build_script(out: Path, specs: dict[str, tuple[list[TensorSpec], list[TensorSpec]]]) -> None:
-    """A script that builds FP16 engines with optimisation profiles for batch 1..MAX_BATCH on the target GPU."""
+    """A script that builds FP16 engines with optimisation profiles for batch 1..max on the target GPU."""
     lines = [
         "#!/usr/bin/env bash",
         "# Builds the TensorRT engines of this repository on the GPU it runs on (inside NVIDIA's Triton",
@@ -160,7 +145,8 @@ def _write_engine_build_script(out: Path, specs: dict[str, tuple[list[TensorSpec
 
         lines.append(
             f'"$TRTEXEC" --onnx={name}/model.onnx --saveEngine={name}/1/model.plan --fp16 '
-            f"--minShapes={shapes(1)} --optShapes={shapes(PREFERRED_BATCHES[1])} --maxShapes={shapes(MAX_BATCH)}"
+            f"--minShapes={shapes(1)} --optShapes={shapes(BATCHING.preferred_batch_sizes[1])} "
+            f"--maxShapes={shapes(BATCHING.max_batch_size)}"
         )
     script = out / "build_engines.sh"
     script.write_text("\n".join(lines) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from sarm.triton.repository import TensorSpec, model_config_pbtxt, write_onnx_python_model
+from sarm.triton.repository import Batching, TensorSpec, model_config_pbtxt, write_onnx_python_model
 
 if TYPE_CHECKING:
     from sarm.triton.server import (
@@ -39,6 +39,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Batching",
     "TensorSpec",
     "TritonEndpoints",
     "TritonError",

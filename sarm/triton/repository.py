@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,53 +35,64 @@ class TensorSpec:
         return f'  {{ name: "{self.name}" data_type: {self.dtype} dims: [ {dims} ] }}'
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching of one model: Triton coalesces requests up to `max_batch_size` along dim 0."""
+
+    max_batch_size: int
+    preferred_batch_sizes: Sequence[int] = ()
+    max_queue_delay_us: int = 0  # a lone request waits this long for company
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1: models batch along the first dimension")
+        if any(not 1 <= size <= self.max_batch_size for size in self.preferred_batch_sizes):
+            sizes = list(self.preferred_batch_sizes)
+            raise ValueError(f"preferred_batch_sizes {sizes} must lie in [1, {self.max_batch_size}]")
+        if self.max_queue_delay_us < 0 or self.instances < 1:
+            raise ValueError("max_queue_delay_us must be >= 0 and instances >= 1")
+
+
 def model_config_pbtxt(
     name: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    batching: Batching,
     *,
-    max_batch_size: int,
-    preferred_batch_sizes: list[int],
-    max_queue_delay_us: int,
-    instances: int = 1,
-    intra_op_num_threads: int = 1,
+    runtime: str = 'backend: "python"',
+    kind: str = "KIND_CPU",
+    parameters: Mapping[str, str] | None = None,
 ) -> str:
-    """The ``config.pbtxt`` text of a python-backend model with dynamic batching on CPU instances."""
-    if max_batch_size < 1:
-        raise ValueError("max_batch_size must be >= 1: the template batches along the first dimension")
-    if any(not 1 <= size <= max_batch_size for size in preferred_batch_sizes):
-        raise ValueError(f"preferred_batch_sizes {preferred_batch_sizes} must lie in [1, {max_batch_size}]")
-    sizes = ", ".join(str(size) for size in preferred_batch_sizes)
-    preferred = f"preferred_batch_size: [ {sizes} ] " if preferred_batch_sizes else ""
-    return "\n".join(
-        [
-            f'name: "{name}"',
-            'backend: "python"',
-            f"max_batch_size: {max_batch_size}",
-            "input [",
-            ",\n".join(spec.pbtxt() for spec in inputs),
-            "]",
-            "output [",
-            ",\n".join(spec.pbtxt() for spec in outputs),
-            "]",
-            f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {max_queue_delay_us} }}",
-            f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]",
-            f'parameters {{ key: "intra_op_num_threads" value: {{ string_value: "{intra_op_num_threads}" }} }}',
-            "",
-        ]
-    )
+    """The ``config.pbtxt`` text of a dynamically batched model; `runtime` is its backend or platform line
+    (``backend: "python"``, ``platform: "tensorrt_plan"``)."""
+    sizes = ", ".join(str(size) for size in batching.preferred_batch_sizes)
+    preferred = f"preferred_batch_size: [ {sizes} ] " if sizes else ""
+    lines = [
+        f'name: "{name}"',
+        runtime,
+        f"max_batch_size: {batching.max_batch_size}",
+        "input [",
+        ",\n".join(spec.pbtxt() for spec in inputs),
+        "]",
+        "output [",
+        ",\n".join(spec.pbtxt() for spec in outputs),
+        "]",
+        f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {batching.max_queue_delay_us} }}",
+        f"instance_group [ {{ count: {batching.instances} kind: {kind} }} ]",
+    ]
+    for key, value in (parameters or {}).items():
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    return "\n".join([*lines, ""])
 
 
 def write_onnx_python_model(
     repo: Path,
     name: str,
     onnx_path: Path,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    max_batch_size: int,
-    preferred_batch_sizes: list[int],
-    max_queue_delay_us: int,
-    instances: int = 1,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    batching: Batching,
     intra_op_num_threads: int = 1,
 ) -> Path:
     """Write ``repo/name`` serving ``onnx_path`` through the python backend; returns the model folder.
@@ -89,14 +100,7 @@ def write_onnx_python_model(
     The ONNX model must be self-contained (exported with ``external_data=False``): only ``model.onnx`` is copied.
     """
     config = model_config_pbtxt(
-        name,
-        inputs,
-        outputs,
-        max_batch_size=max_batch_size,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        intra_op_num_threads=intra_op_num_threads,
+        name, inputs, outputs, batching, parameters={"intra_op_num_threads": str(intra_op_num_threads)}
     )
     model_dir = Path(repo) / name
     version_dir = model_dir / "1"
