@@ -15,11 +15,14 @@ for task in "${TASKS[@]}"; do
   for split in train:"$EPISODES":0 heldout:"$HELDOUT":1000; do
     IFS=: read -r name count seed <<< "$split"
     if [ ! -f "$run/$name/meta/info.json" ]; then
-      /usr/bin/time -f "generate $task $name: %e s" "$SARM" data generate --task "$task" --episodes "$count" \
-        --out "$run/$name" --image-size "$IMAGE" --seed "$seed"
+      start=$SECONDS
+      "$SARM" data generate --task "$task" --episodes "$count" --out "$run/$name" --image-size "$IMAGE" --seed "$seed"
+      echo "generate $task $name: $((SECONDS - start)) s"
     fi
     "$SARM" data validate "$run/$name"
-    /usr/bin/time -f "embed $task $name: %e s" "$SARM" embed "$run/$name"
+    start=$SECONDS
+    "$SARM" embed "$run/$name"
+    echo "embed $task $name: $((SECONDS - start)) s"
   done
   for labels in stage frame-index; do
     [ -f "$run/$labels/model.safetensors" ] && continue
