@@ -34,6 +34,7 @@ def train_command(
     seed: Annotated[int, typer.Option()] = 0,
     eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = 250,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="Intra-op threads (1 is fastest for the small preset).")] = 1,
 ) -> None:
     """Train SARM with the paper's recipe; progress bar with losses, checkpoint at every validation."""
     if labels not in ("stage", "frame-index"):
@@ -43,7 +44,7 @@ def train_command(
     try:
         config = TrainConfig(
             datasets=datasets, out=out, preset=preset, steps=steps, labels=label_mode, batch_size=batch_size,
-            lr=lr, seed=seed, eval_every=eval_every, resume=resume,
+            lr=lr, seed=seed, eval_every=eval_every, resume=resume, threads=threads,
         )
         with progress_bar() as bar:
             job = bar.add_task("training", total=steps, status="")
