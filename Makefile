@@ -7,12 +7,18 @@ STAMP := $(VENV)/.setup-stamp
 # System packages: redis-server for the cache tests; EGL/Mesa for Meta-World's offscreen rendering.
 APT_PACKAGES := redis-server libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEMO_DATA := out/demo-pick-place
+# The shipped default model: its checkpoint is committed; its repository (ONNX, config.pbtxt) is rebuilt
+# from it and the installed encoder, and cached.
+DEFAULT_CHECKPOINT := model_repo/default/checkpoint
+DEFAULT_REPO := .cache/model_repo/default
 
-MODEL_REPO ?= model_repo
+MODEL_REPO ?= $(DEFAULT_REPO)
+GRPC_PORT ?= 8001
+HTTP_PORT ?= 8000
+METRICS_PORT ?= 8002
 .PHONY: setup system-packages serve triton test lint typecheck pytest clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(DEFAULT_REPO)/sarm_manifest.json
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -29,16 +35,20 @@ $(STAMP): pyproject.toml | system-packages
 	$(BIN)/pip install -q -e '.[dev,sim]'
 	touch $(STAMP)
 
-# Until the gateway exists (issue "The gRPC gateway"), serve what exists: a demo dataset, validated.
+$(DEFAULT_REPO)/sarm_manifest.json: $(DEFAULT_CHECKPOINT)/model.safetensors $(DEFAULT_CHECKPOINT)/config.json | $(STAMP)
+	rm -rf $(DEFAULT_REPO)
+	$(BIN)/sarm export $(DEFAULT_CHECKPOINT) --out $(DEFAULT_REPO) --target cpu
+
+# Until the gRPC gateway exists, the service is Triton serving the default model (frame encoder + SARM
+# heads); clients/examples/triton_score_window.py scores a window through it.
 serve: setup
-	test -f $(DEMO_DATA)/meta/info.json || $(BIN)/sarm data generate --task pick-place-v3 --episodes 6 --out $(DEMO_DATA) --image-size 128 --seed 0
-	$(BIN)/sarm data validate $(DEMO_DATA)
-	$(BIN)/sarm data info $(DEMO_DATA)
-	@echo "The reward service itself (sarm serve) is not built yet: see the open issues."
+	$(BIN)/python -m sarm.triton.server --model-repository $(DEFAULT_REPO) \
+		--grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
 # The real tritonserver (from nvidia-pytriton) on a model repository written by `sarm export`.
 triton: setup
-	$(BIN)/python -m sarm.triton.server --model-repository $(MODEL_REPO)
+	$(BIN)/python -m sarm.triton.server --model-repository $(MODEL_REPO) \
+		--grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
 lint: setup
 	$(BIN)/ruff check sarm tests bench clients
@@ -52,4 +62,4 @@ pytest: setup
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
