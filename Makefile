@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA := out/demo-pick-place
 
 MODEL_REPO ?= model_repo
-.PHONY: setup system-packages serve triton test lint typecheck pytest clean
+.PHONY: setup system-packages serve triton proto test lint typecheck pytest clean
 
 setup: $(STAMP)
 
@@ -40,8 +40,12 @@ serve: setup
 triton: setup
 	$(BIN)/python -m sarm.triton.server --model-repository $(MODEL_REPO)
 
+# Regenerate the gRPC code of proto/sarm/v1/sarm.proto in every package that ships it (a test checks it is current).
+proto: setup
+	$(BIN)/python proto/generate.py
+
 lint: setup
-	$(BIN)/ruff check sarm tests bench clients
+	$(BIN)/ruff check sarm tests bench clients service proto
 
 typecheck: setup
 	$(BIN)/mypy
