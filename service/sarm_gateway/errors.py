@@ -1,0 +1,15 @@
+"""What the engine raises; the front ends map each to a status code (INVALID_ARGUMENT, RESOURCE_EXHAUSTED)."""
+
+from __future__ import annotations
+
+
+class InvalidInput(ValueError):
+    """The request cannot be served as sent; the message says what to change."""
+
+
+class Overloaded(RuntimeError):
+    """Too much work in flight: the caller should retry after `retry_after_ms`."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms

@@ -1,0 +1,343 @@
+"""The gRPC gateway end to end: a real grpc.aio server on a free loopback port, real grpc clients.
+
+Scores are checked against the in-process scorer (PyTorch checkpoint, `sarm.scoring.score_embeddings`);
+the server runs on its own event loop in a thread so that tests can use blocking clients with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from sarm.encoders.base import TextEncoder
+from sarm.export.model_repo import read_manifest
+from sarm.scoring import score_embeddings
+from sarm.training.checkpoint import load_checkpoint
+from sarm_gateway.backends import HeadsOutput, LocalBackend
+from sarm_gateway.engine import Engine
+from sarm_gateway.server import Gateway
+from sarm_gateway.settings import Settings
+from sarm_gateway.v1 import sarm_pb2 as pb
+from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+INSTRUCTION = "pick up the cube"
+H, W = 48, 64  # the test repository's image size (conftest.sarm_checkpoint)
+TIMEOUT = 30.0
+
+
+class CountingBackend:
+    """The local backend, counting encoded images; `gate` (when set up) holds every call until it is opened."""
+
+    name = "local"
+    batches_itself = False
+
+    def __init__(self, inner: LocalBackend, gated: bool) -> None:
+        self.inner = inner
+        self.encoded = 0
+        self.gate = asyncio.Event() if gated else None
+
+    async def encode(self, images: np.ndarray) -> np.ndarray:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.encoded += len(images)
+        return await self.inner.encode(images)
+
+    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        return await self.inner.heads(frames, text, lengths)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class RunningGateway:
+    """A Gateway on its own event loop thread, listening on a free loopback port."""
+
+    def __init__(self, repo: Path, text_encoder: TextEncoder, gated: bool = False, **overrides: Any) -> None:
+        self.settings = Settings(model_repo=repo, grpc_host="127.0.0.1", grpc_port=0, drain_seconds=5,
+                                 max_message_bytes=512 * 1024, **overrides)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway: Gateway = self.run(self._start(text_encoder, gated))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}")
+        self.stub = pb_grpc.RewardServiceStub(self.channel)
+
+    async def _start(self, text_encoder: TextEncoder, gated: bool) -> Gateway:
+        manifest = read_manifest(self.settings.model_repo)
+        self.backend = CountingBackend(LocalBackend(self.settings.model_repo, manifest), gated)
+        gateway = Gateway(Engine(manifest, self.backend, text_encoder, self.settings), self.settings)
+        await gateway.start()
+        return gateway
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(TIMEOUT)
+
+    def open_gate(self) -> None:
+        assert self.backend.gate is not None
+        self.loop.call_soon_threadsafe(self.backend.gate.set)
+
+    def wait_in_flight(self, n: int) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while self.gateway.service.work.in_flight != n:
+            assert time.monotonic() < deadline, f"in flight: {self.gateway.service.work.in_flight}, expected {n}"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.gateway.server is not None:
+            self.run(self.gateway.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> TextEncoder:
+    from sarm.encoders.registry import load_text_encoder
+
+    torch.set_num_threads(1)
+    return load_text_encoder()
+
+
+@pytest.fixture(scope="module")
+def served(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
+    running = RunningGateway(cpu_model_repo, text_encoder)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def gated(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
+    """A gateway whose encoder waits for `open_gate()`, with room for two calls in flight."""
+    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_in_flight=2)
+    yield running
+    running.open_gate()
+    running.close()
+
+
+def episode_frames(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, H, W, 3), dtype=np.uint8)
+
+
+def raw(image: np.ndarray) -> pb.Frame:
+    return pb.Frame(raw=pb.RawImage(data=image.tobytes(), height=image.shape[0], width=image.shape[1],
+                                    channels=image.shape[2]))
+
+
+def encoded(image: np.ndarray, fmt: str = "PNG") -> pb.Frame:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return pb.Frame(encoded=buffer.getvalue())
+
+
+def window_request(frames: list[pb.Frame], instruction: str = INSTRUCTION) -> pb.ScoreWindowRequest:
+    return pb.ScoreWindowRequest(instruction=instruction, frames=frames)
+
+
+def reference_scores(repo: Path, checkpoint: Path, text_encoder: TextEncoder, frames: np.ndarray, stride: int,
+                     frame_index: list[int]) -> Any:
+    """The in-process scorer: embeddings from the repository's encoder, heads from the PyTorch checkpoint."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    encoder = ort.InferenceSession(str(repo / read_manifest(repo)["onnx"]["encoder"]), options,
+                                   providers=["CPUExecutionProvider"])
+    embeddings = encoder.run(None, {"images": frames})[0]
+    model, _ = load_checkpoint(checkpoint)
+    text = text_encoder.encode([INSTRUCTION])[0]
+    return score_embeddings(model, embeddings, text, stride, np.asarray(frame_index))
+
+
+def test_score_window_matches_the_in_process_scorer(
+    served: RunningGateway, cpu_model_repo: Path, sarm_checkpoint: Path, text_encoder: TextEncoder
+) -> None:
+    frames = episode_frames(9, seed=1)
+    # The same window as PNG and as raw pixels: same pixels, same score.
+    for make in (raw, encoded):
+        reply = served.stub.ScoreWindow(window_request([make(f) for f in frames]), timeout=TIMEOUT)
+        expected = reference_scores(cpu_model_repo, sarm_checkpoint, text_encoder, frames, 1, [8])
+        score = reply.score
+        assert score.stage_index == expected.stage[0]
+        assert score.stage_name == ["reach", "grasp", "lift"][score.stage_index]
+        np.testing.assert_allclose(score.stage_probs, expected.stage_probs[0], atol=1e-4)
+        np.testing.assert_allclose([score.tau, score.progress, score.confidence],
+                                   [expected.tau[0], expected.progress[0], expected.confidence[0]], atol=1e-4)
+        assert score.model_version == read_manifest(cpu_model_repo)["checkpoint"]["sha256"][:12]
+
+
+def stream_requests(frames: np.ndarray, fps: float, options: pb.ScoringOptions, per_step: int = 1) -> Iterator[
+        pb.StreamEpisodeRequest]:
+    yield pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction=INSTRUCTION, fps=fps, options=options,
+                                                      episode_id="ep-1"))
+    for start in range(0, len(frames), per_step):
+        yield pb.StreamEpisodeRequest(step=pb.FrameStep(frames=[raw(f) for f in frames[start : start + per_step]]))
+
+
+def test_stream_scores_like_score_frames_and_offline_and_encodes_each_frame_once(
+    served: RunningGateway, cpu_model_repo: Path, sarm_checkpoint: Path, text_encoder: TextEncoder
+) -> None:
+    # fps 4 → stride 4: 40 frames cover the spaced early windows (t < 32) and the strided ones after.
+    frames, fps, stride = episode_frames(40, seed=2), 4.0, 4
+    before = served.backend.encoded
+    replies = list(served.stub.StreamEpisode(stream_requests(frames, fps, pb.ScoringOptions()), timeout=TIMEOUT))
+    assert served.backend.encoded - before == len(frames)  # every frame encoded once, when it arrived
+    assert len(replies) == len(frames) and all(r.episode_id == "ep-1" and len(r.scores) == 1 for r in replies)
+    streamed = [r.scores[0] for r in replies]
+    assert [s.frame_index for s in streamed] == list(range(len(frames)))
+
+    curve = list(served.stub.ScoreFrames(
+        pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=fps), timeout=TIMEOUT
+    ))
+    assert served.backend.encoded - before == len(frames)  # the repeat came from the frame cache
+    np.testing.assert_allclose([s.score.progress for s in streamed], [s.score.progress for s in curve], atol=1e-5)
+    expected = reference_scores(cpu_model_repo, sarm_checkpoint, text_encoder, frames, stride, list(range(40)))
+    np.testing.assert_allclose([s.score.progress for s in streamed], expected.progress, atol=1e-4)
+    np.testing.assert_allclose([s.score.tau for s in streamed], expected.tau, atol=1e-4)
+    assert [s.score.stage_index for s in streamed] == expected.stage.tolist()
+
+
+def test_stream_scoring_interval_and_smoothing_match_score_frames(served: RunningGateway) -> None:
+    frames, fps = episode_frames(12, seed=3), 5.0
+    options = pb.ScoringOptions(score_every=3, smoothing=True, smoothing_min_confidence=0.01)
+    replies = list(served.stub.StreamEpisode(stream_requests(frames, fps, options, per_step=2), timeout=TIMEOUT))
+    streamed = [s for r in replies for s in r.scores]
+    curve = list(served.stub.ScoreFrames(
+        pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=fps, options=options),
+        timeout=TIMEOUT,
+    ))
+    assert [s.frame_index for s in streamed] == [s.frame_index for s in curve] == [0, 3, 6, 9]
+    assert all(s.HasField("smoothed_progress") for s in streamed)
+    np.testing.assert_allclose([s.smoothed_progress for s in streamed], [s.smoothed_progress for s in curve],
+                               atol=1e-5)
+
+
+def test_model_info_health_and_reflection(served: RunningGateway, cpu_model_repo: Path) -> None:
+    info = served.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
+    manifest = read_manifest(cpu_model_repo)
+    assert list(info.stage_names) == ["reach", "grasp", "lift"] and info.backend == "local"
+    assert (info.image.height, info.image.width, info.num_cameras) == (H, W, 1)
+    assert (info.window.frames, info.window.max_rewind, info.window.sequence_length) == (9, 4, 13)
+    np.testing.assert_allclose(info.tasks[0].proportions, [0.5, 0.2, 0.3], rtol=1e-6)
+    assert info.frame_encoder.id == manifest["frame_encoder"]["id"] and info.text_encoder.dim == 384
+    health = health_pb2_grpc.HealthStub(served.channel)
+    for service in ("", "sarm.v1.RewardService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
+    [reply] = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                        timeout=TIMEOUT)
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"sarm.v1.RewardService", "grpc.health.v1.Health"} <= names
+
+
+GOOD = episode_frames(9, seed=4)
+BAD_WINDOWS = {
+    "wrong raw size": (window_request([raw(np.zeros((32, 32, 3), np.uint8))] * 9),
+                       "raw image is 32x32x3, expected 48x64"),
+    "wrong png size": (window_request([encoded(np.zeros((40, 64, 3), np.uint8))] * 9),
+                       "image is 40x64, expected 48x64"),
+    "undecodable": (window_request([raw(f) for f in GOOD[:8]] + [pb.Frame(encoded=b"\xff\xd8garbage")]),
+                    "frame 8: cannot decode"),
+    "empty window": (window_request([]), "the window has 0 images"),
+    "short window": (window_request([raw(f) for f in GOOD[:8]]),
+                     "the window has 8 time steps; the model takes exactly 9"),
+    "no image set": (window_request([pb.Frame()] * 9), "frame 0: empty image"),
+    "empty instruction": (window_request([raw(f) for f in GOOD], instruction=" "), "instruction is empty"),
+    "oversized": (window_request([raw(f) for f in episode_frames(60, seed=5)]), "the limit is 524288"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_WINDOWS))
+def test_bad_window_is_invalid_argument(served: RunningGateway, case: str) -> None:
+    request, message = BAD_WINDOWS[case]
+    with pytest.raises(grpc.RpcError) as caught:
+        served.stub.ScoreWindow(request, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert message in caught.value.details()
+
+
+def step(frames: np.ndarray, state: list[float] | None = None) -> pb.StreamEpisodeRequest:
+    return pb.StreamEpisodeRequest(step=pb.FrameStep(frames=[raw(f) for f in frames], state=state or []))
+
+
+def opening(fps: float = 10.0) -> pb.StreamEpisodeRequest:
+    return pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction=INSTRUCTION, fps=fps))
+
+
+BAD_STREAMS = {
+    "step before open": ([step(GOOD[:1])], "no episode is open"),
+    "second open": ([opening(), opening()], "already has an open episode"),
+    "nan fps": ([opening(math.nan)], "fps must be a frame rate"),
+    "nan state": ([opening(), step(GOOD[:1], [0.1, math.nan])], "state has NaN"),
+    "empty message": ([opening(), pb.StreamEpisodeRequest()], "empty message"),
+    "empty step": ([opening(), step(GOOD[:0])], "this step has 0 images"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STREAMS))
+def test_bad_stream_is_invalid_argument(served: RunningGateway, case: str) -> None:
+    requests, message = BAD_STREAMS[case]
+    with pytest.raises(grpc.RpcError) as caught:
+        list(served.stub.StreamEpisode(iter(requests), timeout=TIMEOUT))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert message in caught.value.details()
+
+
+def test_score_frames_refuses_a_missing_fps(served: RunningGateway) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(served.stub.ScoreFrames(pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(GOOD[0])]),
+                                     timeout=TIMEOUT))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fps" in caught.value.details()
+
+
+def test_burst_beyond_the_in_flight_bound_is_refused_fast(gated: RunningGateway) -> None:
+    held = [gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
+            for s in (6, 7)]
+    gated.wait_in_flight(2)
+    started = time.monotonic()
+    for _ in range(10):
+        with pytest.raises(grpc.RpcError) as caught:
+            gated.stub.ScoreWindow(window_request([raw(f) for f in GOOD]), timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "retry after 100 ms" in caught.value.details()
+        assert ("retry-after-ms", "100") in (caught.value.trailing_metadata() or ())
+    assert time.monotonic() - started < 2.0
+    gated.open_gate()
+    assert all(f.result(TIMEOUT).score.model_version for f in held)
+
+
+def test_deadline_expiry_is_deadline_exceeded_and_frees_the_slot(gated: RunningGateway) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        gated.stub.ScoreWindow(window_request([raw(f) for f in GOOD]), timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    gated.wait_in_flight(0)
+
+
+def test_shutdown_reports_not_serving_and_drains_calls_in_flight(gated: RunningGateway) -> None:
+    health = health_pb2_grpc.HealthStub(gated.channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    call = gated.stub.ScoreWindow.future(window_request([raw(f) for f in GOOD]), timeout=TIMEOUT)
+    gated.wait_in_flight(1)
+    stopping = asyncio.run_coroutine_threadsafe(gated.gateway.stop(), gated.loop)
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()  # a watcher would otherwise hold the drain open until drain_seconds
+    gated.open_gate()
+    assert call.result(TIMEOUT).score.stage_name  # the call in flight finished
+    stopping.result(TIMEOUT)
+    gated.gateway.server = None  # type: ignore[assignment]  # already stopped: the fixture must not stop it again
