@@ -28,7 +28,7 @@ def serve_command(
     from sarm.encoders.base import EncoderMismatchError
     from sarm_gateway.backends import BackendNotAvailable
     from sarm_gateway.server import serve
-    from sarm_gateway.settings import Settings
+    from sarm_gateway.settings import DEFAULT_MODEL_REPO, Settings
 
     given: dict[str, Any] = {"model_repo": model_repo, "backend": backend, "triton_url": triton_url,
                              "grpc_port": grpc_port, "http_port": http_port}
@@ -37,6 +37,10 @@ def serve_command(
     except ValidationError as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
+    if settings.model_repo == DEFAULT_MODEL_REPO and not DEFAULT_MODEL_REPO.is_dir():
+        console.print(f"[red]error:[/red] the default model is not built at {DEFAULT_MODEL_REPO}: run `make setup`, "
+                      "or pass --model-repo DIR (a repository from `sarm export`)", soft_wrap=True)
+        raise typer.Exit(2)
     if settings.http_port is not None:
         console.print(f"note: the HTTP API is not built yet; port {settings.http_port} is not served")
 

@@ -80,11 +80,11 @@ class Engine:
         """Load the repository's manifest, start its backend and the instruction encoder it was trained with."""
         repo = Path(settings.model_repo)
         manifest = read_manifest(repo)
-        if text_encoder is None:
+        backend = make_backend(settings.backend, repo, manifest, settings.intra_op_threads, settings.inference_workers)
+        if text_encoder is None:  # slow (torch): after the cheap checks
             from sarm.encoders.registry import load_text_encoder
 
             text_encoder = load_text_encoder(manifest["text_encoder"]["id"])
-        backend = make_backend(settings.backend, repo, manifest, settings.intra_op_threads, settings.inference_workers)
         return cls(manifest, backend, text_encoder, settings)
 
     async def close(self) -> None:
@@ -154,7 +154,7 @@ class Engine:
             ]))
             embeddings = await self._encode(images)
             for (key, rows), embedding in zip(missing.items(), embeddings, strict=True):
-                self.frame_cache.put(key, embedding)
+                self.frame_cache.put(key, embedding.copy())  # a row of its own, not a view pinning the batch
                 out[rows] = embedding
         return out
 
