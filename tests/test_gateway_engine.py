@@ -90,3 +90,24 @@ def test_episode_keeps_every_frame_a_later_window_needs(stride: int) -> None:
         oldest_needed = sequence_indices(t, stride).indices[0, 1]
         later = sequence_indices(np.arange(t, t + 10 * stride), stride).indices[:, 1:]
         assert later.min() >= oldest_needed
+
+
+def test_batcher_without_delay_batches_what_arrives_while_a_batch_runs() -> None:
+    calls: list[int] = []
+
+    async def slow(x: np.ndarray) -> tuple[np.ndarray]:
+        calls.append(len(x))
+        await asyncio.sleep(0.02)
+        return (x,)
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, max_batch=8, max_delay_s=0)
+        try:
+            first = asyncio.create_task(batcher(np.zeros((1, 1))))
+            await asyncio.sleep(0.005)  # the first batch is running now
+            await asyncio.gather(first, *(batcher(np.zeros((1, 1))) for _ in range(4)))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert calls == [1, 4]  # the first call runs at once; the other four wait for it and go together

@@ -24,9 +24,10 @@ class Settings(BaseSettings):
     # Local backend: onnxruntime threads per session and sessions running at once.
     intra_op_threads: int = Field(1, ge=0)
     inference_workers: int = Field(1, ge=1)
-    # Micro-batching of concurrent encoder and heads calls (local backend).
+    # Micro-batching of concurrent encoder and heads calls (local backend). Calls arriving while a batch runs
+    # form the next one anyway, so by default a lone call does not wait for company.
     max_batch_size: int = Field(32, ge=1)
-    max_batch_delay_ms: float = Field(1.0, ge=0)
+    max_batch_delay_ms: float = Field(0.0, ge=0)
     # In-process embedding caches.
     frame_cache_entries: int = Field(20_000, ge=0)  # ~5 KB each at 1280-d
     frame_cache_ttl_s: float = Field(600.0, gt=0)
