@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from sarm.encoders.base import EncoderMismatchError
+from sarm.export.model_repo import read_manifest
 from sarm.model.windows import sequence_indices
 from sarm_gateway.batcher import MicroBatcher
 from sarm_gateway.cache import TTLCache
+from sarm_gateway.engine import Engine
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
+from sarm_gateway.settings import Settings
 
 
 def test_batcher_coalesces_concurrent_calls_and_returns_each_its_rows() -> None:
@@ -111,3 +120,17 @@ def test_batcher_without_delay_batches_what_arrives_while_a_batch_runs() -> None
 
     asyncio.run(main())
     assert calls == [1, 4]  # the first call runs at once; the other four wait for it and go together
+
+
+def test_engine_refuses_a_text_encoder_other_than_the_repository_s(cpu_model_repo: Path) -> None:
+    manifest = read_manifest(cpu_model_repo)
+    other = SimpleNamespace(encoder_id=manifest["text_encoder"]["id"], version="0.0.0+different", dim=384)
+    with pytest.raises(EncoderMismatchError, match="different"):
+        Engine(manifest, SimpleNamespace(batches_itself=True), other, Settings(model_repo=cpu_model_repo))
+
+
+def test_the_core_imports_without_the_gateway() -> None:
+    code = "import sys, sarm.cli, sarm.scoring; assert 'sarm_gateway' not in sys.modules, 'core imports the gateway'"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import queue
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -341,3 +342,21 @@ def test_shutdown_reports_not_serving_and_drains_calls_in_flight(gated: RunningG
     assert call.result(TIMEOUT).score.stage_name  # the call in flight finished
     stopping.result(TIMEOUT)
     gated.gateway.server = None  # type: ignore[assignment]  # already stopped: the fixture must not stop it again
+
+
+def test_streams_beyond_the_stream_bound_are_refused(cpu_model_repo: Path, text_encoder: TextEncoder) -> None:
+    running = RunningGateway(cpu_model_repo, text_encoder, max_streams=1)
+    try:
+        held: queue.Queue[pb.StreamEpisodeRequest | None] = queue.Queue()
+        first = running.stub.StreamEpisode(iter(held.get, None), timeout=TIMEOUT)
+        held.put(opening())
+        held.put(step(GOOD[:1]))
+        assert len(next(first).scores) == 1  # the first stream is open and served
+        with pytest.raises(grpc.RpcError) as caught:
+            list(running.stub.StreamEpisode(iter([opening()]), timeout=TIMEOUT))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "streams in flight" in caught.value.details()
+        held.put(None)
+        assert list(first) == []
+    finally:
+        running.close()

@@ -13,3 +13,7 @@ class Overloaded(RuntimeError):
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
+
+
+class DeadlineExceeded(TimeoutError):
+    """The caller's deadline passed before the work was done (the work has been cancelled)."""

@@ -21,7 +21,7 @@ from sarm_gateway.admission import Admission
 from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
 from sarm_gateway.engine import Engine
 from sarm_gateway.episode import Episode, FrameResult, window_stride
-from sarm_gateway.errors import InvalidInput, Overloaded
+from sarm_gateway.errors import DeadlineExceeded, InvalidInput, Overloaded
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -53,16 +53,22 @@ class RewardService(pb_grpc.RewardServiceServicer):
         except Overloaded as error:
             context.set_trailing_metadata(((RETRY_AFTER, str(error.retry_after_ms)),))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the scores were ready")
+        except DeadlineExceeded as error:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
 
     @asynccontextmanager
     async def _unit(self, context: grpc.aio.ServicerContext, request: Message) -> AsyncIterator[None]:
         """One unit of work: an in-flight slot, the size check, and the caller's remaining deadline."""
         with self.work.slot():
             self._check_size(request)
-            async with asyncio.timeout(context.time_remaining()):
-                yield
+            deadline = asyncio.timeout(context.time_remaining())
+            try:
+                async with deadline:
+                    yield
+            except TimeoutError as error:
+                if not deadline.expired():  # someone else's timeout: not the caller's deadline
+                    raise
+                raise DeadlineExceeded("deadline exceeded before the scores were ready") from error
 
     async def ScoreWindow(self, request: pb.ScoreWindowRequest, context: Any) -> pb.ScoreWindowResponse:
         engine = self.engine
