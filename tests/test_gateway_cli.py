@@ -25,9 +25,9 @@ def test_serve_refuses_a_directory_that_is_not_a_model_repository(tmp_path: Path
     assert result.exit_code == 2 and "sarm_manifest.json is missing" in result.output
 
 
-def test_serve_says_the_triton_backend_is_not_there_yet(cpu_model_repo: Path) -> None:
-    result = runner.invoke(app, ["serve", "--model-repo", str(cpu_model_repo), "--backend", "triton"])
-    assert result.exit_code == 2 and "triton backend is not implemented yet" in result.output
+def test_serve_refuses_an_unknown_backend(cpu_model_repo: Path) -> None:
+    result = runner.invoke(app, ["serve", "--model-repo", str(cpu_model_repo), "--backend", "tensorflow"])
+    assert result.exit_code == 2 and "backend" in result.output and "'local' or 'triton'" in result.output
 
 
 @pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""Where the models run, behind one interface: `local` (ONNX Runtime in this process) and, later, `triton`.
+"""Where the models run, behind one interface: `local` (ONNX Runtime in this process) and `triton`.
 
     encode(images uint8 (N, H, W, 3))             -> embeddings float32 (N, D)
     heads(frames (B, L, C, D), text (B, D_text),
@@ -18,6 +18,7 @@ import onnxruntime as ort
 from sarm.encoders.onnx_export import INPUT_NAME
 from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
 from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
+from sarm_gateway.settings import Settings
 
 
 class HeadsOutput(NamedTuple):
@@ -73,12 +74,14 @@ class LocalBackend:
 
 
 class BackendNotAvailable(RuntimeError):
-    """The configured backend cannot be used (not built yet, or misconfigured)."""
+    """The configured backend cannot be used (misconfigured)."""
 
 
-def make_backend(backend: str, repo: Path, manifest: dict[str, Any], intra_op_threads: int, workers: int) -> Backend:
-    if backend == "local":
-        return LocalBackend(repo, manifest, intra_op_threads, workers)
-    if backend == "triton":
-        raise BackendNotAvailable("the triton backend is not implemented yet: use --backend local")
-    raise BackendNotAvailable(f"unknown backend {backend!r}: use local or triton")
+def make_backend(settings: Settings, repo: Path, manifest: dict[str, Any]) -> Backend:
+    if settings.backend == "local":
+        return LocalBackend(repo, manifest, settings.intra_op_threads, settings.inference_workers)
+    if settings.backend == "triton":
+        from sarm_gateway.triton_backend import TritonBackend  # tritonclient only when asked for
+
+        return TritonBackend(settings.triton_url, manifest, settings.triton_timeout_s)
+    raise BackendNotAvailable(f"unknown backend {settings.backend!r}: use local or triton")

@@ -83,7 +83,7 @@ class Engine:
         """Load the repository's manifest, start its backend and the instruction encoder it was trained with."""
         repo = Path(settings.model_repo)
         manifest = read_manifest(repo)
-        backend = make_backend(settings.backend, repo, manifest, settings.intra_op_threads, settings.inference_workers)
+        backend = make_backend(settings, repo, manifest)
         if text_encoder is None:  # slow (torch): after the cheap checks
             from sarm.encoders.registry import load_text_encoder
 

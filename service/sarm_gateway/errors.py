@@ -17,3 +17,7 @@ class Overloaded(RuntimeError):
 
 class DeadlineExceeded(TimeoutError):
     """The caller's deadline passed before the work was done (the work has been cancelled)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The model server cannot be reached or failed; the call may succeed once it is back."""

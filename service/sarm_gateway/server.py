@@ -19,9 +19,10 @@ from grpc_reflection.v1alpha import reflection
 
 from sarm_gateway.admission import Admission
 from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
+from sarm_gateway.deadlines import budget
 from sarm_gateway.engine import Engine
 from sarm_gateway.episode import Episode, FrameResult, window_stride
-from sarm_gateway.errors import DeadlineExceeded, InvalidInput, Overloaded
+from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -55,16 +56,20 @@ class RewardService(pb_grpc.RewardServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except DeadlineExceeded as error:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+        except BackendUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
 
     @asynccontextmanager
     async def _unit(self, context: grpc.aio.ServicerContext, request: Message) -> AsyncIterator[None]:
         """One unit of work: an in-flight slot, the size check, and the caller's remaining deadline."""
         with self.work.slot():
             self._check_size(request)
-            deadline = asyncio.timeout(context.time_remaining())
+            left = context.time_remaining()
+            deadline = asyncio.timeout(left)
             try:
                 async with deadline:
-                    yield
+                    with budget(left):
+                        yield
             except TimeoutError as error:
                 if not deadline.expired():  # someone else's timeout: not the caller's deadline
                     raise

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     model_repo: Path = DEFAULT_MODEL_REPO
     backend: Literal["local", "triton"] = "local"
     triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = Field(10.0, gt=0)  # per Triton request, for calls that carry no deadline
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: any free port
     http_port: int | None = Field(None, ge=0, le=65535)
