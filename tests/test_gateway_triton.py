@@ -3,6 +3,7 @@ clear UNAVAILABLE when Triton is gone."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from sarm.encoders.base import TextEncoder
 from sarm.triton import TritonServer
+from sarm.triton.server import free_ports
 from sarm_gateway.v1 import sarm_pb2 as pb
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, RunningGateway, episode_frames, raw, window_request
 
@@ -44,14 +46,27 @@ def test_triton_backend_scores_like_the_local_backend(
     np.testing.assert_allclose(triton_curve, local_curve, atol=1e-5)
 
 
-def test_triton_gone_is_unavailable(cpu_model_repo: Path, text_encoder: TextEncoder) -> None:
-    with TritonServer(cpu_model_repo) as server:
-        url = server.endpoints.grpc
+def test_triton_gone_is_unavailable_and_service_resumes_when_it_returns(
+    cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    grpc_port, http_port, metrics_port = free_ports(3)
+    ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
+    url = f"127.0.0.1:{grpc_port}"
     running = RunningGateway(cpu_model_repo, text_encoder, backend="triton", triton_url=url)
     try:
-        with pytest.raises(grpc.RpcError) as caught:
+        with pytest.raises(grpc.RpcError) as caught:  # no Triton yet
             running.stub.ScoreWindow(window_request([raw(f) for f in episode_frames(9, seed=12)]), timeout=TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert f"Triton at {url}" in caught.value.details()
+        with TritonServer(cpu_model_repo, **ports):
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # the client reconnects with backoff: the first calls may still fail
+                try:
+                    request = window_request([raw(f) for f in episode_frames(9, seed=12)])
+                    assert running.stub.ScoreWindow(request, timeout=TIMEOUT).score.model_version
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                    time.sleep(0.2)
     finally:
         running.close()
