@@ -7,7 +7,6 @@ misses (deduplicated) go to the encoder. Windows are assembled from embeddings b
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,21 +61,19 @@ class Engine:
         self._frame_encoder_id = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
         self._text_encoder = text_encoder
         self._text_encoder_id = fingerprint(text_encoder)
-        self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, settings.frame_cache_ttl_s)
-        self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, math.inf)
+        ttl = settings.cache_ttl_s
+        self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, ttl)
+        self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, ttl)
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")
-        self._batchers: list[MicroBatcher] = []
-        self._encode: Callable[..., Any] = backend.encode
-        self._heads: Callable[..., Any] = backend.heads
+        # Local models run one batch at a time per worker: coalesce concurrent calls. Triton batches itself.
+        self._encode_batcher: MicroBatcher | None = None
+        self._heads_batcher: MicroBatcher | None = None
         if not backend.batches_itself:
-            delay = settings.max_batch_delay_ms / 1000
-            workers = settings.inference_workers
-            encode = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers)
-            heads = MicroBatcher(self._heads_rows, settings.max_batch_size, delay, workers)
-            self._batchers = [encode, heads]
-            self._encode, self._heads = self._batched_encode(encode), self._batched_heads(heads)
+            delay, workers = settings.max_batch_delay_ms / 1000, settings.inference_workers
+            self._encode_batcher = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers)
+            self._heads_batcher = MicroBatcher(backend.heads, settings.max_batch_size, delay, workers)
 
     @classmethod
     def from_settings(cls, settings: Settings, text_encoder: TextEncoder | None = None) -> Engine:
@@ -91,32 +88,25 @@ class Engine:
         return cls(manifest, backend, text_encoder, settings)
 
     async def close(self) -> None:
-        for batcher in self._batchers:
-            await batcher.close()
+        for batcher in (self._encode_batcher, self._heads_batcher):
+            if batcher is not None:
+                await batcher.close()
         await self.backend.close()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
 
-    # The batchers pass tuples of arrays; these adapt the backend's signatures.
     async def _encode_rows(self, images: np.ndarray) -> tuple[np.ndarray]:
-        return (await self.backend.encode(images),)
+        return (await self.backend.encode(images),)  # the batcher passes tuples of arrays
 
-    async def _heads_rows(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
-        return await self.backend.heads(frames, text, lengths)
+    async def _encode(self, images: np.ndarray) -> np.ndarray:
+        if self._encode_batcher is None:
+            return await self.backend.encode(images)
+        return (await self._encode_batcher(images))[0]
 
-    @staticmethod
-    def _batched_encode(batcher: MicroBatcher) -> Callable[[np.ndarray], Any]:
-        async def encode(images: np.ndarray) -> np.ndarray:
-            return (await batcher(images))[0]
-
-        return encode
-
-    @staticmethod
-    def _batched_heads(batcher: MicroBatcher) -> Callable[..., Any]:
-        async def heads(frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
-            return HeadsOutput(*await batcher(frames, text, lengths))
-
-        return heads
+    async def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        if self._heads_batcher is None:
+            return await self.backend.heads(frames, text, lengths)
+        return HeadsOutput(*await self._heads_batcher(frames, text, lengths))
 
     async def embed_instruction(self, instruction: str) -> np.ndarray:
         if not instruction.strip():
@@ -168,10 +158,10 @@ class Engine:
         text_rows = np.broadcast_to(text.astype(np.float32), (len(frames), len(text)))
         out = await self._heads(frames.astype(np.float32, copy=False), np.ascontiguousarray(text_rows),
                                 lengths.astype(np.int64).reshape(-1, 1))
+        stages = out.stage_probs.argmax(axis=-1)
         return [
-            WindowScore(int(np.argmax(p)), self.stage_names[int(np.argmax(p))], p, float(tau[0]), float(progress[0]),
-                        float(confidence[0]))
-            for p, tau, progress, confidence in zip(*out, strict=True)
+            WindowScore(int(k), self.stage_names[k], p, float(tau[0]), float(progress[0]), float(confidence[0]))
+            for k, p, tau, progress, confidence in zip(stages, *out, strict=True)
         ]
 
     async def score_at(

@@ -46,6 +46,16 @@ class ScoringOptions:
         return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence) if self.smoothing else None
 
 
+def frame_results(
+    frames: list[int], scores: list[WindowScore], smoother: ConfidenceSmoother | None
+) -> list[FrameResult]:
+    """Pair scored frames with their scores, smoothing progress in frame order when asked to."""
+    return [
+        FrameResult(t, s, None if smoother is None else smoother.update(s.progress, s.confidence))
+        for t, s in zip(frames, scores, strict=True)
+    ]
+
+
 def window_stride(fps: float, stride_seconds: float) -> int:
     if not math.isfinite(fps) or not 0.0 < fps <= MAX_FPS:
         raise InvalidInput(f"fps must be a frame rate in (0, {MAX_FPS:g}], got {fps}: set the camera's fps")
@@ -78,11 +88,7 @@ class Episode:
         scored = [t for t in range(start, self.frames_seen) if t % self.options.score_every == 0]
         scores = await self.engine.score_at(self._gather, scored, self.stride, self.text)
         self._forget()
-        results = []
-        for t, score in zip(scored, scores, strict=True):
-            smoothed = None if self._smoother is None else self._smoother.update(score.progress, score.confidence)
-            results.append(FrameResult(t, score, smoothed))
-        return results
+        return frame_results(scored, scores, self._smoother)
 
     def _forget(self) -> None:
         """Drop the embeddings no later window can use: windows only move forward, so the next frame's oldest

@@ -21,7 +21,7 @@ from sarm_gateway.admission import Admission
 from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
 from sarm_gateway.deadlines import budget
 from sarm_gateway.engine import Engine
-from sarm_gateway.episode import Episode, FrameResult, window_stride
+from sarm_gateway.episode import Episode, frame_results, window_stride
 from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
@@ -100,11 +100,7 @@ class RewardService(pb_grpc.RewardServiceServicer):
             embeddings = (await engine.encode(frames_from_proto(request.frames))).reshape(steps, engine.num_cameras, -1)
             scored = list(range(0, steps, options.score_every))
             scores = await engine.score_at(embeddings.__getitem__, scored, stride, text)
-            smoother = options.smoother()
-            results = [
-                FrameResult(t, s, None if smoother is None else smoother.update(s.progress, s.confidence))
-                for t, s in zip(scored, scores, strict=True)
-            ]
+            results = frame_results(scored, scores, options.smoother())
         for result in results:
             yield frame_score_to_proto(result, engine.version)
 

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(0.0, ge=0)
     # In-process embedding caches.
     frame_cache_entries: int = Field(20_000, ge=0)  # ~5 KB each at 1280-d
-    frame_cache_ttl_s: float = Field(600.0, gt=0)
+    cache_ttl_s: float = Field(600.0, gt=0)  # every cached embedding, frame or instruction
     instruction_cache_entries: int = Field(1_000, ge=0)
     # Backpressure and limits.
     max_in_flight: int = Field(64, ge=1)  # unary calls and stream steps being worked on
