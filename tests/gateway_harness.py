@@ -35,13 +35,15 @@ class CountingBackend:
     def __init__(self, inner: Backend, gated: bool) -> None:
         self.inner = inner
         self.name, self.batches_itself = inner.name, inner.batches_itself
-        self.encoded = 0
+        self.encoded = 0  # images
+        self.encode_calls = 0  # batches
         self.gate = asyncio.Event() if gated else None
 
     async def encode(self, images: np.ndarray) -> np.ndarray:
         if self.gate is not None:
             await self.gate.wait()
         self.encoded += len(images)
+        self.encode_calls += 1
         return await self.inner.encode(images)
 
     async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:

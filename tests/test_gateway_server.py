@@ -265,3 +265,18 @@ def test_streams_beyond_the_stream_bound_are_refused(cpu_model_repo: Path, text_
         assert list(first) == []
     finally:
         running.close()
+
+
+def test_concurrent_calls_share_encoder_batches(cpu_model_repo: Path, text_encoder: TextEncoder) -> None:
+    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_batch_size=64)
+    try:
+        running.run(running.gateway.engine.embed_instruction(INSTRUCTION))  # calls go straight to the encoder
+        calls = [running.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=20 + i)]),
+                                                 timeout=TIMEOUT) for i in range(5)]
+        running.wait_in_flight(5)
+        time.sleep(0.2)  # decoding done: four calls wait behind the first, held at the gate
+        running.open_gate()
+        assert all(call.result(TIMEOUT).score.model_version for call in calls)
+        assert running.backend.encoded == 45 and running.backend.encode_calls <= 2  # not one batch per call
+    finally:
+        running.close()
