@@ -49,6 +49,9 @@ class CountingBackend:
     async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
         return await self.inner.heads(frames, text, lengths)
 
+    async def ready(self) -> bool:
+        return await self.inner.ready()
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -10,12 +10,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sarm.encoders.base import TextEncoder
 from sarm.triton import TritonServer
 from sarm.triton.server import free_ports
 from sarm_gateway.v1 import sarm_pb2 as pb
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, RunningGateway, episode_frames, raw, window_request
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +49,16 @@ def test_triton_backend_scores_like_the_local_backend(
     np.testing.assert_allclose(triton_curve, local_curve, atol=1e-5)
 
 
-def test_triton_gone_is_unavailable_and_service_resumes_when_it_returns(
+def test_triton_gone_is_unavailable_and_not_serving_and_service_resumes_when_it_returns(
     cpu_model_repo: Path, text_encoder: TextEncoder
 ) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
     ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
     url = f"127.0.0.1:{grpc_port}"
-    running = RunningGateway(cpu_model_repo, text_encoder, backend="triton", triton_url=url)
+    running = RunningGateway(cpu_model_repo, text_encoder, backend="triton", triton_url=url, health_interval_s=0.2)
+    health = health_pb2_grpc.HealthStub(running.channel).Check
     try:
+        assert health(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status == NOT_SERVING
         with pytest.raises(grpc.RpcError) as caught:  # no Triton yet
             running.stub.ScoreWindow(window_request([raw(f) for f in episode_frames(9, seed=12)]), timeout=TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -68,5 +73,12 @@ def test_triton_gone_is_unavailable_and_service_resumes_when_it_returns(
                 except grpc.RpcError as error:
                     assert error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
                     time.sleep(0.2)
+            while health(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status != SERVING:
+                assert time.monotonic() < deadline, "health never turned SERVING"
+                time.sleep(0.1)
+        deadline = time.monotonic() + TIMEOUT
+        while health(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status != NOT_SERVING:  # Triton stopped
+            assert time.monotonic() < deadline, "health still SERVING without Triton"
+            time.sleep(0.1)
     finally:
         running.close()

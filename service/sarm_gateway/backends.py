@@ -36,6 +36,8 @@ class Backend(Protocol):
 
     async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput: ...
 
+    async def ready(self) -> bool: ...
+
     async def close(self) -> None: ...
 
 
@@ -68,6 +70,9 @@ class LocalBackend:
             self._pool, self._heads.run, list(HEADS_OUTPUTS), feeds
         )
         return HeadsOutput(*outputs)
+
+    async def ready(self) -> bool:
+        return True  # the sessions loaded in __init__
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -162,19 +162,34 @@ class Gateway:
         )
         self.port = 0
         self._stopping: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.grpc_host}:{self.settings.grpc_port}")
         await self.server.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._report_backend()
+        self._watching = asyncio.get_running_loop().create_task(self._watch_backend())
         return self.port
+
+    async def _report_backend(self) -> None:
+        """SERVING exactly while the backend can run the models (after a drain began, health ignores this)."""
+        ready = await self.engine.backend.ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_backend(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self._report_backend()
 
     async def stop(self) -> None:
         """NOT_SERVING first (load balancers stop sending), then up to drain_seconds for calls in flight."""
         await self.health.enter_graceful_shutdown()
+        if self._watching is not None:
+            self._watching.cancel()
         await self.server.stop(self.settings.drain_seconds)
         await self.engine.close()
 

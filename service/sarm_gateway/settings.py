@@ -39,5 +39,6 @@ class Settings(BaseSettings):
     retry_after_ms: int = Field(100, ge=0)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_instruction_chars: int = Field(1000, ge=1)
+    health_interval_s: float = Field(2.0, gt=0)  # how often health re-checks that the backend is ready
     # SIGTERM: NOT_SERVING at once, then up to this long for in-flight calls.
     drain_seconds: float = Field(10.0, ge=0)

@@ -21,6 +21,8 @@ from sarm_gateway.backends import HeadsOutput
 from sarm_gateway.deadlines import remaining
 from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded
 
+READY_TIMEOUT_S = 2.0  # a readiness probe that takes longer than this counts as not ready
+
 
 class TritonBackend:
     name = "triton"
@@ -62,6 +64,16 @@ class TritonBackend:
     async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
         inputs = dict(zip(HEADS_INPUTS, (frames, text, lengths), strict=True))
         return HeadsOutput(*await self._batched(self.models["heads"], inputs, HEADS_OUTPUTS))
+
+    async def ready(self) -> bool:
+        """Triton is up and both models are loaded."""
+        try:
+            models = await asyncio.gather(*(
+                self._client.is_model_ready(name, client_timeout=READY_TIMEOUT_S) for name in self.models.values()
+            ))
+            return bool(await self._client.is_server_ready(client_timeout=READY_TIMEOUT_S)) and all(models)
+        except InferenceServerException:
+            return False
 
     async def close(self) -> None:
         await self._client.close()
