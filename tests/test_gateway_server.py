@@ -280,3 +280,36 @@ def test_concurrent_calls_share_encoder_batches(cpu_model_repo: Path, text_encod
         assert running.backend.encoded == 45 and running.backend.encode_calls <= 2  # not one batch per call
     finally:
         running.close()
+
+
+def test_two_cameras_time_major(tmp_path: Path, text_encoder: TextEncoder) -> None:
+    """Frames of a two-camera model go time-major (both cameras of a step, then the next step)."""
+    from sarm.export.model_repo import export_model_repository
+    from sarm.training.scaffold import untrained_checkpoint
+
+    checkpoint = untrained_checkpoint(tmp_path / "ckpt", ["reach", "lift"], [0.6, 0.4], (H, W), num_cameras=2)
+    repo = tmp_path / "repo"
+    export_model_repository(checkpoint, repo, "cpu")
+    frames = episode_frames(2 * 12, seed=30)  # 12 time steps × 2 cameras
+    running = RunningGateway(repo, text_encoder)
+    try:
+        window = running.stub.ScoreWindow(window_request([raw(f) for f in frames[:18]]), timeout=TIMEOUT).score
+        replies = list(running.stub.StreamEpisode(stream_requests(frames, 4.0, pb.ScoringOptions(), per_step=2),
+                                                  timeout=TIMEOUT))
+        with pytest.raises(grpc.RpcError) as caught:
+            running.stub.ScoreWindow(window_request([raw(f) for f in frames[:17]]), timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the window has 17 images; send a positive multiple of the model's 2 camera(s)" in caught.value.details()
+    finally:
+        running.close()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    encoder = ort.InferenceSession(str(repo / read_manifest(repo)["onnx"]["encoder"]), options,
+                                   providers=["CPUExecutionProvider"])
+    embeddings = encoder.run(None, {"images": frames})[0].reshape(12, 2, -1)
+    model, _ = load_checkpoint(checkpoint)
+    text = text_encoder.encode([INSTRUCTION])[0]
+    expected_window = score_embeddings(model, embeddings[:9], text, 1, np.asarray([8]))
+    np.testing.assert_allclose(window.progress, expected_window.progress[0], atol=1e-4)
+    expected = score_embeddings(model, embeddings, text, 4)
+    np.testing.assert_allclose([r.scores[0].score.progress for r in replies], expected.progress, atol=1e-4)
