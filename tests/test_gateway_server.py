@@ -227,6 +227,17 @@ def test_burst_beyond_the_in_flight_bound_is_refused_fast(gated: RunningGateway)
     assert all(f.result(TIMEOUT).score.model_version for f in held)
 
 
+def test_an_open_stream_is_not_cut_by_a_burst(gated: RunningGateway) -> None:
+    held = [gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
+            for s in (40, 41)]
+    gated.wait_in_flight(2)  # unary calls now get RESOURCE_EXHAUSTED, but the stream's steps go on
+    replies = gated.stub.StreamEpisode(iter([opening(), step(GOOD[:1]), step(GOOD[1:2])]), timeout=TIMEOUT)
+    time.sleep(0.2)
+    gated.open_gate()
+    assert [len(r.scores) for r in replies] == [1, 1]
+    assert all(f.result(TIMEOUT).score.model_version for f in held)
+
+
 def test_deadline_expiry_is_deadline_exceeded_and_frees_the_slot(gated: RunningGateway) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         gated.stub.ScoreWindow(window_request([raw(f) for f in GOOD]), timeout=0.3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -60,9 +60,12 @@ class RewardService(pb_grpc.RewardServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
 
     @asynccontextmanager
-    async def _unit(self, context: grpc.aio.ServicerContext, request: Message) -> AsyncIterator[None]:
-        """One unit of work: an in-flight slot, the size check, and the caller's remaining deadline."""
-        with self.work.slot():
+    async def _unit(
+        self, context: grpc.aio.ServicerContext, request: Message, admit: bool = True
+    ) -> AsyncIterator[None]:
+        """One unit of work: an in-flight slot (unless already admitted), the size check, and the caller's
+        remaining deadline."""
+        with self.work.slot() if admit else nullcontext():
             self._check_size(request)
             left = context.time_remaining()
             deadline = asyncio.timeout(left)
@@ -114,7 +117,9 @@ class RewardService(pb_grpc.RewardServiceServicer):
             with self.streams.slot():
                 async for request in request_iterator:
                     kind = request.WhichOneof("message")
-                    async with self._unit(context, request):
+                    # An admitted stream is never cut by a burst of other calls: its steps, one at a time,
+                    # are bounded by max_streams instead of max_in_flight.
+                    async with self._unit(context, request, admit=False):
                         if kind == "open":
                             if episode is not None:
                                 raise InvalidInput("this stream already has an open episode: start a new stream "

@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(600.0, gt=0)  # every cached embedding, frame or instruction
     instruction_cache_entries: int = Field(1_000, ge=0)
     # Backpressure and limits.
-    max_in_flight: int = Field(64, ge=1)  # unary calls and stream steps being worked on
-    max_streams: int = Field(256, ge=1)
+    max_in_flight: int = Field(64, ge=1)  # unary calls being worked on
+    max_streams: int = Field(256, ge=1)  # open streams (each has at most one step in flight)
     retry_after_ms: int = Field(100, ge=0)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_instruction_chars: int = Field(1000, ge=1)
