@@ -324,3 +324,32 @@ def test_two_cameras_time_major(tmp_path: Path, text_encoder: TextEncoder) -> No
     np.testing.assert_allclose(window.progress, expected_window.progress[0], atol=1e-4)
     expected = score_embeddings(model, embeddings, text, 4)
     np.testing.assert_allclose([r.scores[0].score.progress for r in replies], expected.progress, atol=1e-4)
+
+
+def test_concurrent_calls_with_the_same_frames_encode_them_once(
+    cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    running = RunningGateway(cpu_model_repo, text_encoder, gated=True)
+    try:
+        running.run(running.gateway.engine.embed_instruction(INSTRUCTION))
+        request = window_request([raw(f) for f in episode_frames(9, seed=50)])
+        calls = [running.stub.ScoreWindow.future(request, timeout=TIMEOUT) for _ in range(3)]
+        running.wait_in_flight(3)
+        time.sleep(0.2)  # the first call holds the frames at the gate; the others wait for its embeddings
+        running.open_gate()
+        scores = [call.result(TIMEOUT).score.progress for call in calls]
+        assert running.backend.encoded == 9 and len(set(scores)) == 1
+    finally:
+        running.close()
+
+
+def test_a_call_that_gives_up_leaves_its_frames_to_the_calls_waiting_for_them(gated: RunningGateway) -> None:
+    gated.run(gated.gateway.engine.embed_instruction(INSTRUCTION))
+    request = window_request([raw(f) for f in episode_frames(9, seed=51)])
+    with pytest.raises(grpc.RpcError) as caught:  # holds the frames, then its deadline passes
+        first = gated.stub.ScoreWindow.future(request, timeout=0.5)
+        second = gated.stub.ScoreWindow.future(request, timeout=TIMEOUT)  # waits for the first's frames
+        first.result(TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    gated.open_gate()
+    assert second.result(TIMEOUT).score.model_version

@@ -9,7 +9,7 @@ from sarm_gateway.errors import Overloaded
 
 
 class Admission:
-    """Counts units of work (a unary call, a stream step). Used from one event loop, so no lock is needed."""
+    """Counts units of work (unary calls, or open streams). Used from one event loop, so no lock is needed."""
 
     def __init__(self, limit: int, retry_after_ms: int, what: str = "requests") -> None:
         self.limit = limit

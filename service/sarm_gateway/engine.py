@@ -67,6 +67,7 @@ class Engine:
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")
+        self._encoding: dict[str, asyncio.Future[np.ndarray | None]] = {}  # frames being encoded, by content key
         # Local models run one batch at a time per worker: coalesce concurrent calls. Triton batches itself.
         self._encode_batcher: MicroBatcher | None = None
         self._heads_batcher: MicroBatcher | None = None
@@ -123,8 +124,8 @@ class Engine:
         return cached
 
     async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> np.ndarray:
-        """(N, D) embeddings of `frames`; only frames missing from the cache are decoded and encoded, once each.
-        `first_index` numbers the frames in error messages."""
+        """(N, D) embeddings of `frames`; only frames missing from the cache, and not being encoded by a concurrent
+        call, are decoded and encoded, once each. `first_index` numbers the frames in error messages."""
         if not frames:
             raise InvalidInput("no frames: send at least one image")
         loop = asyncio.get_running_loop()
@@ -135,13 +136,32 @@ class Engine:
         )
         out = np.empty((len(frames), self.frame_dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
+        joined: dict[str, tuple[asyncio.Future[np.ndarray | None], list[int]]] = {}  # being encoded by another call
         for i, key in enumerate(keys):
             cached = self.frame_cache.get(key)
-            if cached is None:
-                missing.setdefault(key, []).append(i)
-            else:
+            if cached is not None:
                 out[i] = cached
+            elif key in self._encoding:
+                joined.setdefault(key, (self._encoding[key], []))[1].append(i)
+            else:
+                missing.setdefault(key, []).append(i)
         if missing:
+            await self._encode_missing(frames, missing, out, first_index)
+        for future, rows in joined.values():
+            embedding = await asyncio.shield(future)
+            if embedding is None:  # the call encoding it gave up (cancelled, bad input): encode it here
+                embedding = (await self.encode([frames[rows[0]]], first_index + rows[0]))[0]
+            out[rows] = embedding
+        return out
+
+    async def _encode_missing(
+        self, frames: Sequence[FrameData], missing: dict[str, list[int]], out: np.ndarray, first_index: int
+    ) -> None:
+        """Decode and encode one frame per key into `out`; concurrent calls wanting a key wait for it here."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[np.ndarray | None]] = {key: loop.create_future() for key in missing}
+        self._encoding.update(futures)
+        try:
             firsts = [rows[0] for rows in missing.values()]
             height, width = self.image_size
             images = await loop.run_in_executor(self._decode_pool, lambda: np.stack([
@@ -149,9 +169,15 @@ class Engine:
             ]))
             embeddings = await self._encode(images)
             for (key, rows), embedding in zip(missing.items(), embeddings, strict=True):
-                self.frame_cache.put(key, embedding.copy())  # a row of its own, not a view pinning the batch
-                out[rows] = embedding
-        return out
+                row = embedding.copy()  # a row of its own, not a view pinning the whole batch
+                self.frame_cache.put(key, row)
+                futures[key].set_result(row)
+                out[rows] = row
+        finally:
+            for key, future in futures.items():
+                del self._encoding[key]
+                if not future.done():
+                    future.set_result(None)
 
     async def score(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
         """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → one score each."""
