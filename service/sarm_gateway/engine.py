@@ -25,8 +25,13 @@ from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
 from sarm_gateway.settings import Settings
 
-# Hashing this much takes well under a millisecond: cheaper on the event loop than a hop to a thread.
-INLINE_HASH_BYTES = 256 * 1024
+# Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
+# thread. Larger inputs, and every JPEG/PNG decode, leave the loop.
+INLINE_BYTES = 256 * 1024
+
+
+def _small(frames: Sequence[FrameData]) -> bool:
+    return sum(len(f.data) for f in frames) <= INLINE_BYTES
 
 
 @dataclass(frozen=True)
@@ -129,11 +134,11 @@ class Engine:
         if not frames:
             raise InvalidInput("no frames: send at least one image")
         loop = asyncio.get_running_loop()
-        keys = [content_key(f, self._frame_encoder_id) for f in frames] if (
-            sum(len(f.data) for f in frames) <= INLINE_HASH_BYTES
-        ) else await loop.run_in_executor(
-            self._decode_pool, lambda: [content_key(f, self._frame_encoder_id) for f in frames]
-        )
+
+        def hash_all() -> list[str]:
+            return [content_key(f, self._frame_encoder_id) for f in frames]
+
+        keys = hash_all() if _small(frames) else await loop.run_in_executor(self._decode_pool, hash_all)
         out = np.empty((len(frames), self.frame_dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         joined: dict[str, tuple[asyncio.Future[np.ndarray | None], list[int]]] = {}  # being encoded by another call
@@ -164,9 +169,13 @@ class Engine:
         try:
             firsts = [rows[0] for rows in missing.values()]
             height, width = self.image_size
-            images = await loop.run_in_executor(self._decode_pool, lambda: np.stack([
-                decode(frames[i], height, width, f"frame {first_index + i}") for i in firsts
-            ]))
+
+            def decode_all() -> np.ndarray:
+                return np.stack([decode(frames[i], height, width, f"frame {first_index + i}") for i in firsts])
+
+            chosen = [frames[i] for i in firsts]
+            inline = all(f.shape is not None for f in chosen) and _small(chosen)  # raw pixels: checks and a copy
+            images = decode_all() if inline else await loop.run_in_executor(self._decode_pool, decode_all)
             embeddings = await self._encode(images)
             for (key, rows), embedding in zip(missing.items(), embeddings, strict=True):
                 row = embedding.copy()  # a row of its own, not a view pinning the whole batch
