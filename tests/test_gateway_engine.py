@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from sarm.model.windows import sequence_indices
 from sarm_gateway.batcher import MicroBatcher
 from sarm_gateway.cache import TTLCache
 from sarm_gateway.engine import Engine
+from sarm_gateway.episode import Episode, ScoringOptions
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
 from sarm_gateway.settings import Settings
@@ -134,3 +136,27 @@ def test_the_core_imports_without_the_gateway() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_episode_memory_stays_within_one_window_span() -> None:
+    """A long stream keeps frame 0 and the last 7g frames between steps, and scores every frame from them."""
+    async def encode(frames: list[FrameData], first_index: int = 0) -> np.ndarray:
+        return np.zeros((len(frames), 4), np.float32)
+
+    async def score_at(embeddings: Any, t: list[int], stride: int, text: np.ndarray) -> list[Any]:
+        embeddings(sequence_indices(np.asarray(t), stride).indices)  # raises KeyError if a frame was dropped
+        return [SimpleNamespace(progress=0.5, confidence=1.0) for _ in t]
+
+    engine = SimpleNamespace(stride_seconds=1.0, num_cameras=1, window_frames=9, max_rewind=4, encode=encode,
+                             score_at=score_at, time_steps=lambda n, what: n)
+    episode = Episode(engine, np.zeros(3), fps=3, options=ScoringOptions())
+
+    async def run() -> list[int]:
+        sizes = []
+        for _ in range(100):
+            await episode.step([FrameData(b"x")], [])
+            sizes.append(len(episode._history))
+        return sizes
+
+    sizes = asyncio.run(run())
+    assert max(sizes) == sizes[-1] == 1 + 7 * 3  # frame 0 and the 7g frames the next window may use
