@@ -16,7 +16,7 @@ MODEL_REPO ?= $(DEFAULT_REPO)
 GRPC_PORT ?= 8001
 HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
-.PHONY: setup system-packages serve triton test lint typecheck pytest clean
+.PHONY: setup system-packages serve triton proto test lint typecheck pytest clean
 
 setup: $(STAMP) $(DEFAULT_REPO)/sarm_manifest.json
 
@@ -39,19 +39,23 @@ $(DEFAULT_REPO)/sarm_manifest.json: $(DEFAULT_CHECKPOINT)/model.safetensors $(DE
 	rm -rf $(DEFAULT_REPO)
 	$(BIN)/sarm export $(DEFAULT_CHECKPOINT) --out $(DEFAULT_REPO) --target cpu
 
-# Until the gRPC gateway exists, the service is Triton serving the default model (frame encoder + SARM
-# heads); clients/examples/triton_score_window.py scores a window through it.
+# The gRPC gateway on the default model, embedded ONNX Runtime backend and in-memory caches (no Triton,
+# no Redis needed). SARM_* environment variables configure it (service/sarm_gateway/settings.py).
+GATEWAY_PORT ?= 50051
 serve: setup
-	$(BIN)/python -m sarm.triton.server --model-repository $(DEFAULT_REPO) \
-		--grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/sarm serve --model-repo $(DEFAULT_REPO) --backend local --grpc-port $(GATEWAY_PORT)
 
 # The real tritonserver (from nvidia-pytriton) on a model repository written by `sarm export`.
 triton: setup
 	$(BIN)/python -m sarm.triton.server --model-repository $(MODEL_REPO) \
 		--grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
+# Regenerate the gRPC code of proto/sarm/v1/sarm.proto in every package that ships it (a test checks it is current).
+proto: setup
+	$(BIN)/python proto/generate.py
+
 lint: setup
-	$(BIN)/ruff check sarm tests bench clients
+	$(BIN)/ruff check sarm tests bench clients service proto
 
 typecheck: setup
 	$(BIN)/mypy

@@ -18,6 +18,7 @@ import pytest
 from sarm.data.annotations import EpisodeAnnotation, Subtask
 from sarm.data.episode import EpisodeData
 from sarm.data.lerobot import LeRobotWriter
+from sarm.encoders.base import TextEncoder
 
 CAMERA = "observation.images.top"
 LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_aloha_insertion"
@@ -93,3 +94,14 @@ def cpu_model_repo(sarm_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
     repo = tmp_path_factory.mktemp("cpu") / "repo"
     export_model_repository(sarm_checkpoint, repo, "cpu")
     return repo
+
+
+@pytest.fixture(scope="session")
+def text_encoder() -> TextEncoder:
+    """The default instruction encoder (MiniLM, torch on one thread), loaded once."""
+    import torch
+
+    from sarm.encoders.registry import load_text_encoder
+
+    torch.set_num_threads(1)
+    return load_text_encoder()

@@ -6,6 +6,7 @@ from sarm.cli.data import data_app
 from sarm.cli.embed import embed
 from sarm.cli.evaluate import eval_command
 from sarm.cli.export import export_command
+from sarm.cli.serve import serve_command
 from sarm.cli.train import train_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SARM stage-aware reward models.")
@@ -14,3 +15,4 @@ app.command()(embed)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("export")(export_command)
+app.command("serve")(serve_command)

@@ -1,0 +1,92 @@
+"""Where the models run, behind one interface: `local` (ONNX Runtime in this process) and `triton`.
+
+    encode(images uint8 (N, H, W, 3))             -> embeddings float32 (N, D)
+    heads(frames (B, L, C, D), text (B, D_text),
+          lengths int64 (B, 1))                   -> stage_probs (B, K), tau, progress, confidence (B, 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from sarm.encoders.onnx_export import INPUT_NAME
+from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
+from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
+from sarm_gateway.settings import Settings
+
+
+class HeadsOutput(NamedTuple):
+    stage_probs: np.ndarray  # (B, K)
+    tau: np.ndarray  # (B, 1)
+    progress: np.ndarray  # (B, 1)
+    confidence: np.ndarray  # (B, 1)
+
+
+class Backend(Protocol):
+    name: str
+    batches_itself: bool  # True: send whole batches and let the server batch (Triton); False: micro-batch here
+
+    async def encode(self, images: np.ndarray) -> np.ndarray: ...
+
+    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalBackend:
+    """The repository's ONNX files in onnxruntime, run on worker threads so the event loop never blocks."""
+
+    name = "local"
+    batches_itself = False
+
+    def __init__(self, repo: Path, manifest: dict[str, Any], intra_op_threads: int = 1, workers: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+
+        def session(role: str) -> ort.InferenceSession:
+            return ort.InferenceSession(str(repo / manifest["onnx"][role]), options, providers=["CPUExecutionProvider"])
+
+        self._encoder, self._heads = session("encoder"), session("heads")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sarm-onnx")
+
+    async def encode(self, images: np.ndarray) -> np.ndarray:
+        outputs = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._encoder.run, None, {INPUT_NAME: images}
+        )
+        return np.asarray(outputs[0], dtype=np.float32)
+
+    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        feeds = dict(zip(HEADS_INPUTS, (frames, text, lengths), strict=True))
+        outputs = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._heads.run, list(HEADS_OUTPUTS), feeds
+        )
+        return HeadsOutput(*outputs)
+
+    async def ready(self) -> bool:
+        return True  # the sessions loaded in __init__
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class BackendNotAvailable(RuntimeError):
+    """The configured backend cannot be used (misconfigured)."""
+
+
+def make_backend(settings: Settings, repo: Path, manifest: dict[str, Any]) -> Backend:
+    if settings.backend == "local":
+        return LocalBackend(repo, manifest, settings.intra_op_threads, settings.inference_workers)
+    if settings.backend == "triton":
+        from sarm_gateway.triton_backend import TritonBackend  # tritonclient only when asked for
+
+        return TritonBackend(settings.triton_url, manifest, settings.triton_timeout_s)
+    raise BackendNotAvailable(f"unknown backend {settings.backend!r}: use local or triton")

@@ -1,0 +1,63 @@
+"""Wire messages ↔ engine values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sarm_gateway.engine import Engine, WindowScore
+from sarm_gateway.episode import FrameResult, ScoringOptions
+from sarm_gateway.images import FrameData
+from sarm_gateway.v1 import sarm_pb2 as pb
+
+
+def frames_from_proto(frames: Iterable[pb.Frame]) -> list[FrameData]:
+    out = []
+    for frame in frames:
+        if frame.HasField("raw"):
+            raw = frame.raw
+            out.append(FrameData(raw.data, (raw.height, raw.width, raw.channels)))
+        else:
+            out.append(FrameData(frame.encoded))
+    return out
+
+
+def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
+    """Zero fields take their defaults (proto3 cannot tell unset from 0)."""
+    defaults = ScoringOptions()
+    return ScoringOptions(
+        score_every=options.score_every or defaults.score_every,
+        smoothing=options.smoothing,
+        smoothing_history=options.smoothing_history or defaults.smoothing_history,
+        smoothing_min_confidence=options.smoothing_min_confidence or defaults.smoothing_min_confidence,
+    )
+
+
+def score_to_proto(score: WindowScore, version: str) -> pb.Score:
+    return pb.Score(
+        stage_index=score.stage_index, stage_name=score.stage_name, stage_probs=score.stage_probs.tolist(),
+        tau=score.tau, progress=score.progress, confidence=score.confidence, model_version=version,
+    )
+
+
+def frame_score_to_proto(result: FrameResult, version: str) -> pb.FrameScore:
+    message = pb.FrameScore(frame_index=result.frame_index, score=score_to_proto(result.score, version))
+    if result.smoothed_progress is not None:
+        message.smoothed_progress = result.smoothed_progress
+    return message
+
+
+def model_info(engine: Engine) -> pb.ModelInfo:
+    m = engine.manifest
+    return pb.ModelInfo(
+        model_version=engine.version,
+        stage_names=m["stage_names"],
+        tasks=[pb.Task(instruction=t["instruction"], stage_names=t["stage_names"], proportions=t["proportions"])
+               for t in m["tasks"]],
+        window=pb.Window(frames=m["window"]["frames"], stride_seconds=m["window"]["stride_seconds"],
+                         max_rewind=m["window"]["max_rewind"], sequence_length=m["window"]["sequence_length"]),
+        num_cameras=m["num_cameras"],
+        image=pb.ImageSize(height=m["image"]["height"], width=m["image"]["width"]),
+        frame_encoder=pb.Encoder(**m["frame_encoder"]),
+        text_encoder=pb.Encoder(**m["text_encoder"]),
+        backend=engine.backend.name,
+    )

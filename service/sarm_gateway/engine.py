@@ -1,0 +1,217 @@
+"""The scoring engine shared by every front end: frames → embeddings (cached, micro-batched) → windows → scores.
+
+Every frame is encoded at most once per cache lifetime: frames are keyed by content, looked up, and only the
+misses (deduplicated) go to the encoder. Windows are assembled from embeddings by `sequence_indices`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sarm.encoders.base import TextEncoder, check_encoder, fingerprint
+from sarm.export.model_repo import read_manifest
+from sarm.model.windows import sequence_indices
+from sarm_gateway.backends import Backend, HeadsOutput, make_backend
+from sarm_gateway.batcher import MicroBatcher
+from sarm_gateway.cache import TTLCache
+from sarm_gateway.errors import InvalidInput
+from sarm_gateway.images import FrameData, content_key, decode
+from sarm_gateway.settings import Settings
+
+# Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
+# thread. Larger inputs, and every JPEG/PNG decode, leave the loop.
+INLINE_BYTES = 256 * 1024
+
+
+def _small(frames: Sequence[FrameData]) -> bool:
+    return sum(len(f.data) for f in frames) <= INLINE_BYTES
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    stage_index: int
+    stage_name: str
+    stage_probs: np.ndarray  # (K,)
+    tau: float
+    progress: float
+    confidence: float
+
+
+def model_version(manifest: dict[str, Any]) -> str:
+    """The trained weights' identity: the checkpoint digest (encoder identities are reported beside it)."""
+    return str(manifest["checkpoint"]["sha256"][:12])
+
+
+class Engine:
+    def __init__(self, manifest: dict[str, Any], backend: Backend, text_encoder: TextEncoder, settings: Settings):
+        check_encoder(text_encoder, manifest["text_encoder"]["id"], manifest["text_encoder"]["version"])
+        self.manifest = manifest
+        self.backend = backend
+        self.settings = settings
+        self.version = model_version(manifest)
+        self.stage_names: list[str] = manifest["stage_names"]
+        self.window_frames: int = manifest["window"]["frames"]
+        self.max_rewind: int = manifest["window"]["max_rewind"]
+        self.stride_seconds: float = manifest["window"]["stride_seconds"]
+        self.num_cameras: int = manifest["num_cameras"]
+        self.image_size: tuple[int, int] = (manifest["image"]["height"], manifest["image"]["width"])
+        self.frame_dim: int = manifest["frame_encoder"]["dim"]
+        self._frame_encoder_id = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
+        self._text_encoder = text_encoder
+        self._text_encoder_id = fingerprint(text_encoder)
+        ttl = settings.cache_ttl_s
+        self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, ttl)
+        self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, ttl)
+        # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
+        self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
+        self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")
+        self._encoding: dict[str, asyncio.Future[np.ndarray | None]] = {}  # frames being encoded, by content key
+        # Local models run one batch at a time per worker: coalesce concurrent calls. Triton batches itself.
+        self._encode_batcher: MicroBatcher | None = None
+        self._heads_batcher: MicroBatcher | None = None
+        if not backend.batches_itself:
+            delay, workers = settings.max_batch_delay_ms / 1000, settings.inference_workers
+            self._encode_batcher = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers)
+            self._heads_batcher = MicroBatcher(backend.heads, settings.max_batch_size, delay, workers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, text_encoder: TextEncoder | None = None) -> Engine:
+        """Load the repository's manifest, start its backend and the instruction encoder it was trained with."""
+        repo = Path(settings.model_repo)
+        manifest = read_manifest(repo)
+        backend = make_backend(settings, repo, manifest)
+        if text_encoder is None:  # slow (torch): after the cheap checks
+            from sarm.encoders.registry import load_text_encoder
+
+            text_encoder = load_text_encoder(manifest["text_encoder"]["id"])
+        return cls(manifest, backend, text_encoder, settings)
+
+    async def close(self) -> None:
+        for batcher in (self._encode_batcher, self._heads_batcher):
+            if batcher is not None:
+                await batcher.close()
+        await self.backend.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _encode_rows(self, images: np.ndarray) -> tuple[np.ndarray]:
+        return (await self.backend.encode(images),)  # the batcher passes tuples of arrays
+
+    async def _encode(self, images: np.ndarray) -> np.ndarray:
+        if self._encode_batcher is None:
+            return await self.backend.encode(images)
+        return (await self._encode_batcher(images))[0]
+
+    async def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        if self._heads_batcher is None:
+            return await self.backend.heads(frames, text, lengths)
+        return HeadsOutput(*await self._heads_batcher(frames, text, lengths))
+
+    async def embed_instruction(self, instruction: str) -> np.ndarray:
+        if not instruction.strip():
+            raise InvalidInput("instruction is empty: give the task in words, e.g. 'pick up the cube'")
+        if len(instruction) > self.settings.max_instruction_chars:
+            raise InvalidInput(f"instruction has {len(instruction)} characters; the limit is "
+                               f"{self.settings.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
+        key = f"{self._text_encoder_id}|{instruction}"
+        cached = self.instruction_cache.get(key)
+        if cached is None:
+            loop = asyncio.get_running_loop()
+            cached = (await loop.run_in_executor(self._text_pool, self._text_encoder.encode, [instruction]))[0]
+            self.instruction_cache.put(key, cached)
+        return cached
+
+    async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> np.ndarray:
+        """(N, D) embeddings of `frames`; only frames missing from the cache, and not being encoded by a concurrent
+        call, are decoded and encoded, once each. `first_index` numbers the frames in error messages."""
+        if not frames:
+            raise InvalidInput("no frames: send at least one image")
+        loop = asyncio.get_running_loop()
+
+        def hash_all() -> list[str]:
+            return [content_key(f, self._frame_encoder_id) for f in frames]
+
+        keys = hash_all() if _small(frames) else await loop.run_in_executor(self._decode_pool, hash_all)
+        out = np.empty((len(frames), self.frame_dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        joined: dict[str, tuple[asyncio.Future[np.ndarray | None], list[int]]] = {}  # being encoded by another call
+        for i, key in enumerate(keys):
+            cached = self.frame_cache.get(key)
+            if cached is not None:
+                out[i] = cached
+            elif key in self._encoding:
+                joined.setdefault(key, (self._encoding[key], []))[1].append(i)
+            else:
+                missing.setdefault(key, []).append(i)
+        if missing:
+            await self._encode_missing(frames, missing, out, first_index)
+        for future, rows in joined.values():
+            embedding = await asyncio.shield(future)
+            if embedding is None:  # the call encoding it gave up (cancelled, bad input): encode it here
+                embedding = (await self.encode([frames[rows[0]]], first_index + rows[0]))[0]
+            out[rows] = embedding
+        return out
+
+    async def _encode_missing(
+        self, frames: Sequence[FrameData], missing: dict[str, list[int]], out: np.ndarray, first_index: int
+    ) -> None:
+        """Decode and encode one frame per key into `out`; concurrent calls wanting a key wait for it here."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[np.ndarray | None]] = {key: loop.create_future() for key in missing}
+        self._encoding.update(futures)
+        try:
+            firsts = [rows[0] for rows in missing.values()]
+            height, width = self.image_size
+
+            def decode_all() -> np.ndarray:
+                return np.stack([decode(frames[i], height, width, f"frame {first_index + i}") for i in firsts])
+
+            chosen = [frames[i] for i in firsts]
+            inline = all(f.shape is not None for f in chosen) and _small(chosen)  # raw pixels: checks and a copy
+            images = decode_all() if inline else await loop.run_in_executor(self._decode_pool, decode_all)
+            embeddings = await self._encode(images)
+            for (key, rows), embedding in zip(missing.items(), embeddings, strict=True):
+                row = embedding.copy()  # a row of its own, not a view pinning the whole batch
+                self.frame_cache.put(key, row)
+                futures[key].set_result(row)
+                out[rows] = row
+        finally:
+            for key, future in futures.items():
+                del self._encoding[key]
+                if not future.done():
+                    future.set_result(None)
+
+    async def score(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
+        """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → one score each."""
+        text_rows = np.broadcast_to(text.astype(np.float32), (len(frames), len(text)))
+        out = await self._heads(frames.astype(np.float32, copy=False), np.ascontiguousarray(text_rows),
+                                lengths.astype(np.int64).reshape(-1, 1))
+        stages = out.stage_probs.argmax(axis=-1)
+        return [
+            WindowScore(int(k), self.stage_names[k], p, float(tau[0]), float(progress[0]), float(confidence[0]))
+            for k, p, tau, progress, confidence in zip(stages, *out, strict=True)
+        ]
+
+    async def score_at(
+        self, embeddings: Callable[[np.ndarray], np.ndarray], t: Sequence[int], stride: int, text: np.ndarray
+    ) -> list[WindowScore]:
+        """Score the causal windows ending at frames `t` of an episode starting at frame 0;
+        `embeddings(indices)` returns the (…, C, D) embeddings of the given frame indices."""
+        if not len(t):
+            return []
+        seq = sequence_indices(np.asarray(t), stride, 0, 0, self.window_frames, self.max_rewind)
+        return await self.score(embeddings(seq.indices), text, seq.lengths)
+
+    def time_steps(self, images: int, what: str) -> int:
+        """How many time steps `images` images make, or InvalidInput if the cameras don't add up."""
+        if images == 0 or images % self.num_cameras:
+            raise InvalidInput(f"{what} has {images} images; send a positive multiple of the model's "
+                               f"{self.num_cameras} camera(s): every camera of each time step, time-major")
+        return images // self.num_cameras

@@ -1,0 +1,101 @@
+"""One live episode of a stream: the embeddings its causal windows still need, and optional smoothing.
+
+Frame t's window holds the episode's first frame and frames no older than t − 7g (evenly spaced frames
+since the start while t < 8g), so older embeddings are dropped as the episode advances: memory stays bounded
+by one window span however long the episode runs, and each frame is encoded once, when it arrives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sarm.model.progress import ConfidenceSmoother
+from sarm.model.windows import sequence_indices, stride_frames
+from sarm_gateway.engine import Engine, WindowScore
+from sarm_gateway.errors import InvalidInput
+from sarm_gateway.images import FrameData
+
+MAX_FPS = 1000.0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    frame_index: int
+    score: WindowScore
+    smoothed_progress: float | None
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    score_every: int = 1
+    smoothing: bool = False
+    smoothing_history: int = 10
+    smoothing_min_confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.score_every < 1 or self.smoothing_history < 1:
+            raise InvalidInput(f"score_every and smoothing_history must be >= 1, got {self.score_every}, "
+                               f"{self.smoothing_history}")
+        if not 0.0 < self.smoothing_min_confidence <= 1.0:
+            raise InvalidInput(f"smoothing_min_confidence must be in (0, 1], got {self.smoothing_min_confidence}")
+
+    def smoother(self) -> ConfidenceSmoother | None:
+        return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence) if self.smoothing else None
+
+
+def frame_results(
+    frames: list[int], scores: list[WindowScore], smoother: ConfidenceSmoother | None
+) -> list[FrameResult]:
+    """Pair scored frames with their scores, smoothing progress in frame order when asked to."""
+    return [
+        FrameResult(t, s, None if smoother is None else smoother.update(s.progress, s.confidence))
+        for t, s in zip(frames, scores, strict=True)
+    ]
+
+
+def window_stride(fps: float, stride_seconds: float) -> int:
+    if not math.isfinite(fps) or not 0.0 < fps <= MAX_FPS:
+        raise InvalidInput(f"fps must be a frame rate in (0, {MAX_FPS:g}], got {fps}: set the camera's fps")
+    return stride_frames(fps, stride_seconds)
+
+
+class Episode:
+    def __init__(self, engine: Engine, text: np.ndarray, fps: float, options: ScoringOptions) -> None:
+        self.engine = engine
+        self.text = text
+        self.stride = window_stride(fps, engine.stride_seconds)
+        self.options = options
+        self._smoother = options.smoother()
+        self._history: dict[int, np.ndarray] = {}  # frame index -> (C, D)
+        self._oldest_kept = 1  # frames in [1, _oldest_kept) are dropped; frame 0 is kept for good
+        self.frames_seen = 0
+
+    def _gather(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([np.stack([self._history[int(i)] for i in row]) for row in indices])
+
+    async def step(self, frames: list[FrameData], state: list[float]) -> list[FrameResult]:
+        if not all(math.isfinite(x) for x in state):
+            raise InvalidInput("state has NaN or infinite values: send finite joint readings (or none)")
+        steps = self.engine.time_steps(len(frames), "this step")
+        start = self.frames_seen
+        embeddings = await self.engine.encode(frames, first_index=start * self.engine.num_cameras)
+        for i, per_camera in enumerate(embeddings.reshape(steps, self.engine.num_cameras, -1)):
+            self._history[start + i] = per_camera
+        self.frames_seen += steps
+        scored = [t for t in range(start, self.frames_seen) if t % self.options.score_every == 0]
+        scores = await self.engine.score_at(self._gather, scored, self.stride, self.text)
+        self._forget()
+        return frame_results(scored, scores, self._smoother)
+
+    def _forget(self) -> None:
+        """Drop the embeddings no later window can use: windows only move forward, so the next frame's oldest
+        middle frame bounds every later window's."""
+        window = sequence_indices(self.frames_seen, self.stride, 0, 0, self.engine.window_frames,
+                                  self.engine.max_rewind).indices[0]
+        oldest_needed = int(window[1])
+        for index in range(self._oldest_kept, oldest_needed):
+            self._history.pop(index, None)
+        self._oldest_kept = max(self._oldest_kept, oldest_needed)

@@ -1,0 +1,223 @@
+"""The gRPC front end (grpc.aio): RewardService, grpc.health.v1 and server reflection.
+
+Every call takes a slot of in-flight work (RESOURCE_EXHAUSTED with a `retry-after-ms` trailer when none is
+free), runs under the caller's remaining deadline, and maps engine errors to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sarm_gateway.admission import Admission
+from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
+from sarm_gateway.deadlines import budget
+from sarm_gateway.engine import Engine
+from sarm_gateway.episode import Episode, frame_results, window_stride
+from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
+from sarm_gateway.settings import Settings
+from sarm_gateway.v1 import sarm_pb2 as pb
+from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
+RETRY_AFTER = "retry-after-ms"
+
+
+class RewardService(pb_grpc.RewardServiceServicer):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
+        self.streams = Admission(settings.max_streams, settings.retry_after_ms, "streams")
+
+    def _check_size(self, request: Message) -> None:
+        size, limit = request.ByteSize(), self.settings.max_message_bytes
+        if size > limit:
+            raise InvalidInput(f"message is {size} bytes; the limit is {limit} (SARM_MAX_MESSAGE_BYTES): send fewer "
+                               "frames per message, or JPEG-encode them")
+
+    @asynccontextmanager
+    async def _errors(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Engine errors → status codes; the rest propagates (INTERNAL, logged by grpc)."""
+        try:
+            yield
+        except InvalidInput as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except Overloaded as error:
+            context.set_trailing_metadata(((RETRY_AFTER, str(error.retry_after_ms)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except DeadlineExceeded as error:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+        except BackendUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+
+    @asynccontextmanager
+    async def _unit(
+        self, context: grpc.aio.ServicerContext, request: Message, admit: bool = True
+    ) -> AsyncIterator[None]:
+        """One unit of work: an in-flight slot (unless already admitted), the size check, and the caller's
+        remaining deadline."""
+        with self.work.slot() if admit else nullcontext():
+            self._check_size(request)
+            left = context.time_remaining()
+            deadline = asyncio.timeout(left)
+            try:
+                async with deadline:
+                    with budget(left):
+                        yield
+            except TimeoutError as error:
+                if not deadline.expired():  # someone else's timeout: not the caller's deadline
+                    raise
+                raise DeadlineExceeded("deadline exceeded before the scores were ready") from error
+
+    async def ScoreWindow(self, request: pb.ScoreWindowRequest, context: Any) -> pb.ScoreWindowResponse:
+        engine = self.engine
+        async with self._errors(context), self._unit(context, request):
+            steps = engine.time_steps(len(request.frames), "the window")
+            if steps != engine.window_frames:
+                raise InvalidInput(f"the window has {steps} time steps; the model takes exactly "
+                                   f"{engine.window_frames}: [episode start, t−7g, …, t−g, t] "
+                                   "(repeat frames early in an episode)")
+            text = await engine.embed_instruction(request.instruction)
+            embeddings = await engine.encode(frames_from_proto(request.frames))
+            per_step = embeddings.reshape(steps, engine.num_cameras, -1)
+            # The window is already sampled: frames 0..8 at stride 1 are the window itself.
+            [score] = await engine.score_at(per_step.__getitem__, [steps - 1], 1, text)
+        return pb.ScoreWindowResponse(score=score_to_proto(score, engine.version))
+
+    async def ScoreFrames(self, request: pb.ScoreFramesRequest, context: Any) -> AsyncIterator[pb.FrameScore]:
+        engine = self.engine
+        async with self._errors(context), self._unit(context, request):
+            options = options_from_proto(request.options)
+            stride = window_stride(request.fps, engine.stride_seconds)
+            steps = engine.time_steps(len(request.frames), "the episode")
+            text = await engine.embed_instruction(request.instruction)
+            embeddings = (await engine.encode(frames_from_proto(request.frames))).reshape(steps, engine.num_cameras, -1)
+            scored = list(range(0, steps, options.score_every))
+            scores = await engine.score_at(embeddings.__getitem__, scored, stride, text)
+            results = frame_results(scored, scores, options.smoother())
+        for result in results:
+            yield frame_score_to_proto(result, engine.version)
+
+    async def StreamEpisode(
+        self, request_iterator: AsyncIterator[pb.StreamEpisodeRequest], context: Any
+    ) -> AsyncIterator[pb.StreamEpisodeResponse]:
+        engine = self.engine
+        episode: Episode | None = None
+        episode_id = ""
+        async with self._errors(context):
+            with self.streams.slot():
+                async for request in request_iterator:
+                    kind = request.WhichOneof("message")
+                    # An admitted stream is never cut by a burst of other calls: its steps, one at a time,
+                    # are bounded by max_streams instead of max_in_flight.
+                    async with self._unit(context, request, admit=False):
+                        if kind == "open":
+                            if episode is not None:
+                                raise InvalidInput("this stream already has an open episode: start a new stream "
+                                                   "for each episode")
+                            opened = request.open
+                            options = options_from_proto(opened.options)
+                            text = await engine.embed_instruction(opened.instruction)
+                            episode, episode_id = Episode(engine, text, opened.fps, options), opened.episode_id
+                            continue
+                        if kind != "step":
+                            raise InvalidInput("empty message: set `open` (first message) or `step`")
+                        if episode is None:
+                            raise InvalidInput("no episode is open: the first message of a stream must be `open` "
+                                               "(instruction, fps, options)")
+                        step = request.step
+                        results = await episode.step(frames_from_proto(step.frames), list(step.state))
+                    yield pb.StreamEpisodeResponse(
+                        episode_id=episode_id, scores=[frame_score_to_proto(r, engine.version) for r in results]
+                    )
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
+        return model_info(self.engine)
+
+
+class Gateway:
+    """The server and its lifecycle: start, then on SIGTERM report NOT_SERVING, drain in-flight calls, stop."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.service = RewardService(engine, settings)
+        self.health = health.aio.HealthServicer()
+        # grpc's own limit sits above ours so that a too-large message gets our INVALID_ARGUMENT and advice.
+        transport_limit = 2 * settings.max_message_bytes
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", transport_limit),
+            ("grpc.max_send_message_length", transport_limit),
+            ("grpc.so_reuseport", 0),
+        ])
+        pb_grpc.add_RewardServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+        self._stopping: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.grpc_host}:{self.settings.grpc_port}")
+        await self.server.start()
+        await self._report_backend()
+        self._watching = asyncio.get_running_loop().create_task(self._watch_backend())
+        return self.port
+
+    async def _report_backend(self) -> None:
+        """SERVING exactly while the backend can run the models (after a drain began, health ignores this)."""
+        ready = await self.engine.backend.ready()
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_backend(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self._report_backend()
+
+    async def stop(self) -> None:
+        """NOT_SERVING first (load balancers stop sending), then up to drain_seconds for calls in flight."""
+        await self.health.enter_graceful_shutdown()
+        if self._watching is not None:
+            self._watching.cancel()
+        await self.server.stop(self.settings.drain_seconds)
+        await self.engine.close()
+
+    def stop_soon(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.stop())
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+        if self._stopping is not None:
+            await self._stopping
+
+
+async def serve(settings: Settings, on_started: Any = None) -> None:
+    """Run until SIGTERM or SIGINT. `on_started(port)` is called once the server listens."""
+    engine = Engine.from_settings(settings)
+    gateway = Gateway(engine, settings)
+    port = await gateway.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stop_soon)
+    if on_started is not None:
+        on_started(port)
+    await gateway.wait()
+
+

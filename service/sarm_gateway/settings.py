@@ -1,0 +1,44 @@
+"""All gateway settings in one place, read from `SARM_*` environment variables (nothing else reads the env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Built by `make setup` from the shipped checkpoint (model_repo/default/checkpoint).
+DEFAULT_MODEL_REPO = Path(__file__).resolve().parents[2] / ".cache" / "model_repo" / "default"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SARM_", protected_namespaces=())
+
+    model_repo: Path = DEFAULT_MODEL_REPO
+    backend: Literal["local", "triton"] = "local"
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = Field(10.0, gt=0)  # per Triton request, for calls that carry no deadline
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(50051, ge=0, le=65535)  # 0: any free port
+    http_port: int | None = Field(None, ge=0, le=65535)
+    # Local backend: onnxruntime threads per session and sessions running at once.
+    intra_op_threads: int = Field(1, ge=0)
+    inference_workers: int = Field(1, ge=1)
+    # Micro-batching of concurrent encoder and heads calls (local backend). Calls arriving while a batch runs
+    # form the next one anyway, so by default a lone call does not wait for company.
+    max_batch_size: int = Field(32, ge=1)
+    max_batch_delay_ms: float = Field(0.0, ge=0)
+    # In-process embedding caches.
+    frame_cache_entries: int = Field(20_000, ge=0)  # ~5 KB each at 1280-d
+    cache_ttl_s: float = Field(600.0, gt=0)  # every cached embedding, frame or instruction
+    instruction_cache_entries: int = Field(1_000, ge=0)
+    # Backpressure and limits.
+    max_in_flight: int = Field(64, ge=1)  # unary calls being worked on
+    max_streams: int = Field(256, ge=1)  # open streams (each has at most one step in flight)
+    retry_after_ms: int = Field(100, ge=0)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_instruction_chars: int = Field(1000, ge=1)
+    health_interval_s: float = Field(2.0, gt=0)  # how often health re-checks that the backend is ready
+    # SIGTERM: NOT_SERVING at once, then up to this long for in-flight calls.
+    drain_seconds: float = Field(10.0, ge=0)

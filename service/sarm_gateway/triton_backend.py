@@ -1,0 +1,81 @@
+"""The `triton` backend: the repository's two models on a Triton Inference Server, over its asyncio gRPC client.
+
+Triton batches across requests itself (dynamic batching), so whole batches are sent as they are, split only
+at the models' max batch size. Each request carries what is left of the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME
+from sarm.export.model_repo import BATCHING
+from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
+from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
+from sarm_gateway.backends import HeadsOutput
+from sarm_gateway.deadlines import remaining
+from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded
+
+READY_TIMEOUT_S = 2.0  # a readiness probe that takes longer than this counts as not ready
+
+
+class TritonBackend:
+    name = "triton"
+    batches_itself = True
+
+    def __init__(self, url: str, manifest: dict[str, Any], timeout_s: float) -> None:
+        self.url = url
+        self.timeout_s = timeout_s  # for calls without a deadline
+        self.models = manifest["models"]
+        self._client = triton.InferenceServerClient(url)
+
+    async def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        tensors = []
+        for name, value in inputs.items():
+            tensor = triton.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(np.ascontiguousarray(value))
+            tensors.append(tensor)
+        left = remaining()
+        try:
+            result = await self._client.infer(model, tensors, outputs=[triton.InferRequestedOutput(n) for n in outputs],
+                                              client_timeout=self.timeout_s if left is None else left)
+        except InferenceServerException as error:
+            if "DEADLINE_EXCEEDED" in str(error.status()):
+                raise DeadlineExceeded(f"deadline exceeded waiting for Triton model {model}") from error
+            raise BackendUnavailable(f"Triton at {self.url} failed on {model}: {error.message()}") from error
+        return [result.as_numpy(name) for name in outputs]
+
+    async def _batched(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        rows, size = len(next(iter(inputs.values()))), BATCHING.max_batch_size
+        parts = await asyncio.gather(*(
+            self._infer(model, {k: v[i : i + size] for k, v in inputs.items()}, outputs) for i in range(0, rows, size)
+        ))
+        return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+
+    async def encode(self, images: np.ndarray) -> np.ndarray:
+        [embeddings] = await self._batched(self.models["encoder"], {INPUT_NAME: images}, (OUTPUT_NAME,))
+        return embeddings.astype(np.float32, copy=False)
+
+    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        inputs = dict(zip(HEADS_INPUTS, (frames, text, lengths), strict=True))
+        return HeadsOutput(*await self._batched(self.models["heads"], inputs, HEADS_OUTPUTS))
+
+    async def ready(self) -> bool:
+        """Triton is up and both models are loaded."""
+        try:
+            models = await asyncio.gather(*(
+                self._client.is_model_ready(name, client_timeout=READY_TIMEOUT_S) for name in self.models.values()
+            ))
+            return bool(await self._client.is_server_ready(client_timeout=READY_TIMEOUT_S)) and all(models)
+        except InferenceServerException:
+            return False
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
