@@ -83,3 +83,18 @@ def test_export_refuses_an_encoder_mismatch_and_a_used_directory(sarm_checkpoint
     assert result.exit_code == 2 and "is not empty" in result.output
     result = runner.invoke(app, ["export", str(sarm_checkpoint), "--out", str(tmp_path / "x"), "--image-size", "big"])
     assert result.exit_code == 2 and "HEIGHTxWIDTH" in result.output
+
+
+def test_a_replaced_onnx_file_is_refused(cpu_model_repo: Path, tmp_path: Path) -> None:
+    from sarm.export.model_repo import onnx_path
+    from sarm_gateway.backends import LocalBackend
+
+    repo = Path(shutil.copytree(cpu_model_repo, tmp_path / "repo"))
+    manifest = read_manifest(repo)
+    assert onnx_path(repo, manifest, "heads") == repo / "sarm_heads" / "1" / "model.onnx"
+    # Another model's heads (here: the encoder graph) dropped in place of this one's.
+    shutil.copyfile(repo / "sarm_frame_encoder/1/model.onnx", repo / "sarm_heads/1/model.onnx")
+    with pytest.raises(ValueError, match=r"does not match .*sarm_manifest\.json \(sha256 differs\): re-export"):
+        LocalBackend(repo, manifest)
+    result = runner.invoke(app, ["serve", "--model-repo", str(repo), "--grpc-port", "0"])
+    assert result.exit_code == 2 and "sha256 differs" in result.output

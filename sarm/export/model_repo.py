@@ -162,3 +162,15 @@ def read_manifest(repo: Path) -> dict[str, Any]:
         raise ValueError(f"{path} has format {manifest.get('format')!r}; this version reads {MANIFEST_FORMAT!r}")
     return manifest
 
+
+
+def onnx_path(repo: Path, manifest: dict[str, Any], role: str) -> Path:
+    """The ONNX graph of `role` ("encoder" or "heads"), refused unless it is the one the manifest describes
+    (a graph swapped or re-exported on its own would score with stage names and ᾱ of another model)."""
+    path = repo / manifest["onnx"][role]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: re-export the repository with `sarm export`")
+    if _sha256(path) != manifest["onnx_sha256"][role]:
+        raise ValueError(f"{path} does not match {repo / MANIFEST} (sha256 differs): re-export the repository "
+                         "with `sarm export` instead of replacing files in it")
+    return path

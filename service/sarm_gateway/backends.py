@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sarm.encoders.onnx_export import INPUT_NAME
+from sarm.export.model_repo import onnx_path
 from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
 from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
 from sarm_gateway.settings import Settings
@@ -53,7 +54,8 @@ class LocalBackend:
         options.inter_op_num_threads = 1
 
         def session(role: str) -> ort.InferenceSession:
-            return ort.InferenceSession(str(repo / manifest["onnx"][role]), options, providers=["CPUExecutionProvider"])
+            path = onnx_path(repo, manifest, role)
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         self._encoder, self._heads = session("encoder"), session("heads")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sarm-onnx")
