@@ -7,6 +7,7 @@ misses (deduplicated) go to the encoder. Windows are assembled from embeddings b
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sarm_gateway.batcher import MicroBatcher
 from sarm_gateway.cache import TTLCache
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
+from sarm_gateway.redis_cache import RedisTier, connect
 from sarm_gateway.settings import Settings
 
 # Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
@@ -69,6 +71,16 @@ class Engine:
         ttl = settings.cache_ttl_s
         self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, ttl)
         self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, ttl)
+        # Redis (when configured) behind each: replicas share what any of them encoded.
+        self._redis = connect(settings)
+        self.frame_redis: RedisTier | None = None
+        self.instruction_redis: RedisTier | None = None
+        if self._redis is not None:
+            redis_ttl, backoff = settings.redis_ttl_s, settings.redis_backoff_s
+            self.frame_redis = RedisTier(self._redis, f"sarm:frame:{self._frame_encoder_id}:", self.frame_dim,
+                                         redis_ttl, backoff)
+            self.instruction_redis = RedisTier(self._redis, f"sarm:instruction:{self._text_encoder_id}:",
+                                               manifest["text_encoder"]["dim"], redis_ttl, backoff)
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")
@@ -98,6 +110,8 @@ class Engine:
             if batcher is not None:
                 await batcher.close()
         await self.backend.close()
+        if self._redis is not None:
+            await self._redis.aclose()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -122,10 +136,18 @@ class Engine:
                                f"{self.settings.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
         key = f"{self._text_encoder_id}|{instruction}"
         cached = self.instruction_cache.get(key)
+        if cached is not None:
+            return cached
+        shared = self.instruction_redis
+        shared_key = hashlib.sha256(instruction.encode()).hexdigest()  # the tier's prefix names the encoder
+        if shared is not None:
+            [cached] = await shared.get_many([shared_key])
         if cached is None:
             loop = asyncio.get_running_loop()
             cached = (await loop.run_in_executor(self._text_pool, self._text_encoder.encode, [instruction]))[0]
-            self.instruction_cache.put(key, cached)
+            if shared is not None:
+                await shared.put_many({shared_key: cached})
+        self.instruction_cache.put(key, cached)
         return cached
 
     async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> np.ndarray:
@@ -167,6 +189,16 @@ class Engine:
         futures: dict[str, asyncio.Future[np.ndarray | None]] = {key: loop.create_future() for key in missing}
         self._encoding.update(futures)
         try:
+            if self.frame_redis is not None:  # registered above first, so concurrent calls wait, not ask again
+                stored = await self.frame_redis.get_many(list(missing))
+                missing = dict(missing)
+                for key, embedding in zip(list(missing), stored, strict=True):
+                    if embedding is not None:  # a Redis hit fills the in-process tier too
+                        self.frame_cache.put(key, embedding)
+                        futures[key].set_result(embedding)
+                        out[missing.pop(key)] = embedding
+                if not missing:
+                    return
             firsts = [rows[0] for rows in missing.values()]
             height, width = self.image_size
 
@@ -182,6 +214,8 @@ class Engine:
                 self.frame_cache.put(key, row)
                 futures[key].set_result(row)
                 out[rows] = row
+            if self.frame_redis is not None:
+                await self.frame_redis.put_many(dict(zip(missing, embeddings, strict=True)))
         finally:
             for key, future in futures.items():
                 del self._encoding[key]

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     frame_cache_entries: int = Field(20_000, ge=0)  # ~5 KB each at 1280-d
     cache_ttl_s: float = Field(600.0, gt=0)  # every cached embedding, frame or instruction
     instruction_cache_entries: int = Field(1_000, ge=0)
+    # Shared embedding cache (Redis, behind the in-process one); None: in-process only.
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
+    redis_ttl_s: float = Field(3600.0, gt=0)  # every Redis key expires
+    redis_timeout_ms: float = Field(50.0, gt=0)  # connect, each reply, and waiting for a pooled connection
+    redis_max_connections: int = Field(16, ge=1)
+    redis_backoff_s: float = Field(1.0, ge=0)  # after a Redis error, skip Redis this long (requests go on)
     # Backpressure and limits.
     max_in_flight: int = Field(64, ge=1)  # unary calls being worked on
     max_streams: int = Field(256, ge=1)  # open streams (each has at most one step in flight)

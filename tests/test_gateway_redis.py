@@ -1,0 +1,185 @@
+"""The Redis tier of the embedding caches, against a real redis-server on a free loopback port.
+
+Replicas share embeddings through it; when Redis is down, unreachable or silent, every request still succeeds,
+with the same scores, within its deadline, and the failures are counted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from sarm.encoders.base import TextEncoder
+from sarm.export.model_repo import read_manifest
+from sarm_gateway.v1 import sarm_pb2 as pb
+from tests.gateway_harness import RunningGateway, episode_frames, raw, window_request
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+DEADLINE = 5.0  # per call: a Redis failure costs tens of ms, so anything near this is a hang
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client.ping():
+                    break
+            except redis.ConnectionError:
+                assert self.process.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not answer PING"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip(f"redis-server is not installed (looked for {REDIS_SERVER})")
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def gateways(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[list[RunningGateway]]:
+    """Started gateways, closed at teardown whatever the test did."""
+    started: list[RunningGateway] = []
+    yield started
+    for gateway in started:
+        gateway.close()
+
+
+def score(gateway: RunningGateway, frames: np.ndarray) -> pb.WindowScore:
+    reply = gateway.stub.ScoreWindow(window_request([raw(f) for f in frames]), timeout=DEADLINE)
+    return reply.score
+
+
+def assert_same(a: pb.WindowScore, b: pb.WindowScore) -> None:
+    assert a.stage_index == b.stage_index
+    np.testing.assert_allclose([a.tau, a.progress, a.confidence], [b.tau, b.progress, b.confidence], atol=1e-5)
+    np.testing.assert_allclose(a.stage_probs, b.stage_probs, atol=1e-5)
+
+
+def test_replicas_share_embeddings_through_redis_with_a_ttl_and_the_encoder_in_each_key(
+    redis_server: RedisServer, gateways: list[RunningGateway], cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    first = RunningGateway(cpu_model_repo, text_encoder, redis_url=redis_server.url, redis_ttl_s=120)
+    gateways.append(first)
+    second = RunningGateway(cpu_model_repo, text_encoder, redis_url=redis_server.url, redis_ttl_s=120)
+    gateways.append(second)
+    frames = episode_frames(9, seed=11)
+
+    expected = score(first, frames)
+    assert first.backend.encoded == 9
+    got = score(second, frames)
+    assert second.backend.encoded == 0  # all nine from Redis, none encoded again
+    assert_same(got, expected)
+    engine = second.gateway.engine
+    assert engine.frame_redis is not None and engine.instruction_redis is not None
+    assert (engine.frame_redis.hits, engine.frame_redis.errors) == (9, 0)
+    assert (engine.instruction_redis.hits, engine.instruction_redis.errors) == (1, 0)
+    assert len(engine.frame_cache) == 9  # Redis hits fill the in-process tier: a repeat does not ask Redis
+    score(second, frames)
+    assert engine.frame_redis.hits == 9 and second.backend.encoded == 0
+
+    manifest = read_manifest(cpu_model_repo)
+    frame_encoder = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
+    text_encoder_id = f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}"
+    keys = [key.decode() for key in redis_server.client.keys("*")]
+    frame_keys = [key for key in keys if key.startswith(f"sarm:frame:{frame_encoder}:")]
+    instruction_keys = [key for key in keys if key.startswith(f"sarm:instruction:{text_encoder_id}:")]
+    assert len(frame_keys) == 9 and len(instruction_keys) == 1 and len(keys) == 10
+    for key in keys:
+        assert 0 < redis_server.client.ttl(key) <= 120
+    assert len(redis_server.client.get(frame_keys[0]) or b"") == 4 * manifest["frame_encoder"]["dim"]
+
+
+def test_redis_killed_during_a_run_fails_no_request(
+    redis_server: RedisServer, gateways: list[RunningGateway], cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    local = RunningGateway(cpu_model_repo, text_encoder)  # the reference: no Redis at all
+    gateways.append(local)
+    shared = RunningGateway(cpu_model_repo, text_encoder, redis_url=redis_server.url, redis_backoff_s=0)
+    gateways.append(shared)
+    tier = shared.gateway.engine.frame_redis
+    assert tier is not None
+    windows = [episode_frames(9, seed=100 + i) for i in range(8)]
+    for i, frames in enumerate(windows):
+        if i == 3:
+            assert tier.errors == 0 and tier.misses > 0
+            redis_server.kill()
+        started = time.monotonic()
+        got = score(shared, frames)
+        assert time.monotonic() - started < 1.0  # a dead Redis costs a refused connection, not a wait
+        assert_same(got, score(local, frames))
+    assert tier.errors >= 5  # every request after the kill asked Redis (no backoff here) and counted the failure
+    assert shared.backend.encoded == 9 * len(windows)
+
+
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_unreachable_redis_at_startup_still_serves(
+    server: str, gateways: list[RunningGateway], cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    """Nothing listening (connection refused), or a listener that never answers (every read times out)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if server == "silent":
+            listener.listen(16)  # the kernel accepts connections; nobody ever replies
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        running = RunningGateway(cpu_model_repo, text_encoder, redis_url=url, redis_timeout_ms=50, redis_backoff_s=0)
+        gateways.append(running)
+        frames = episode_frames(9, seed=7)
+        for _ in range(2):
+            started = time.monotonic()
+            score(running, frames)
+            assert time.monotonic() - started < 1.0
+        engine = running.gateway.engine
+        assert engine.frame_redis is not None and engine.instruction_redis is not None
+        # The first call looks up and fails to store (frames and instruction); the repeat is served in-process.
+        assert engine.frame_redis.errors == 2 and engine.instruction_redis.errors == 2
+        assert running.backend.encoded == 9
+
+
+def test_after_a_redis_error_the_tier_stands_aside_for_the_backoff(
+    gateways: list[RunningGateway], cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    """A dead Redis costs one failed attempt per backoff period, not one per request."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    running = RunningGateway(cpu_model_repo, text_encoder, redis_url=url, redis_backoff_s=60)
+    gateways.append(running)
+    for seed in range(3):
+        score(running, episode_frames(9, seed=200 + seed))
+    tier = running.gateway.engine.frame_redis
+    assert tier is not None
+    assert tier.errors == 1 and tier.misses == 27 and tier.hits == 0  # lookups while aside count as misses
+    assert running.backend.encoded == 27
