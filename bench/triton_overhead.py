@@ -22,11 +22,11 @@ import torch
 import tritonclient.grpc as grpcclient
 from rich.console import Console
 from rich.table import Table
-from tritonclient.utils import np_to_triton_dtype
 
 from sarm.export.model_repo import ENCODER_MODEL, HEADS_MODEL, export_model_repository, read_manifest
 from sarm.training.scaffold import untrained_checkpoint
 from sarm.triton import TritonServer
+from sarm.triton.client import infer_inputs
 
 RESULTS = Path(__file__).with_name("results") / "triton_overhead.json"
 
@@ -68,11 +68,7 @@ def main() -> None:
     with TritonServer(repo) as server:
         client = grpcclient.InferenceServerClient(server.endpoints.grpc)
         for (model, batch), inputs in cases.items():
-            requests = []
-            for name, value in inputs.items():
-                tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-                tensor.set_data_from_numpy(value)
-                requests.append(tensor)
+            requests = infer_inputs(inputs)
             paths: dict[str, Callable[[], object]] = {
                 "in-process": lambda m=model, i=inputs: sessions[m].run(None, i),
                 "triton": lambda m=model, r=requests: client.infer(m, r, client_timeout=30),

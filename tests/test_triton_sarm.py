@@ -16,10 +16,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
-from tritonclient.utils import np_to_triton_dtype
 
 from sarm.export.model_repo import ENCODER_MODEL, HEADS_MODEL, read_manifest
 from sarm.triton import TritonServer
+from sarm.triton.client import infer_inputs
 
 EXAMPLE_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "examples" / "triton_score_window.py"
 RNG = np.random.default_rng(7)
@@ -46,24 +46,14 @@ def local(repo: Path, model: str, inputs: dict[str, np.ndarray]) -> list[np.ndar
 
 
 def grpc_infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-    requests = []
-    for name, value in inputs.items():
-        tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value)
-        requests.append(tensor)
-    result = grpcclient.InferenceServerClient(url).infer(model, requests, client_timeout=30)
+    result = grpcclient.InferenceServerClient(url).infer(model, infer_inputs(inputs), client_timeout=30)
     return [result.as_numpy(name) for name in outputs]
 
 
 def http_infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-    requests = []
-    for name, value in inputs.items():
-        tensor = httpclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value, binary_data=True)
-        requests.append(tensor)
     client = httpclient.InferenceServerClient(url, network_timeout=30)
     try:
-        result = client.infer(model, requests)
+        result = client.infer(model, infer_inputs(inputs, httpclient.InferInput))
         return [result.as_numpy(name) for name in outputs]
     finally:
         client.close()
@@ -101,14 +91,7 @@ def test_concurrent_requests_are_batched(triton: TritonServer) -> None:
     async def burst(n: int) -> None:
         client = grpcaio.InferenceServerClient(triton.endpoints.grpc)
         try:
-            calls = []
-            for _ in range(n):
-                requests = []
-                for name, value in heads_inputs(1).items():
-                    tensor = grpcaio.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-                    tensor.set_data_from_numpy(value)
-                    requests.append(tensor)
-                calls.append(client.infer(HEADS_MODEL, requests, client_timeout=30))
+            calls = [client.infer(HEADS_MODEL, infer_inputs(heads_inputs(1)), client_timeout=30) for _ in range(n)]
             results = await asyncio.gather(*calls)
             assert all(r.as_numpy("progress").shape == (1, 1) for r in results)
         finally:

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
 from sarm.triton import Batching, TensorSpec, TritonError, TritonServer, free_ports, write_onnx_python_model
+from sarm.triton.client import infer_inputs
 
 RNG = np.random.default_rng(0)
 WEIGHT = RNG.normal(size=(4, 3)).astype(np.float32)
@@ -125,16 +126,7 @@ def reference(onnx_path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def grpc_inputs(**arrays: np.ndarray) -> list[grpcclient.InferInput]:
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), _triton_dtype(array))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
-def _triton_dtype(array: np.ndarray) -> str:
-    return {np.float32: "FP32", np.float64: "FP64", np.int64: "INT64"}[array.dtype.type]
+    return infer_inputs(arrays)
 
 
 def model_stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
@@ -180,10 +172,7 @@ async def _infer_concurrently(
     try:
 
         async def one(feed: dict[str, np.ndarray]) -> grpcclient.InferResult:
-            inputs = [grpcaio.InferInput(n, list(a.shape), _triton_dtype(a)) for n, a in feed.items()]
-            for tensor, array in zip(inputs, feed.values(), strict=True):
-                tensor.set_data_from_numpy(array)
-            return await client.infer(model, inputs, client_timeout=CLIENT_TIMEOUT_S)
+            return await client.infer(model, infer_inputs(feed), client_timeout=CLIENT_TIMEOUT_S)
 
         return await asyncio.gather(*(one(feed) for feed in feeds), return_exceptions=True)
     finally:

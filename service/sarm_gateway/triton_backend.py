@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME
 from sarm.export.model_repo import BATCHING
 from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
 from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
+from sarm.triton.client import infer_inputs
 from sarm_gateway.backends import HeadsOutput
 from sarm_gateway.deadlines import remaining
 from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded
@@ -35,11 +36,7 @@ class TritonBackend:
         self._client = triton.InferenceServerClient(url)
 
     async def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
-        tensors = []
-        for name, value in inputs.items():
-            tensor = triton.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(np.ascontiguousarray(value))
-            tensors.append(tensor)
+        tensors = infer_inputs(inputs)
         left = remaining()
         try:
             result = await self._client.infer(model, tensors, outputs=[triton.InferRequestedOutput(n) for n in outputs],
