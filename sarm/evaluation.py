@@ -58,10 +58,7 @@ def ground_truth_progress(ds: LeRobotDataset, episode: int) -> tuple[np.ndarray,
     proportions = ds.proportions() or {}
     vocabulary = list(proportions)
     meta = ds.episode(episode)
-    annotation = ds.annotation(episode)
-    if annotation is None:
-        raise ValueError(f"{ds.root} episode {episode} has no sparse annotation: it cannot be evaluated")
-    labels = stage_tau_labels(annotation, meta.length, vocabulary)
+    labels = stage_tau_labels(ds.require_annotation(episode), meta.length, vocabulary)
     return progress_from_stage_tau(labels.stage, labels.tau, list(proportions.values())), labels.stage
 
 

@@ -210,6 +210,13 @@ class LeRobotDataset:
     def annotation(self, episode: int, scheme: str = "sparse") -> EpisodeAnnotation | None:
         return parse_annotation(self.episode(episode).row, scheme, self.fps)
 
+    def require_annotation(self, episode: int, scheme: str = "sparse") -> EpisodeAnnotation:
+        """The episode's annotation, or AnnotationError: what training and evaluation need for every episode."""
+        ann = self.annotation(episode, scheme)
+        if ann is None:
+            raise AnnotationError(f"{self.root} episode {episode} has no {scheme} annotation: annotate it")
+        return ann
+
     def proportions(self, scheme: str = "sparse") -> dict[str, float] | None:
         path = proportions_path(self.root, scheme)
         if not path.is_file():

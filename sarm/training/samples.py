@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sarm.data.annotations import AnnotationError, EpisodeAnnotation, stage_proportions, stage_vocabulary
+from sarm.data.annotations import EpisodeAnnotation, stage_proportions, stage_vocabulary
 from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import DatasetEmbeddings
 from sarm.model.labels import FrameLabels, frame_index_labels, stage_tau_labels
@@ -66,10 +66,7 @@ def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tup
     for ds in datasets:
         order = dict.fromkeys(ds.proportions() or {})
         for meta in ds.episodes:
-            ann = ds.annotation(meta.index)
-            if ann is None:
-                raise AnnotationError(f"{ds.root} episode {meta.index} has no sparse annotation: annotate it")
-            episodes.setdefault(meta.task, []).append((ann, meta.length))
+            episodes.setdefault(meta.task, []).append((ds.require_annotation(meta.index), meta.length))
             declared.setdefault(meta.task, {}).update(order)
     tasks: list[dict[str, Any]] = []
     for task, pairs in episodes.items():
@@ -91,10 +88,7 @@ def episode_arrays(
     episodes = []
     for meta in ds.episodes:
         if mode == "stage":
-            ann = ds.annotation(meta.index)
-            if ann is None:
-                raise AnnotationError(f"{ds.root} episode {meta.index} has no sparse annotation: annotate it")
-            labels = stage_tau_labels(ann, meta.length, vocabulary)
+            labels = stage_tau_labels(ds.require_annotation(meta.index), meta.length, vocabulary)
         else:
             labels = frame_index_labels(meta.length)
         episodes.append(EpisodeArrays(
