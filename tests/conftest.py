@@ -17,7 +17,7 @@ import pytest
 
 from sarm.data.annotations import EpisodeAnnotation, Subtask
 from sarm.data.episode import EpisodeData
-from sarm.data.lerobot import LeRobotWriter
+from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
 from sarm.encoders.base import TextEncoder
 
 CAMERA = "observation.images.top"
@@ -49,13 +49,17 @@ def episodes() -> list[EpisodeData]:
     return [synthetic_episode(length, seed) for seed, length in enumerate((30, 21, 44))]
 
 
-@pytest.fixture
-def dataset(tmp_path: Path, episodes: list[EpisodeData]) -> Path:
-    root = tmp_path / "dataset"
+def write_dataset(root: Path, episodes: list[EpisodeData]) -> LeRobotDataset:
+    """A new 10 fps dataset at `root` holding `episodes`."""
     with LeRobotWriter(root, fps=10) as writer:
         for ep in episodes:
             writer.add_episode(ep)
-    return root
+    return LeRobotDataset(root)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, episodes: list[EpisodeData]) -> Path:
+    return write_dataset(tmp_path / "dataset", episodes).root
 
 
 @pytest.fixture

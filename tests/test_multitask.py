@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from sarm.data.annotations import EpisodeAnnotation, Subtask
 from sarm.data.episode import EpisodeData
-from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
+from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import embed_dataset, load_embeddings
 from sarm.encoders.registry import load_frame_encoder, load_text_encoder
 from sarm.evaluation import evaluate_checkpoint, ground_truth_progress
@@ -27,7 +27,7 @@ from sarm.scoring import score_embeddings
 from sarm.training.checkpoint import load_checkpoint
 from sarm.training.samples import WindowSampler, episode_arrays, label_vocabulary
 from sarm.training.trainer import TrainConfig, evaluate_batch, train, validation_batch
-from tests.conftest import synthetic_episode
+from tests.conftest import synthetic_episode, write_dataset
 
 torch.set_num_threads(1)
 
@@ -210,20 +210,13 @@ PEG = [annotated("peg", 20, ("reach", 0, 5), ("insert", 5, 20)),
        annotated("peg", 12, ("reach", 0, 3), ("insert", 3, 12))]
 
 
-def write(root: Path, episodes: list[EpisodeData]) -> LeRobotDataset:
-    with LeRobotWriter(root, fps=10) as writer:
-        for episode in episodes:
-            writer.add_episode(episode)
-    return LeRobotDataset(root)
-
-
 def test_label_vocabulary_of_datasets_with_different_vocabularies(tmp_path: Path) -> None:
     expected_tasks = [
         {"instruction": "pick", "stage_names": ["reach", "grasp", "lift"], "proportions": [0.2, 0.3, 0.5]},
         {"instruction": "peg", "stage_names": ["reach", "insert"], "proportions": [0.25, 0.75]},
     ]
-    separate = [write(tmp_path / "pick", PICK), write(tmp_path / "peg", PEG)]
-    mixed = [write(tmp_path / "mixed", [PICK[0], PEG[0], PICK[1], PEG[1]])]  # one dataset, two tasks
+    separate = [write_dataset(tmp_path / "pick", PICK), write_dataset(tmp_path / "peg", PEG)]
+    mixed = [write_dataset(tmp_path / "mixed", [PICK[0], PEG[0], PICK[1], PEG[1]])]  # one dataset, two tasks
     for datasets in (separate, mixed):
         classes, tasks = label_vocabulary(datasets, "stage")
         assert classes == ["reach", "grasp", "lift", "insert"]
@@ -247,7 +240,7 @@ def two_embedded(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     for name, task, stages in (("pick", "pick up the cube", ("reach", "grasp", "lift")),
                                ("peg", "insert the peg", ("reach", "insert"))):
         episodes = [replace(synthetic_episode(20 + 3 * seed, seed, stages=stages), task=task) for seed in range(4)]
-        ds = write(root / name, episodes)
+        ds = write_dataset(root / name, episodes)
         embed_dataset(ds, frame, text)
         roots.append(ds.root)
     return roots

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sarm.cli import app
 from sarm.data.annotations import AnnotationError
-from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
+from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import embed_dataset, load_embeddings, store_path
 from sarm.encoders.base import EncoderMismatchError
 from sarm.encoders.registry import load_frame_encoder, load_text_encoder
@@ -22,7 +22,7 @@ from sarm.scoring import score_embeddings
 from sarm.training.checkpoint import CheckpointError, load_checkpoint
 from sarm.training.samples import WindowSampler, episode_arrays, label_vocabulary
 from sarm.training.trainer import TrainConfig, evaluate_batch, train, validation_batch
-from tests.conftest import synthetic_episode
+from tests.conftest import synthetic_episode, write_dataset
 
 runner = CliRunner()
 
@@ -30,10 +30,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def embedded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("embedded") / "dataset"
-    with LeRobotWriter(root, fps=10) as writer:
-        for seed in range(6):
-            writer.add_episode(synthetic_episode(24 + 3 * seed, seed))
-    embed_dataset(LeRobotDataset(root), load_frame_encoder(), load_text_encoder())
+    ds = write_dataset(root, [synthetic_episode(24 + 3 * seed, seed) for seed in range(6)])
+    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
     return root
 
 
