@@ -53,9 +53,11 @@ def value_order_correlation(progress: np.ndarray) -> float:
     return float(spearmanr(progress, np.arange(len(progress))).statistic)
 
 
-def ground_truth_progress(ds: LeRobotDataset, episode: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stage-aware progress and stage class per frame from the dataset's annotations and ᾱ."""
-    proportions = ds.proportions() or {}
+def ground_truth_progress(
+    ds: LeRobotDataset, episode: int, proportions: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-aware progress and stage class per frame from the episode's annotation and the dataset's ᾱ
+    (`ds.proportions()`, read once by the caller for all episodes)."""
     vocabulary = list(proportions)
     meta = ds.episode(episode)
     labels = stage_tau_labels(ds.require_annotation(episode), meta.length, vocabulary)
@@ -68,7 +70,8 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     require_same_encoders(embeddings, info.frame_encoder, info.text_encoder)
     stride = stride_frames(ds.fps, model.config.stride_seconds)
     columns = set(ds.episodes_table.column_names)
-    vocabulary = list(ds.proportions() or {})
+    proportions = ds.proportions() or {}
+    vocabulary = list(proportions)
     # Stage accuracy needs every dataset stage to be a checkpoint class (a multi-task model has more);
     # classes are matched by name, as their numbers differ between the two.
     classes = model.config.stage_names
@@ -77,7 +80,7 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     results, correct, counted = [], 0, 0
     for meta in ds.episodes:
         scores = score_embeddings(model, embeddings.frames[meta.index], embeddings.text[meta.task], stride)
-        truth, true_stage = ground_truth_progress(ds, meta.index)
+        truth, true_stage = ground_truth_progress(ds, meta.index, proportions)
         if stages_match:
             correct += int((scores.stage == checkpoint_class[true_stage]).sum())
             counted += meta.length

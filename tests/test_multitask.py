@@ -272,11 +272,12 @@ def test_multi_task_training_lowers_the_loss(two_embedded: list[Path], tmp_path:
 
     # Stage accuracy on the peg data, whose class 1 ("insert") is the checkpoint's class 3: matched by name.
     metrics, _ = evaluate_checkpoint(tmp_path / "ckpt", datasets[1])
-    vocabulary = list(datasets[1].proportions() or {})
+    proportions = datasets[1].proportions() or {}
+    vocabulary = list(proportions)
     hits = []
     for meta in datasets[1].episodes:
         scores = score_embeddings(model, embeddings[1].frames[meta.index], texts[1].numpy(), stride=10)
-        true_stage = ground_truth_progress(datasets[1], meta.index)[1]
+        true_stage = ground_truth_progress(datasets[1], meta.index, proportions)[1]
         hits.append(np.array(classes)[scores.stage] == np.array(vocabulary)[true_stage])
     assert metrics["stage_accuracy"] == pytest.approx(np.concatenate(hits).mean())
     assert metrics["stage_accuracy"] > 0.5

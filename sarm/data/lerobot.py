@@ -167,11 +167,17 @@ class LeRobotDataset:
             row=row,
         )
 
+    @cached_property
+    def _episodes_by_index(self) -> dict[int, EpisodeMeta]:
+        return {meta.index: meta for meta in self.episodes}
+
     def episode(self, index: int) -> EpisodeMeta:
-        for meta in self.episodes:
-            if meta.index == index:
-                return meta
-        raise KeyError(f"episode {index} is not in {self.root} (episodes: {[e.index for e in self.episodes]})")
+        """One episode's metadata (a dict lookup: called once per episode by every per-episode loop)."""
+        try:
+            return self._episodes_by_index[index]
+        except KeyError:
+            known = list(self._episodes_by_index)
+            raise KeyError(f"episode {index} is not in {self.root} (episodes: {known})") from None
 
     @cached_property
     def frames_table(self) -> pa.Table:
