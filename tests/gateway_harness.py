@@ -60,8 +60,9 @@ class RunningGateway:
     """A Gateway on its own event loop thread, listening on a free loopback port."""
 
     def __init__(self, repo: Path, text_encoder: TextEncoder, gated: bool = False, **overrides: Any) -> None:
-        self.settings = Settings(model_repo=repo, grpc_host="127.0.0.1", grpc_port=0, drain_seconds=5,
-                                 max_message_bytes=512 * 1024, **overrides)
+        defaults: dict[str, Any] = {"grpc_host": "127.0.0.1", "grpc_port": 0, "http_host": "127.0.0.1",
+                                    "metrics_port": 0, "drain_seconds": 5, "max_message_bytes": 512 * 1024}
+        self.settings = Settings(model_repo=repo, **(defaults | overrides))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -85,8 +86,8 @@ class RunningGateway:
 
     def wait_in_flight(self, n: int) -> None:
         deadline = time.monotonic() + TIMEOUT
-        while self.gateway.service.work.in_flight != n:
-            assert time.monotonic() < deadline, f"in flight: {self.gateway.service.work.in_flight}, expected {n}"
+        while self.gateway.engine.work.in_flight != n:
+            assert time.monotonic() < deadline, f"in flight: {self.gateway.engine.work.in_flight}, expected {n}"
             time.sleep(0.01)
 
     def close(self) -> None:

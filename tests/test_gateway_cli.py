@@ -32,7 +32,8 @@ def test_serve_refuses_an_unknown_backend(cpu_model_repo: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_serve_process_stops_cleanly_on_sigterm(cpu_model_repo: Path) -> None:
-    env = {**os.environ, "SARM_GRPC_HOST": "127.0.0.1", "SARM_DRAIN_SECONDS": "2",
+    env = {**os.environ, "SARM_GRPC_HOST": "127.0.0.1", "SARM_HTTP_HOST": "127.0.0.1", "SARM_METRICS_PORT": "0",
+           "SARM_DRAIN_SECONDS": "2",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "service")])}
     process = subprocess.Popen(
         [sys.executable, "-c", "from sarm.cli import app; app()", "serve", "--model-repo", str(cpu_model_repo),

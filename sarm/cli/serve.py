@@ -1,4 +1,5 @@
-"""`sarm serve`: the reward gateway (gRPC) on a model repository. Settings not given here come from SARM_* env."""
+"""`sarm serve`: the reward gateway (gRPC, and HTTP with --http-port) on a model repository. Settings not given here
+come from SARM_* env."""
 
 from __future__ import annotations
 
@@ -18,16 +19,19 @@ def serve_command(
     backend: Annotated[str | None, typer.Option(help="local (ONNX Runtime in-process) or triton.")] = None,
     triton_url: Annotated[str | None, typer.Option(help="Triton gRPC HOST:PORT (with --backend triton).")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
-    http_port: Annotated[int | None, typer.Option(help="HTTP port (the HTTP API is not served yet).")] = None,
+    http_port: Annotated[int | None, typer.Option(
+        help="HTTP API port (video scoring, /metrics, /livez, /readyz). Without it, only /metrics, /livez and /readyz "
+             "are served, on SARM_METRICS_PORT (default 9464)."
+    )] = None,
 ) -> None:
-    """Serve SARM rewards over gRPC until SIGTERM/SIGINT (then NOT_SERVING, drain, stop)."""
+    """Serve SARM rewards over gRPC and HTTP until SIGTERM/SIGINT (then not ready, drain both, stop)."""
     import asyncio
 
     from pydantic import ValidationError
 
     from sarm.encoders.base import EncoderMismatchError
     from sarm_gateway.backends import BackendNotAvailable
-    from sarm_gateway.server import serve
+    from sarm_gateway.server import Gateway, serve
     from sarm_gateway.settings import DEFAULT_MODEL_REPO, Settings
 
     given: dict[str, Any] = {"model_repo": model_repo, "backend": backend, "triton_url": triton_url,
@@ -41,11 +45,11 @@ def serve_command(
         console.print(f"[red]error:[/red] the default model is not built at {DEFAULT_MODEL_REPO}: run `make setup`, "
                       "or pass --model-repo DIR (a repository from `sarm export`)", soft_wrap=True)
         raise typer.Exit(2)
-    if settings.http_port is not None:
-        console.print(f"note: the HTTP API is not built yet; port {settings.http_port} is not served")
 
-    def started(port: int) -> None:
-        console.print(f"serving {settings.model_repo} ({settings.backend}) on gRPC {settings.grpc_host}:{port}")
+    def started(gateway: Gateway) -> None:
+        http = "HTTP API" if settings.http_port is not None else "metrics"
+        console.print(f"serving {settings.model_repo} ({settings.backend}) on gRPC {settings.grpc_host}:{gateway.port}, "
+                      f"{http} {settings.http_host}:{gateway.http_port}", soft_wrap=True)
 
     try:
         asyncio.run(serve(settings, started))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from sarm_gateway.metrics import BatcherMetrics
 
 Arrays = tuple[np.ndarray, ...]
 
@@ -20,6 +23,7 @@ Arrays = tuple[np.ndarray, ...]
 class _Call:
     inputs: Arrays
     future: asyncio.Future[Arrays] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    queued_at: float = field(default_factory=time.perf_counter)
 
     @property
     def rows(self) -> int:
@@ -28,7 +32,8 @@ class _Call:
 
 class MicroBatcher:
     def __init__(
-        self, run: Callable[..., Awaitable[Arrays]], max_batch: int, max_delay_s: float, concurrency: int = 1
+        self, run: Callable[..., Awaitable[Arrays]], max_batch: int, max_delay_s: float, concurrency: int = 1,
+        metrics: BatcherMetrics | None = None,
     ) -> None:
         if max_batch < 1 or max_delay_s < 0 or concurrency < 1:
             raise ValueError(f"need max_batch >= 1, max_delay_s >= 0, concurrency >= 1; got {max_batch}, "
@@ -42,7 +47,12 @@ class MicroBatcher:
         self._full = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self.batches = 0  # batches run so far (tests and metrics)
+        self._metrics = metrics
+        self.batches = 0  # batches run so far (tests)
+
+    @property
+    def queued_rows(self) -> int:
+        return sum(c.rows for c in self._pending)
 
     async def __call__(self, *inputs: np.ndarray) -> Arrays:
         rows = len(inputs[0])
@@ -56,7 +66,7 @@ class MicroBatcher:
         call = _Call(inputs)
         self._pending.append(call)
         self._arrived.set()
-        if sum(c.rows for c in self._pending) >= self.max_batch:
+        if self.queued_rows >= self.max_batch:
             self._full.set()
         return await call.future
 
@@ -73,7 +83,7 @@ class MicroBatcher:
                 if not call.future.done():  # skip callers that gave up (cancelled, deadline)
                     batch.append(call)
                     rows += call.rows
-            if sum(c.rows for c in self._pending) < self.max_batch:
+            if self.queued_rows < self.max_batch:
                 self._full.clear()
             if not self._pending:
                 self._arrived.clear()
@@ -88,6 +98,11 @@ class MicroBatcher:
         try:
             inputs = tuple(np.concatenate(parts) for parts in zip(*(c.inputs for c in batch), strict=True))
             self.batches += 1
+            if self._metrics is not None:
+                started = time.perf_counter()
+                for call in batch:
+                    self._metrics.queue_wait.observe(started - call.queued_at)
+                self._metrics.batch_rows.observe(len(inputs[0]))
             outputs = await self._run(*inputs)
         except Exception as error:  # every caller of the batch sees the backend's error
             for call in batch:

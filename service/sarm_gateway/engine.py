@@ -8,28 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
 from sarm.encoders.base import TextEncoder, check_encoder, fingerprint
 from sarm.export.model_repo import read_manifest
 from sarm.model.windows import sequence_indices
+from sarm_gateway.admission import Admission
 from sarm_gateway.backends import Backend, HeadsOutput, make_backend
 from sarm_gateway.batcher import MicroBatcher
 from sarm_gateway.cache import TTLCache
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
+from sarm_gateway.metrics import Metrics
 from sarm_gateway.redis_cache import RedisTier, connect
 from sarm_gateway.settings import Settings
 
 # Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
 # thread. Larger inputs, and every JPEG/PNG decode, leave the loop.
 INLINE_BYTES = 256 * 1024
+# Windows assembled per heads call: bounds the memory of a long episode's curve (256 × 13 × 1280 floats ≈ 17 MB).
+WINDOW_CHUNK = 256
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _small(frames: Sequence[FrameData]) -> bool:
@@ -68,6 +76,12 @@ class Engine:
         self._frame_encoder_id = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
         self._text_encoder = text_encoder
         self._text_encoder_id = fingerprint(text_encoder)
+        self.metrics = Metrics()
+        self.metrics.model_info(self.version, self._frame_encoder_id,
+                                f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}", backend.name)
+        # Every front end's unary work shares one bound: a burst over HTTP and gRPC together still gets refused.
+        self.work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
+        self.metrics.in_flight.set_function(lambda: self.work.in_flight)
         ttl = settings.cache_ttl_s
         self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, ttl)
         self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, ttl)
@@ -81,6 +95,8 @@ class Engine:
                                          redis_ttl, backoff)
             self.instruction_redis = RedisTier(self._redis, f"sarm:instruction:{self._text_encoder_id}:",
                                                manifest["text_encoder"]["dim"], redis_ttl, backoff)
+        self.metrics.watch_caches([("memory", "frame", self.frame_cache), ("memory", "instruction", self.instruction_cache),
+                                   ("redis", "frame", self.frame_redis), ("redis", "instruction", self.instruction_redis)])
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")
@@ -90,8 +106,10 @@ class Engine:
         self._heads_batcher: MicroBatcher | None = None
         if not backend.batches_itself:
             delay, workers = settings.max_batch_delay_ms / 1000, settings.inference_workers
-            self._encode_batcher = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers)
-            self._heads_batcher = MicroBatcher(backend.heads, settings.max_batch_size, delay, workers)
+            self._encode_batcher = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers,
+                                                self.metrics.batcher("encoder", lambda: self._queued("encoder")))
+            self._heads_batcher = MicroBatcher(self._heads_rows, settings.max_batch_size, delay, workers,
+                                               self.metrics.batcher("heads", lambda: self._queued("heads")))
 
     @classmethod
     def from_settings(cls, settings: Settings, text_encoder: TextEncoder | None = None) -> Engine:
@@ -115,17 +133,29 @@ class Engine:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
 
+    def _queued(self, model: str) -> int:
+        batcher = self._encode_batcher if model == "encoder" else self._heads_batcher
+        return 0 if batcher is None else batcher.queued_rows
+
+    async def offload(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking work (decoding, hashing, rendering) on the decode threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, lambda: function(*args, **kwargs))
+
     async def _encode_rows(self, images: np.ndarray) -> tuple[np.ndarray]:
-        return (await self.backend.encode(images),)  # the batcher passes tuples of arrays
+        with self.metrics.stage["encode"].time():
+            return (await self.backend.encode(images),)  # the batcher passes tuples of arrays
+
+    async def _heads_rows(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        with self.metrics.stage["heads"].time():
+            return await self.backend.heads(frames, text, lengths)
 
     async def _encode(self, images: np.ndarray) -> np.ndarray:
-        if self._encode_batcher is None:
-            return await self.backend.encode(images)
-        return (await self._encode_batcher(images))[0]
+        batcher = self._encode_batcher
+        return (await (self._encode_rows(images) if batcher is None else batcher(images)))[0]
 
     async def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
         if self._heads_batcher is None:
-            return await self.backend.heads(frames, text, lengths)
+            return await self._heads_rows(frames, text, lengths)
         return HeadsOutput(*await self._heads_batcher(frames, text, lengths))
 
     async def embed_instruction(self, instruction: str) -> np.ndarray:
@@ -155,12 +185,12 @@ class Engine:
         call, are decoded and encoded, once each. `first_index` numbers the frames in error messages."""
         if not frames:
             raise InvalidInput("no frames: send at least one image")
-        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
 
         def hash_all() -> list[str]:
             return [content_key(f, self._frame_encoder_id) for f in frames]
 
-        keys = hash_all() if _small(frames) else await loop.run_in_executor(self._decode_pool, hash_all)
+        keys = hash_all() if _small(frames) else await self.offload(hash_all)
         out = np.empty((len(frames), self.frame_dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         joined: dict[str, tuple[asyncio.Future[np.ndarray | None], list[int]]] = {}  # being encoded by another call
@@ -172,8 +202,11 @@ class Engine:
                 joined.setdefault(key, (self._encoding[key], []))[1].append(i)
             else:
                 missing.setdefault(key, []).append(i)
+        lookup_s = time.perf_counter() - started
         if missing:
-            await self._encode_missing(frames, missing, out, first_index)
+            await self._encode_missing(frames, missing, out, first_index, lookup_s)
+        else:
+            self.metrics.stage["cache"].observe(lookup_s)
         for future, rows in joined.values():
             embedding = await asyncio.shield(future)
             if embedding is None:  # the call encoding it gave up (cancelled, bad input): encode it here
@@ -182,23 +215,21 @@ class Engine:
         return out
 
     async def _encode_missing(
-        self, frames: Sequence[FrameData], missing: dict[str, list[int]], out: np.ndarray, first_index: int
+        self, frames: Sequence[FrameData], missing: dict[str, list[int]], out: np.ndarray, first_index: int,
+        lookup_s: float,
     ) -> None:
-        """Decode and encode one frame per key into `out`; concurrent calls wanting a key wait for it here."""
+        """Decode and encode one frame per key into `out`; concurrent calls wanting a key wait for it here.
+        `lookup_s`: time spent on the in-process lookup, reported with the Redis lookup as the call's cache stage."""
         loop = asyncio.get_running_loop()
         futures: dict[str, asyncio.Future[np.ndarray | None]] = {key: loop.create_future() for key in missing}
         self._encoding.update(futures)
         try:
+            started = time.perf_counter()
             if self.frame_redis is not None:  # registered above first, so concurrent calls wait, not ask again
-                stored = await self.frame_redis.get_many(list(missing))
-                missing = dict(missing)
-                for key, embedding in zip(list(missing), stored, strict=True):
-                    if embedding is not None:  # a Redis hit fills the in-process tier too
-                        self.frame_cache.put(key, embedding)
-                        futures[key].set_result(embedding)
-                        out[missing.pop(key)] = embedding
-                if not missing:
-                    return
+                missing = await self._from_redis(self.frame_redis, missing, futures, out)
+            self.metrics.stage["cache"].observe(lookup_s + time.perf_counter() - started)
+            if not missing:
+                return
             firsts = [rows[0] for rows in missing.values()]
             height, width = self.image_size
 
@@ -207,7 +238,7 @@ class Engine:
 
             chosen = [frames[i] for i in firsts]
             inline = all(f.shape is not None for f in chosen) and _small(chosen)  # raw pixels: checks and a copy
-            images = decode_all() if inline else await loop.run_in_executor(self._decode_pool, decode_all)
+            images = decode_all() if inline else await self.offload(decode_all)
             embeddings = await self._encode(images)
             for (key, rows), embedding in zip(missing.items(), embeddings, strict=True):
                 row = embedding.copy()  # a row of its own, not a view pinning the whole batch
@@ -221,6 +252,20 @@ class Engine:
                 del self._encoding[key]
                 if not future.done():
                     future.set_result(None)
+
+    async def _from_redis(
+        self, tier: RedisTier, missing: dict[str, list[int]], futures: dict[str, asyncio.Future[np.ndarray | None]],
+        out: np.ndarray,
+    ) -> dict[str, list[int]]:
+        """Fill `out` with what Redis has (and the in-process tier with it); the keys still missing."""
+        stored = await tier.get_many(list(missing))
+        left = dict(missing)
+        for key, embedding in zip(missing, stored, strict=True):
+            if embedding is not None:
+                self.frame_cache.put(key, embedding)
+                futures[key].set_result(embedding)
+                out[left.pop(key)] = embedding
+        return left
 
     async def score(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
         """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → one score each."""
@@ -236,12 +281,14 @@ class Engine:
     async def score_at(
         self, embeddings: Callable[[np.ndarray], np.ndarray], t: Sequence[int], stride: int, text: np.ndarray
     ) -> list[WindowScore]:
-        """Score the causal windows ending at frames `t` of an episode starting at frame 0;
+        """Score the causal windows ending at frames `t` of an episode starting at frame 0, WINDOW_CHUNK at a time;
         `embeddings(indices)` returns the (…, C, D) embeddings of the given frame indices."""
-        if not len(t):
-            return []
-        seq = sequence_indices(np.asarray(t), stride, 0, 0, self.window_frames, self.max_rewind)
-        return await self.score(embeddings(seq.indices), text, seq.lengths)
+        scores: list[WindowScore] = []
+        for start in range(0, len(t), WINDOW_CHUNK):
+            seq = sequence_indices(np.asarray(t[start : start + WINDOW_CHUNK]), stride, 0, 0, self.window_frames,
+                                   self.max_rewind)
+            scores += await self.score(embeddings(seq.indices), text, seq.lengths)
+        return scores
 
     def time_steps(self, images: int, what: str) -> int:
         """How many time steps `images` images make, or InvalidInput if the cameras don't add up."""

@@ -56,6 +56,16 @@ def frame_results(
     ]
 
 
+async def score_curve(
+    engine: Engine, embeddings: np.ndarray, stride: int, text: np.ndarray, options: ScoringOptions
+) -> list[FrameResult]:
+    """A whole episode's curve from its (T, C, D) embeddings: the causal window of every `score_every`-th frame,
+    smoothed in frame order when asked to (ScoreFrames and uploaded videos)."""
+    scored = list(range(0, len(embeddings), options.score_every))
+    scores = await engine.score_at(embeddings.__getitem__, scored, stride, text)
+    return frame_results(scored, scores, options.smoother())
+
+
 def window_stride(fps: float, stride_seconds: float) -> int:
     if not math.isfinite(fps) or not 0.0 < fps <= MAX_FPS:
         raise InvalidInput(f"fps must be a frame rate in (0, {MAX_FPS:g}], got {fps}: set the camera's fps")

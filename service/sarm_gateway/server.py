@@ -1,4 +1,5 @@
-"""The gRPC front end (grpc.aio): RewardService, grpc.health.v1 and server reflection.
+"""The gRPC front end (grpc.aio): RewardService, grpc.health.v1 and server reflection; and the Gateway, which runs
+it beside the HTTP front end on one event loop and one Engine.
 
 Every call takes a slot of in-flight work (RESOURCE_EXHAUSTED with a `retry-after-ms` trailer when none is
 free), runs under the caller's remaining deadline, and maps engine errors to status codes.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
@@ -22,7 +23,7 @@ from sarm_gateway.auth import Authenticator, Operation
 from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
 from sarm_gateway.deadlines import budget
 from sarm_gateway.engine import Engine
-from sarm_gateway.episode import Episode, frame_results, window_stride
+from sarm_gateway.episode import Episode, score_curve, window_stride
 from sarm_gateway.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -31,6 +32,9 @@ from sarm_gateway.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from sarm_gateway.grpc_metrics import MetricsInterceptor
+from sarm_gateway.http import HttpServer, create_app
+from sarm_gateway.readiness import Readiness
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -43,7 +47,6 @@ class RewardService(pb_grpc.RewardServiceServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self.work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
         self.streams = Admission(settings.max_streams, settings.retry_after_ms, "streams")
         self.auth = Authenticator(settings.auth_tokens)
 
@@ -85,7 +88,8 @@ class RewardService(pb_grpc.RewardServiceServicer):
         of an admitted stream), the size check, and the caller's remaining deadline."""
         if operation is not None:
             self._authorize(context, operation)
-        with self.work.slot() if operation is not None else nullcontext():
+        with (self.engine.work.slot() if operation is not None else nullcontext(),
+              self.engine.metrics.stage["total"].time()):
             self._check_size(request)
             left = context.time_remaining()
             deadline = asyncio.timeout(left)
@@ -121,9 +125,7 @@ class RewardService(pb_grpc.RewardServiceServicer):
             steps = engine.time_steps(len(request.frames), "the episode")
             text = await engine.embed_instruction(request.instruction)
             embeddings = (await engine.encode(frames_from_proto(request.frames))).reshape(steps, engine.num_cameras, -1)
-            scored = list(range(0, steps, options.score_every))
-            scores = await engine.score_at(embeddings.__getitem__, scored, stride, text)
-            results = frame_results(scored, scores, options.smoother())
+            results = await score_curve(engine, embeddings, stride, text, options)
         for result in results:
             yield frame_score_to_proto(result, engine.version)
 
@@ -177,16 +179,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 class Gateway:
-    """The server and its lifecycle: start, then on SIGTERM report NOT_SERVING, drain in-flight calls, stop."""
+    """Both front ends and their lifecycle: start, then on SIGTERM report NOT_SERVING (gRPC health) and not ready
+    (/readyz), drain in-flight calls of both for up to drain_seconds, stop.
+
+    HTTP serves the API, /metrics, /livez and /readyz on http_port; without an http_port, the operational endpoints
+    alone are served on metrics_port, so a gRPC-only gateway can still be scraped and probed."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.service = RewardService(engine, settings)
         self.health = health.aio.HealthServicer()
+        self.readiness = Readiness()
+        engine.metrics.ready.set_function(lambda: self.readiness.ready)
+        engine.metrics.active_streams.set_function(lambda: self.service.streams.in_flight)
         # grpc's own limit sits above ours so that a too-large message gets our INVALID_ARGUMENT and advice.
         transport_limit = 2 * settings.max_message_bytes
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(engine.metrics)], options=[
             ("grpc.max_receive_message_length", transport_limit),
             ("grpc.max_send_message_length", transport_limit),
             ("grpc.so_reuseport", 0),
@@ -197,7 +206,12 @@ class Gateway:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
+        api = settings.http_port is not None
+        self.http = HttpServer(create_app(engine, settings, self.readiness, api_routes=api), settings.http_host,
+                               settings.http_port if settings.http_port is not None else settings.metrics_port,
+                               settings.drain_seconds)
         self.port = 0
+        self.http_port = 0
         self._stopping: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
 
@@ -211,13 +225,18 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.grpc_host}:{self.settings.grpc_port}")
         await self.server.start()
+        try:
+            self.http_port = await self.http.start()
+        except OSError:
+            await self.server.stop(0)
+            raise
         await self._report_backend()
         self._watching = asyncio.get_running_loop().create_task(self._watch_backend())
         return self.port
 
     async def _report_backend(self) -> None:
         """SERVING exactly while the backend can run the models (after a drain began, health ignores this)."""
-        ready = await self.engine.backend.ready()
+        self.readiness.backend_ready = ready = await self.engine.backend.ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
@@ -228,11 +247,13 @@ class Gateway:
             await self._report_backend()
 
     async def stop(self) -> None:
-        """NOT_SERVING first (load balancers stop sending), then up to drain_seconds for calls in flight."""
+        """NOT_SERVING / not ready first (load balancers stop sending), then up to drain_seconds for calls in flight
+        on both front ends."""
+        self.readiness.draining = True
         await self.health.enter_graceful_shutdown()
         if self._watching is not None:
             self._watching.cancel()
-        await self.server.stop(self.settings.drain_seconds)
+        await asyncio.gather(self.server.stop(self.settings.drain_seconds), self.http.stop())
         await self.engine.close()
 
     def stop_soon(self) -> None:
@@ -245,16 +266,16 @@ class Gateway:
             await self._stopping
 
 
-async def serve(settings: Settings, on_started: Any = None) -> None:
-    """Run until SIGTERM or SIGINT. `on_started(port)` is called once the server listens."""
+async def serve(settings: Settings, on_started: Callable[[Gateway], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT. `on_started(gateway)` is called once both front ends listen."""
     engine = Engine.from_settings(settings)
     gateway = Gateway(engine, settings)
-    port = await gateway.start()
+    await gateway.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop_soon)
     if on_started is not None:
-        on_started(port)
+        on_started(gateway)
     await gateway.wait()
 
 

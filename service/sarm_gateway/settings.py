@@ -23,7 +23,11 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(10.0, gt=0)  # per Triton request, for calls that carry no deadline
     grpc_host: str = "0.0.0.0"
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: any free port
+    # The HTTP API (video scoring, model info) with /metrics, /livez and /readyz; None: no HTTP API, and the
+    # operational endpoints alone are served on metrics_port instead.
+    http_host: str = "0.0.0.0"
     http_port: int | None = Field(None, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535)
     # Local backend: onnxruntime threads per session and sessions running at once.
     intra_op_threads: int = Field(1, ge=0)
     inference_workers: int = Field(1, ge=1)
@@ -47,6 +51,14 @@ class Settings(BaseSettings):
     retry_after_ms: int = Field(100, ge=0)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_instruction_chars: int = Field(1000, ge=1)
+    # Video uploads (POST /v1/videos:score): streamed to a temp file in upload_dir (None: the system's), refused
+    # once over max_upload_bytes or when no data came for upload_timeout_s; decoded within the video limits.
+    upload_dir: Path | None = None
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    upload_timeout_s: float = Field(30.0, gt=0)
+    max_video_seconds: float = Field(600.0, gt=0)
+    max_video_frames: int = Field(18_000, ge=1)
+    max_video_pixels: int = Field(3840 * 2160, ge=1)  # width × height of the uploaded video, before resizing
     health_interval_s: float = Field(2.0, gt=0)  # how often health re-checks that the backend is ready
     # SIGTERM: NOT_SERVING at once, then up to this long for in-flight calls.
     drain_seconds: float = Field(10.0, ge=0)

@@ -1,0 +1,73 @@
+"""A video's curve in the format asked for: JSON, a PNG plot for people, or `sarm_progress.parquet` for trainers.
+All three build in a worker thread (the plot takes ~100 ms): `render` blocks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sarm.data.progress_file import PROGRESS_FILE, progress_bytes, progress_table
+from sarm_gateway.http.schemas import FrameScore, OutputFormat, VideoScores
+from sarm_gateway.http.scoring import VideoCurve
+
+
+def scores(curve: VideoCurve, model_version: str) -> VideoScores:
+    return VideoScores(
+        model_version=model_version, instruction=curve.instruction, fps=curve.fps, stride_frames=curve.stride,
+        num_frames=curve.num_frames,
+        frames=[FrameScore(frame_index=r.frame_index, timestamp=r.frame_index / curve.fps,
+                           stage_index=r.score.stage_index, stage_name=r.score.stage_name, tau=r.score.tau,
+                           progress=r.score.progress, confidence=r.score.confidence,
+                           smoothed_progress=r.smoothed_progress) for r in curve.results],
+    )
+
+
+def plot(curve: VideoCurve, stage_names: list[str], model_version: str) -> bytes:
+    """Progress over time above the predicted stage (with its confidence), one PNG. Figure, not pyplot: pyplot's
+    global state is not safe across threads."""
+    seconds = np.array([r.frame_index for r in curve.results]) / curve.fps
+    figure = Figure(figsize=(9, 5.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    progress_axes, stage_axes = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    progress_axes.plot(seconds, [r.score.progress for r in curve.results], lw=1.5, label="progress")
+    if any(r.smoothed_progress is not None for r in curve.results):
+        progress_axes.plot(seconds, [r.smoothed_progress for r in curve.results], lw=1.5, label="smoothed")
+    progress_axes.set(ylabel="task progress", ylim=(-0.02, 1.02), title=f"“{curve.instruction}” — model "
+                      f"{model_version}, {curve.num_frames} frames at {curve.fps:g} fps")
+    progress_axes.grid(alpha=0.3)
+    progress_axes.legend(loc="upper left")
+    stage_axes.step(seconds, [r.score.stage_index for r in curve.results], where="post", color="black", lw=1)
+    points = stage_axes.scatter(seconds, [r.score.stage_index for r in curve.results],
+                                c=[r.score.confidence for r in curve.results], cmap="viridis", vmin=0, vmax=1, s=12)
+    figure.colorbar(points, ax=stage_axes, label="confidence")
+    stage_axes.set_yticks(range(len(stage_names)), stage_names)
+    stage_axes.set(xlabel="time (s)", ylabel="stage", ylim=(-0.5, len(stage_names) - 0.5))
+    stage_axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def progress_parquet(curve: VideoCurve, model_version: str) -> bytes:
+    """One episode (index 0) whose frame indices are the video's; progress_sparse is the smoothed value when
+    smoothing is on. Only scored frames have rows (score_every 1 gives every frame)."""
+    frames = [r.frame_index for r in curve.results]
+    progress = [r.score.progress if r.smoothed_progress is None else r.smoothed_progress for r in curve.results]
+    provenance = {"model_version": model_version, "window": "causal", "stride_frames": str(curve.stride),
+                  "fps": f"{curve.fps:g}", "instruction": curve.instruction,
+                  "score_every": str(curve.options.score_every), "smoothing": str(curve.options.smoothing).lower()}
+    return progress_bytes(progress_table(frames, [0] * len(frames), frames, progress, provenance))
+
+
+def render(curve: VideoCurve, output: OutputFormat, model_version: str, stage_names: list[str]
+           ) -> tuple[bytes, dict[str, str]]:
+    """The body and its extra headers."""
+    if output == "png":
+        return plot(curve, stage_names, model_version), {}
+    if output == "parquet":
+        return (progress_parquet(curve, model_version),
+                {"Content-Disposition": f'attachment; filename="{PROGRESS_FILE}"'})
+    return scores(curve, model_version).model_dump_json().encode(), {}

@@ -1,0 +1,120 @@
+"""The HTTP API's request form and response bodies (they are its OpenAPI schema too)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
+
+from sarm_gateway.episode import MAX_FPS, ScoringOptions
+from sarm_gateway.http.upload import FILE_FIELD
+
+OutputFormat = Literal["json", "png", "parquet"]
+MEDIA_TYPES: dict[str, str] = {"json": "application/json", "png": "image/png",
+                               "parquet": "application/vnd.apache.parquet"}
+
+
+class ScoreForm(BaseModel):
+    """The text fields of POST /v1/videos:score (the video itself is the file field `video`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = Field(description="The task in words, e.g. 'pick up the cube'.")
+    fps: float | SkipJsonSchema[None] = Field(
+        None, gt=0, le=MAX_FPS, description="Frame rate to assume instead of the video's own; sets the window stride."
+    )
+    score_every: int = Field(1, ge=1, description="Score every N-th frame (frame 0 always).")
+    smoothing: bool = Field(False, description="Add confidence-weighted smoothed progress.")
+    smoothing_history: int = Field(10, ge=1, description="Scores the smoothing remembers.")
+    smoothing_min_confidence: float = Field(0.9, gt=0, le=1, description="Scores below this confidence are ignored.")
+    format: OutputFormat | SkipJsonSchema[None] = Field(None, description="json (default), png or parquet; "
+                                                        "the `format` query parameter does the same.")
+
+    @classmethod
+    def parse(cls, fields: dict[str, str]) -> ScoreForm:
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as error:  # FastAPI's usual 422 body, located in the form
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
+                                         ) from error
+
+    def options(self) -> ScoringOptions:
+        return ScoringOptions(self.score_every, self.smoothing, self.smoothing_history, self.smoothing_min_confidence)
+
+    @classmethod
+    def request_body(cls) -> dict[str, Any]:
+        """The OpenAPI requestBody: these fields plus the video file."""
+        schema = cls.model_json_schema()
+        schema["properties"] = {FILE_FIELD: {"type": "string", "format": "binary",
+                                             "description": "The video: mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF."},
+                                **schema["properties"]}
+        schema["required"] = [FILE_FIELD, *schema.get("required", [])]
+        return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+class FrameScore(BaseModel):
+    frame_index: int
+    timestamp: float = Field(description="Seconds from the first frame: frame_index / fps.")
+    stage_index: int
+    stage_name: str
+    tau: float = Field(description="Progress within the stage, [0, 1].")
+    progress: float = Field(description="Normalised task progress, [0, 1].")
+    confidence: float = Field(description="Probability of the predicted stage.")
+    smoothed_progress: float | None = Field(description="Set when smoothing is on.")
+
+
+class VideoScores(BaseModel):
+    model_version: str
+    instruction: str
+    fps: float
+    stride_frames: int = Field(description="The window stride g in frames (1 s of frames).")
+    num_frames: int = Field(description="Frames decoded from the video.")
+    frames: list[FrameScore] = Field(description="One per scored frame, in order.")
+
+
+class Encoder(BaseModel):
+    id: str
+    version: str
+    dim: int
+
+
+class Task(BaseModel):
+    instruction: str
+    stage_names: list[str]
+    proportions: list[float]
+
+
+class Window(BaseModel):
+    frames: int
+    stride_seconds: float
+    max_rewind: int
+    sequence_length: int
+
+
+class ImageSize(BaseModel):
+    height: int
+    width: int
+
+
+class ModelInfo(BaseModel):
+    """Same as the gRPC GetModelInfo."""
+
+    model_version: str
+    stage_names: list[str]
+    tasks: list[Task]
+    window: Window
+    num_cameras: int
+    image: ImageSize
+    frame_encoder: Encoder
+    text_encoder: Encoder
+    backend: str
+
+
+class Status(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    detail: str

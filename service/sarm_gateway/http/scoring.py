@@ -1,0 +1,66 @@
+"""An uploaded video → its per-frame curve, by the path ScoreFrames takes: each frame encoded once (through the
+frame cache), causal windows at the stride of the video's fps, optional smoothing (episode.score_curve)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sarm_gateway.engine import Engine
+from sarm_gateway.episode import FrameResult, ScoringOptions, score_curve, window_stride
+from sarm_gateway.errors import InvalidInput
+from sarm_gateway.http.schemas import ScoreForm
+from sarm_gateway.http.video import VideoLimits, VideoReader
+from sarm_gateway.images import FrameData
+from sarm_gateway.settings import Settings
+
+CHUNK_FRAMES = 64  # decoded and encoded at a time: memory holds two chunks of pixels, not the whole video
+
+
+@dataclass(frozen=True)
+class VideoCurve:
+    instruction: str
+    fps: float
+    stride: int
+    num_frames: int
+    options: ScoringOptions
+    results: list[FrameResult]
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    return VideoLimits(settings.max_video_seconds, settings.max_video_frames, settings.max_video_pixels)
+
+
+async def _embed(engine: Engine, reader: VideoReader) -> np.ndarray:
+    """(T, 1, D) embeddings; the next chunk decodes on a worker thread while this one is encoded."""
+    parts = []
+    reading = asyncio.ensure_future(engine.offload(reader.read, CHUNK_FRAMES))
+    try:
+        while len(frames := await reading):
+            first = reader.decoded - len(frames)
+            reading = asyncio.ensure_future(engine.offload(reader.read, CHUNK_FRAMES))
+            parts.append(await engine.encode([FrameData(f.tobytes(), f.shape) for f in frames], first_index=first))
+    finally:
+        reading.cancel()  # the thread finishes its chunk; close() waits for it
+    return np.concatenate(parts)[:, None]
+
+
+async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: VideoLimits) -> VideoCurve:
+    if engine.num_cameras != 1:
+        raise InvalidInput(f"this model takes {engine.num_cameras} cameras per time step; a video upload is one "
+                           "camera: use the gRPC ScoreFrames call with every camera's frames")
+    options = form.options()
+    with engine.metrics.stage["total"].time():
+        text = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before any decoding
+        height, width = engine.image_size
+        reader = await engine.offload(VideoReader, video, height, width, limits, form.fps)
+        try:
+            stride = window_stride(reader.fps, engine.stride_seconds)
+            embeddings = await _embed(engine, reader)
+        finally:
+            await engine.offload(reader.close)
+        results = await score_curve(engine, embeddings, stride, text, options)
+    return VideoCurve(form.instruction, reader.fps, stride, reader.decoded, options, results)
