@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -67,6 +68,7 @@ class RunningGateway:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.gateway: Gateway = self.run(self._start(text_encoder, gated))
+        self.http_url = f"http://127.0.0.1:{self.gateway.http_port}"  # the HTTP API, or only /metrics and probes
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}")
         self.stub = pb_grpc.RewardServiceStub(self.channel)
 
@@ -96,6 +98,12 @@ class RunningGateway:
             self.run(self.gateway.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(TIMEOUT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def episode_frames(n: int, seed: int) -> np.ndarray:

@@ -7,7 +7,6 @@ with the same scores, within its deadline, and the failures are counted.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,16 +19,10 @@ import redis
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
 from sarm_gateway.v1 import sarm_pb2 as pb
-from tests.gateway_harness import RunningGateway, episode_frames, raw, window_request
+from tests.gateway_harness import RunningGateway, episode_frames, free_port, raw, window_request
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DEADLINE = 5.0  # per call: a Redis failure costs tens of ms, so anything near this is a hang
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
