@@ -117,4 +117,5 @@ class Status(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: str
+    detail: str | list[dict[str, Any]] = Field(description="What is wrong and what to change; for a malformed "
+                                               "field, FastAPI's list of field errors.")
