@@ -7,6 +7,7 @@ with the same scores, within its deadline, and the failures are counted.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -104,6 +105,9 @@ def test_replicas_share_embeddings_through_redis_with_a_ttl_and_the_encoder_in_e
     assert len(engine.frame_cache) == 9  # Redis hits fill the in-process tier: a repeat does not ask Redis
     score(second, frames)
     assert engine.frame_redis.hits == 9 and second.backend.encoded == 0
+    exposition = engine.metrics.exposition().decode()  # the tier's counts, as Prometheus sees them
+    assert 'sarm_cache_hits_total{kind="frame",tier="redis"} 9.0' in exposition
+    assert 'sarm_cache_errors_total{kind="frame",tier="redis"} 0.0' in exposition
 
     manifest = read_manifest(cpu_model_repo)
     frame_encoder = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"

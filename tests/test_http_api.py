@@ -104,8 +104,8 @@ def test_video_curve_matches_score_frames_on_the_same_frames(
     decoded = read_frames(videos["episode"], FPS, 0.0, 30)
     encoded = served.backend.encoded
     options = pb.ScoringOptions(smoothing=True, smoothing_min_confidence=0.01)
-    curve = list(served.stub.ScoreFrames(pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in decoded],
-                                                               fps=FPS, options=options), timeout=TIMEOUT))
+    request = pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in decoded], fps=FPS, options=options)
+    curve = list(served.stub.ScoreFrames(request, timeout=TIMEOUT))
     assert served.backend.encoded == encoded  # the same engine: the upload's frames were in its cache
     for name in ("tau", "progress", "confidence"):
         np.testing.assert_allclose([f[name] for f in frames], [getattr(c.score, name) for c in curve], atol=1e-5)
@@ -303,7 +303,8 @@ def read_reply(sock: socket.socket) -> str:
     while b"\r\n\r\n" not in data:
         data += sock.recv(4096)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    length = int(headers[b"content-length"])
     while len(body) < length:
         body += sock.recv(4096)
     return (head + b"\r\n\r\n" + body).decode()

@@ -48,8 +48,8 @@ def serve_command(
 
     def started(gateway: Gateway) -> None:
         http = "HTTP API" if settings.http_port is not None else "metrics"
-        console.print(f"serving {settings.model_repo} ({settings.backend}) on gRPC {settings.grpc_host}:{gateway.port}, "
-                      f"{http} {settings.http_host}:{gateway.http_port}", soft_wrap=True)
+        console.print(f"serving {settings.model_repo} ({settings.backend}) on gRPC {settings.grpc_host}:"
+                      f"{gateway.port}, {http} {settings.http_host}:{gateway.http_port}", soft_wrap=True)
 
     try:
         asyncio.run(serve(settings, started))

@@ -95,8 +95,10 @@ class Engine:
                                          redis_ttl, backoff)
             self.instruction_redis = RedisTier(self._redis, f"sarm:instruction:{self._text_encoder_id}:",
                                                manifest["text_encoder"]["dim"], redis_ttl, backoff)
-        self.metrics.watch_caches([("memory", "frame", self.frame_cache), ("memory", "instruction", self.instruction_cache),
-                                   ("redis", "frame", self.frame_redis), ("redis", "instruction", self.instruction_redis)])
+        self.metrics.watch_caches([
+            ("memory", "frame", self.frame_cache), ("memory", "instruction", self.instruction_cache),
+            ("redis", "frame", self.frame_redis), ("redis", "instruction", self.instruction_redis),
+        ])
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")

@@ -76,5 +76,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             behavior = getattr(handler, kind)
             if behavior is not None:
                 wrap = self._generator if inspect.isasyncgenfunction(behavior) else self._call
-                return handler._replace(**{kind: wrap(method, behavior)})  # type: ignore[attr-defined]
+                return handler._replace(**{kind: wrap(method, behavior)})
         return handler

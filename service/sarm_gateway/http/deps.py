@@ -15,15 +15,15 @@ from sarm_gateway.settings import Settings
 
 
 async def _engine(request: Request) -> Engine:
-    return request.app.state.engine  # type: ignore[no-any-return]
+    return request.app.state.engine
 
 
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def _readiness(request: Request) -> Readiness:
-    return request.app.state.readiness  # type: ignore[no-any-return]
+    return request.app.state.readiness
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]

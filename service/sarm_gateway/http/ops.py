@@ -18,7 +18,8 @@ async def livez() -> Status:
     return Status(status="alive")
 
 
-@router.get("/readyz", operation_id="readyz", response_model=Status, responses={503: {"model": Status, "description": "Not ready"}})
+@router.get("/readyz", operation_id="readyz", response_model=Status,
+            responses={503: {"model": Status, "description": "Not ready"}})
 async def readyz(readiness: ReadinessDep) -> JSONResponse:
     """200 while the backend can run the models and no drain has begun; 503 otherwise."""
     return JSONResponse({"status": readiness.reason}, 200 if readiness.ready else 503)

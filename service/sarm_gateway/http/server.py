@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import Iterator
 
@@ -24,8 +25,9 @@ class _Server(uvicorn.Server):
 class HttpServer:
     def __init__(self, app: FastAPI, host: str, port: int, drain_seconds: float) -> None:
         self.host, self.port = host, port
+        # uvicorn takes whole seconds for the drain.
         self._server = _Server(uvicorn.Config(app, lifespan="off", log_config=None,
-                                              timeout_graceful_shutdown=drain_seconds))
+                                              timeout_graceful_shutdown=math.ceil(drain_seconds)))
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
