@@ -40,11 +40,12 @@ $(DEFAULT_REPO)/sarm_manifest.json: $(DEFAULT_CHECKPOINT)/model.safetensors $(DE
 	rm -rf $(DEFAULT_REPO)
 	$(BIN)/sarm export $(DEFAULT_CHECKPOINT) --out $(DEFAULT_REPO) --target cpu
 
-# The gRPC gateway on the default model, embedded ONNX Runtime backend and in-memory caches (no Triton,
+# The gateway (gRPC, and HTTP with /metrics) on the default model, embedded ONNX Runtime backend and in-memory caches (no Triton,
 # no Redis needed). SARM_* environment variables configure it (service/sarm_gateway/settings.py).
 GATEWAY_PORT ?= 50051
+GATEWAY_HTTP_PORT ?= 8080
 serve: setup
-	$(BIN)/sarm serve --model-repo $(DEFAULT_REPO) --backend local --grpc-port $(GATEWAY_PORT)
+	$(BIN)/sarm serve --model-repo $(DEFAULT_REPO) --backend local --grpc-port $(GATEWAY_PORT) --http-port $(GATEWAY_HTTP_PORT)
 
 # The real tritonserver (from nvidia-pytriton) on a model repository written by `sarm export`.
 triton: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,16 @@ def test_serve_refuses_a_directory_that_is_not_a_model_repository(tmp_path: Path
 def test_serve_refuses_an_unknown_backend(cpu_model_repo: Path) -> None:
     result = runner.invoke(app, ["serve", "--model-repo", str(cpu_model_repo), "--backend", "tensorflow"])
     assert result.exit_code == 2 and "backend" in result.output and "'local' or 'triton'" in result.output
+
+
+def test_serve_refuses_a_busy_http_port(cpu_model_repo: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--model-repo", str(cpu_model_repo), "--grpc-port", "0",
+                                     "--http-port", str(port)], env={"SARM_HTTP_HOST": "127.0.0.1"})
+    assert result.exit_code == 2 and f"cannot listen for HTTP on 127.0.0.1:{port}" in result.output
 
 
 @pytest.mark.timeout(120)

@@ -270,7 +270,11 @@ async def serve(settings: Settings, on_started: Callable[[Gateway], None] | None
     """Run until SIGTERM or SIGINT. `on_started(gateway)` is called once both front ends listen."""
     engine = Engine.from_settings(settings)
     gateway = Gateway(engine, settings)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except BaseException:
+        await engine.close()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop_soon)
