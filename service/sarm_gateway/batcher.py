@@ -48,6 +48,8 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._metrics = metrics
+        if metrics is not None:
+            metrics.queue_depth.set_function(lambda: self.queued_rows)
         self.batches = 0  # batches run so far (tests)
 
     @property

@@ -77,8 +77,8 @@ class Engine:
         self._text_encoder = text_encoder
         self._text_encoder_id = fingerprint(text_encoder)
         self.metrics = Metrics()
-        self.metrics.model_info(self.version, self._frame_encoder_id,
-                                f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}", backend.name)
+        text_id = f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}"
+        self.metrics.model_info(self.version, self._frame_encoder_id, text_id, backend.name)
         # Every front end's unary work shares one bound: a burst over HTTP and gRPC together still gets refused.
         self.work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
         self.metrics.in_flight.set_function(lambda: self.work.in_flight)
@@ -109,9 +109,9 @@ class Engine:
         if not backend.batches_itself:
             delay, workers = settings.max_batch_delay_ms / 1000, settings.inference_workers
             self._encode_batcher = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers,
-                                                self.metrics.batcher("encoder", lambda: self._queued("encoder")))
+                                                self.metrics.batcher("encoder"))
             self._heads_batcher = MicroBatcher(self._heads_rows, settings.max_batch_size, delay, workers,
-                                               self.metrics.batcher("heads", lambda: self._queued("heads")))
+                                               self.metrics.batcher("heads"))
 
     @classmethod
     def from_settings(cls, settings: Settings, text_encoder: TextEncoder | None = None) -> Engine:
@@ -135,10 +135,6 @@ class Engine:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _queued(self, model: str) -> int:
-        batcher = self._encode_batcher if model == "encoder" else self._heads_batcher
-        return 0 if batcher is None else batcher.queued_rows
-
     async def offload(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking work (decoding, hashing, rendering) on the decode threads, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, lambda: function(*args, **kwargs))
@@ -152,8 +148,9 @@ class Engine:
             return await self.backend.heads(frames, text, lengths)
 
     async def _encode(self, images: np.ndarray) -> np.ndarray:
-        batcher = self._encode_batcher
-        return (await (self._encode_rows(images) if batcher is None else batcher(images)))[0]
+        if self._encode_batcher is None:
+            return (await self._encode_rows(images))[0]
+        return (await self._encode_batcher(images))[0]
 
     async def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
         if self._heads_batcher is None:

@@ -7,7 +7,7 @@ code that keeps them needs no metric calls of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,10 +28,12 @@ class CacheCounts(Protocol):
 
 @dataclass(frozen=True)
 class BatcherMetrics:
-    """What one micro-batcher reports: the rows of each batch it runs, and each call's wait for its batch."""
+    """What one micro-batcher reports: the rows of each batch it runs, each call's wait for its batch, and (read at
+    scrape time from the batcher) the rows waiting."""
 
     batch_rows: Histogram
     queue_wait: Histogram
+    queue_depth: Gauge
 
 
 class _CacheCollector(Collector):
@@ -79,9 +81,8 @@ class Metrics:
         self._caches = _CacheCollector()
         registry.register(self._caches)
 
-    def batcher(self, model: str, queued_rows: Callable[[], float]) -> BatcherMetrics:
-        self.queue_depth.labels(model).set_function(queued_rows)
-        return BatcherMetrics(self._batch_rows.labels(model), self.stage["queue"])
+    def batcher(self, model: str) -> BatcherMetrics:
+        return BatcherMetrics(self._batch_rows.labels(model), self.stage["queue"], self.queue_depth.labels(model))
 
     def watch_caches(self, caches: Iterable[tuple[str, str, CacheCounts | None]]) -> None:
         """(tier, kind, cache) triples; a None cache (a tier not configured) exports nothing."""

@@ -208,7 +208,7 @@ class Gateway:
         )
         api = settings.http_port is not None
         self.http = HttpServer(create_app(engine, settings, self.readiness, api_routes=api), settings.http_host,
-                               settings.http_port if settings.http_port is not None else settings.metrics_port,
+                               settings.metrics_port if settings.http_port is None else settings.http_port,
                                settings.drain_seconds)
         self.port = 0
         self.http_port = 0

@@ -34,17 +34,23 @@ def video_limits(settings: Settings) -> VideoLimits:
     return VideoLimits(settings.max_video_seconds, settings.max_video_frames, settings.max_video_pixels)
 
 
+def _read_ahead(engine: Engine, reader: VideoReader) -> asyncio.Future[np.ndarray]:
+    reading = asyncio.ensure_future(engine.offload(reader.read, CHUNK_FRAMES))
+    reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # an abandoned read's error is not logged
+    return reading
+
+
 async def _embed(engine: Engine, reader: VideoReader) -> np.ndarray:
     """(T, 1, D) embeddings; the next chunk decodes on a worker thread while this one is encoded."""
     parts = []
-    reading = asyncio.ensure_future(engine.offload(reader.read, CHUNK_FRAMES))
+    reading = _read_ahead(engine, reader)
     try:
         while len(frames := await reading):
             first = reader.decoded - len(frames)
-            reading = asyncio.ensure_future(engine.offload(reader.read, CHUNK_FRAMES))
+            reading = _read_ahead(engine, reader)
             parts.append(await engine.encode([FrameData(f.tobytes(), f.shape) for f in frames], first_index=first))
     finally:
-        reading.cancel()  # the thread finishes its chunk; close() waits for it
+        reading.cancel()  # its thread finishes the chunk anyway; reader.close() waits for it
     return np.concatenate(parts)[:, None]
 
 
