@@ -127,9 +127,11 @@ class RabcSummary:
     episode_mean_weights: dict[int, float]  # episode index -> mean weight of its frames
 
     def extremes(self, count: int = 3) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-        """The `count` episodes with the lowest and with the highest mean weight, (episode, mean) pairs."""
+        """Up to `count` episodes with the lowest and with the highest mean weight, as (episode, mean) pairs;
+        the two lists never share an episode (with few episodes the lower half goes to the first)."""
         ranked = sorted(self.episode_mean_weights.items(), key=lambda item: (item[1], item[0]))
-        return ranked[:count], ranked[::-1][:count]
+        low = min(count, (len(ranked) + 1) // 2)
+        return ranked[:low], ranked[low:][::-1][:count]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
