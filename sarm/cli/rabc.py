@@ -43,12 +43,19 @@ def rabc_command(
     torch.set_num_threads(threads)
     try:
         params = RabcParams(chunk_size, kappa, eps, stats)
-        with progress_bar() as bar:
-            job = bar.add_task("scoring episodes", total=None, status="")
-            summary = run_rabc(
-                dataset, checkpoint, params, out, stride,
-                on_episode=lambda done, total: bar.update(job, completed=done, total=total),
-            )
+        # The bar appears once the inputs are checked (the first call, done = 0), so errors print alone.
+        bar = progress_bar()
+        job = bar.add_task("scoring episodes", total=None, status="")
+
+        def advance(done: int, total: int) -> None:
+            bar.start()
+            bar.update(job, completed=done, total=total)
+
+        try:
+            summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
         written = [out / name for name in (PROGRESS_FILE, WEIGHTS_FILE, SUMMARY_FILE)]
         if plot:
             written.append(plot_rabc(out, summary))

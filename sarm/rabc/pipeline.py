@@ -40,12 +40,11 @@ def run_rabc(
         raise FileNotFoundError(f"dataset {dataset_dir} does not exist")
     if not checkpoint.is_dir():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist")
+    ds = LeRobotDataset(dataset_dir)  # not a LeRobot dataset at all: one clear line
     # Annotations are not needed: RA-BC only reads frames, and the checkpoint brings the stages.
     problems = find_problems(dataset_dir, require_annotations=False)
     if problems:
         raise InvalidDatasetError(dataset_dir, problems)
-    progress = dataset_progress(
-        LeRobotDataset(dataset_dir), checkpoint, stride, on_episode, should_stop, frame_encoder, text_encoder
-    )
+    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, frame_encoder, text_encoder)
     write_progress(progress, out_dir)
     return weigh(progress, params, out_dir)

@@ -134,9 +134,10 @@ def dataset_progress(
 ) -> DatasetProgress:
     """φ per frame of every episode, in episode order.
 
-    `on_episode(done, total)` is called after each episode; `should_stop()` is checked before each one and
-    raises Cancelled when true. Encoders are loaded from the registry by the checkpoint's ids unless given
-    (a service passes the ones it holds); they are only needed when the dataset has no embedding store.
+    `on_episode(done, total)` is called once the inputs are checked and loaded (done = 0), then after each
+    episode; `should_stop()` is checked before each episode and raises Cancelled when true. Encoders are
+    loaded from the registry by the checkpoint's ids unless given (a service passes the ones it holds); they
+    are only needed when the dataset has no embedding store.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1 frame, got {stride}")
@@ -150,6 +151,8 @@ def dataset_progress(
     if model.config.state_dim:
         raise ValueError("the checkpoint reads joint state; scoring datasets with state is not supported yet")
     window_stride = stride_frames(ds.fps, model.config.stride_seconds)
+    if on_episode is not None:
+        on_episode(0, len(ds.episodes))
     episodes = []
     for done, meta in enumerate(ds.episodes):
         if should_stop is not None and should_stop():
