@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -33,7 +34,6 @@ from sarm_client import (
     Unavailable,
 )
 from sarm_client.video import decode
-from sarm_gateway.v1 import sarm_pb2 as pb
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, H, RunningGateway, W, episode_frames, raw, window_request
 
 CLIENT_TIMEOUT = Timeout(call=TIMEOUT, step=TIMEOUT, episode=TIMEOUT)
@@ -112,8 +112,8 @@ def test_scoring_options_reach_the_server(client: SarmClient) -> None:
     whole = client.score_frames(INSTRUCTION, frames, 5, options=options)
     assert [s.frame_index for s in streamed] == [s.frame_index for s in whole] == [0, 3, 6, 9]
     assert all(s.smoothed_progress is not None for s in streamed)
-    np.testing.assert_allclose([s.smoothed_progress for s in streamed], [s.smoothed_progress for s in whole],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.array([s.smoothed_progress for s in streamed], float),
+                               np.array([s.smoothed_progress for s in whole], float), atol=1e-5)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
@@ -157,7 +157,7 @@ def test_score_video_refuses_what_it_cannot_read(client: SarmClient, tmp_path: P
     with pytest.raises(FileNotFoundError):
         client.score_video(tmp_path / "missing.mp4", INSTRUCTION)
     (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
-    with pytest.raises(InvalidArgument, match="junk.mp4: cannot read"):
+    with pytest.raises(InvalidArgument, match=r"junk\.mp4: cannot read"):
         client.score_video(tmp_path / "junk.mp4", INSTRUCTION)
 
 
@@ -227,19 +227,20 @@ def test_deadline_expiry_is_deadline_exceeded(gated: RunningGateway) -> None:
             client.score_window(INSTRUCTION, GOOD, timeout=0.3)
         assert time.monotonic() - started < 3.0
         gated.wait_in_flight(0)
-        with client.stream(INSTRUCTION, fps=10, timeout=0.3, step_timeout=TIMEOUT) as episode:
-            with pytest.raises(DeadlineExceeded):  # the whole episode's deadline, enforced by the server
-                episode.step(GOOD[0])
-        with client.stream(INSTRUCTION, fps=10, step_timeout=0.3) as episode:
-            with pytest.raises(DeadlineExceeded, match="no reply to step 0"):  # one step's, by the client
-                episode.step(GOOD[1])
+        # The whole episode's deadline, enforced by the server; then one step's, by the client.
+        with (client.stream(INSTRUCTION, fps=10, timeout=0.3, step_timeout=TIMEOUT) as episode,
+              pytest.raises(DeadlineExceeded)):
+            episode.step(GOOD[0])
+        with (client.stream(INSTRUCTION, fps=10, step_timeout=0.3) as episode,
+              pytest.raises(DeadlineExceeded, match="no reply to step 0")):
+            episode.step(GOOD[1])
     deadline = time.monotonic() + TIMEOUT
     while gated.gateway.service.streams.in_flight:  # the client cancelled the stream: the server let it go
         assert time.monotonic() < deadline, "the timed-out stream is still open on the server"
         time.sleep(0.01)
 
 
-def hold_two_calls(gated: RunningGateway) -> list[object]:
+def hold_two_calls(gated: RunningGateway) -> list[Any]:
     held = [gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
             for s in (66, 67)]
     gated.wait_in_flight(2)
@@ -254,7 +255,7 @@ def test_overload_is_overloaded_with_the_servers_retry_after(gated: RunningGatew
             client.score_window(INSTRUCTION, GOOD)
         assert caught.value.retry_after == pytest.approx(0.1) and time.monotonic() - started < 1.0
     gated.open_gate()
-    assert all(f.result(TIMEOUT).score.model_version for f in held)  # type: ignore[attr-defined]
+    assert all(f.result(TIMEOUT).score.model_version for f in held)
 
 
 def test_the_client_retries_through_an_overload(gated: RunningGateway) -> None:
@@ -271,6 +272,5 @@ def test_no_server_is_unavailable() -> None:
     from sarm.triton.server import free_ports
 
     [port] = free_ports(1)
-    with SarmClient(f"127.0.0.1:{port}", retry=Retry(backoff=0.01)) as client:
-        with pytest.raises(Unavailable):
-            client.info(timeout=5)
+    with SarmClient(f"127.0.0.1:{port}", retry=Retry(backoff=0.01)) as client, pytest.raises(Unavailable):
+        client.info(timeout=5)
