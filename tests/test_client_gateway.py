@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,6 +33,7 @@ from sarm_client import (
     Unavailable,
 )
 from sarm_client.video import decode
+from tests.client_harness import target, write_video
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, H, RunningGateway, W, episode_frames, raw, window_request
 
 CLIENT_TIMEOUT = Timeout(call=TIMEOUT, step=TIMEOUT, episode=TIMEOUT)
@@ -53,10 +53,6 @@ def gated(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGa
     yield running
     running.open_gate()
     running.close()
-
-
-def target(running: RunningGateway) -> str:
-    return f"127.0.0.1:{running.gateway.port}"
 
 
 @pytest.fixture
@@ -114,18 +110,6 @@ def test_scoring_options_reach_the_server(client: SarmClient) -> None:
     assert all(s.smoothed_progress is not None for s in streamed)
     np.testing.assert_allclose(np.array([s.smoothed_progress for s in streamed], float),
                                np.array([s.smoothed_progress for s in whole], float), atol=1e-5)
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
-    """An H.264 mp4, as a camera would record it."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")
