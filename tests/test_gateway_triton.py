@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -91,7 +92,8 @@ def test_sarm_client_streams_through_the_triton_backend_like_the_local_one(
 ) -> None:
     frames = episode_frames(12, seed=13)
     curves = []
-    for backend, extra in (("local", {}), ("triton", {"triton_url": triton.endpoints.grpc})):
+    backends: list[tuple[str, dict[str, Any]]] = [("local", {}), ("triton", {"triton_url": triton.endpoints.grpc})]
+    for backend, extra in backends:
         running = RunningGateway(cpu_model_repo, text_encoder, backend=backend, **extra)
         try:
             with SarmClient(target(running), timeout=Timeout(call=TIMEOUT, step=TIMEOUT)) as client:
