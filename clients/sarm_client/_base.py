@@ -50,7 +50,8 @@ def channel_arguments(target: str | None, channel: Any, tls: TLS | bool,
 
 
 def credentials(tls: TLS) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=tls.root_certificates)
+    return grpc.ssl_channel_credentials(root_certificates=tls.root_certificates, private_key=tls.private_key,
+                                        certificate_chain=tls.certificate_chain)
 
 
 class Attempts:

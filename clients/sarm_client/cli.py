@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"bearer token sent with every call (default: ${TOKEN_ENV})")
     parser.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system's roots")
     parser.add_argument("--tls-ca", metavar="FILE", help="use TLS, verifying the server with this PEM CA file")
+    parser.add_argument("--tls-cert", metavar="FILE", help="use TLS with this PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="deadline in seconds of each call, and of a whole score-video (default 10 s per call)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> SarmClient:
-    tls: TLS | bool = TLS.from_ca_file(args.tls_ca) if args.tls_ca else args.tls
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    tls: TLS | bool = TLS.from_files(*files) if any(files) else args.tls
     timeout = Timeout() if args.timeout is None else Timeout(call=args.timeout, episode=args.timeout)
     return SarmClient(args.target, token=args.token, tls=tls, timeout=timeout)
 
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SarmError as error:
         what = error.code.name if error.code is not None else type(error).__name__
         message = f"{what}: {error}"
-    except (OSError, ImportError) as error:
+    except (OSError, ImportError, ValueError) as error:  # unreadable files, no PyAV, bad arguments
         message = str(error)
     print(f"sarm-client: error: {' '.join(message.split())}", file=sys.stderr)
     return 1

@@ -92,10 +92,11 @@ class EpisodeStream(EpisodeBase):
 class SarmClient:
     """A blocking client of the SARM reward service.
 
-    Pass a `target` ("host:port") and optionally a bearer `token` and `tls` (True: the system's roots, or
-    `TLS.from_ca_file(path)`), or an already made `channel` (tests, custom interceptors; the client then leaves
-    closing it to you). `timeout` holds the default deadlines; every method takes `timeout=` seconds to override
-    it for one call. Idempotent calls are retried per `retry`; streams never are.
+    Pass a `target` ("host:port") and optionally `tls` (True: verify the server with the system's roots, or
+    `TLS.from_files(ca_file, cert_file, key_file)`), or an already made `channel` (tests, custom interceptors; the
+    client then leaves closing it to you). A bearer `token` goes with every call either way. `timeout` holds the
+    default deadlines; every method takes `timeout=` seconds to override it for one call. Idempotent calls are
+    retried per `retry`; streams never are.
     """
 
     def __init__(self, target: str | None = None, *, token: str | None = None, tls: TLS | bool = False,

@@ -80,10 +80,21 @@ NO_RETRY = Retry(attempts=1)
 
 @dataclass(frozen=True)
 class TLS:
-    """A TLS channel. `root_certificates` (PEM) verify the server; None: the system's trusted roots."""
+    """A TLS channel. `root_certificates` (PEM) verify the server; None: the system's trusted roots. A client
+    certificate chain and its private key (PEM, both or neither) answer a server that asks for one (mutual TLS)."""
 
     root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs its private key, and a key its certificate")
 
     @classmethod
-    def from_ca_file(cls, path: str | Path) -> TLS:
-        return cls(Path(path).read_bytes())
+    def from_files(cls, ca_file: str | Path | None = None, cert_file: str | Path | None = None,
+                   key_file: str | Path | None = None) -> TLS:
+        def read(path: str | Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return cls(read(ca_file), read(cert_file), read(key_file))
