@@ -96,3 +96,16 @@ def test_an_unreachable_server_is_reported() -> None:
     [port] = free_ports(1)
     result = sarm_client("--target", f"127.0.0.1:{port}", "--timeout", "5", "health")
     assert result.returncode == 1 and result.stderr.startswith("sarm-client: error: UNAVAILABLE: ")
+
+
+def test_the_control_loop_example_runs_and_checks_its_answers(served: RunningGateway) -> None:
+    env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT)}
+    example = CLIENT_ROOT / "examples" / "control_loop.py"
+    result = subprocess.run([sys.executable, str(example), "--target", target(served), "--steps", "12"], env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 12 and lines[-1].split()[0] == "11" and "progress" in lines[-1]
+    failing = subprocess.run([sys.executable, str(example), "--target", target(served), "--instruction", " "],
+                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert failing.returncode == 1 and "FAILED: InvalidArgument: instruction is empty" in failing.stderr

@@ -218,9 +218,25 @@ def test_deadline_expiry_is_deadline_exceeded(gated: RunningGateway) -> None:
         with (client.stream(INSTRUCTION, fps=10, step_timeout=0.3) as episode,
               pytest.raises(DeadlineExceeded, match="no reply to step 0")):
             episode.step(GOOD[1])
+    wait_streams_closed(gated)
+
+    async def asyncio_step() -> None:
+        async with AsyncSarmClient(target(gated)) as aclient, aclient.stream(INSTRUCTION, fps=10,
+                                                                              step_timeout=0.3) as episode:
+            with pytest.raises(DeadlineExceeded, match="no reply to step 0"):
+                await episode.step(GOOD[2])
+            with pytest.raises(DeadlineExceeded):  # the stream is over
+                await episode.step(GOOD[3])
+
+    asyncio.run(asyncio_step())
+    wait_streams_closed(gated)
+
+
+def wait_streams_closed(running: RunningGateway) -> None:
+    """The client cancelled its timed-out stream: the server lets it go."""
     deadline = time.monotonic() + TIMEOUT
-    while gated.gateway.service.streams.in_flight:  # the client cancelled the stream: the server let it go
-        assert time.monotonic() < deadline, "the timed-out stream is still open on the server"
+    while running.gateway.service.streams.in_flight:
+        assert time.monotonic() < deadline, "a timed-out stream is still open on the server"
         time.sleep(0.01)
 
 
