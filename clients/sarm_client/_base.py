@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -36,22 +37,23 @@ class ClientConfig:
                 self.timeout.episode if timeout is None else timeout)
 
 
-def channel_arguments(target: str | None, channel: Any, tls: TLS | bool,
-                      options: Sequence[tuple[str, Any]]) -> tuple[str, TLS | None, list[tuple[str, Any]]]:
-    """Checks a client's channel arguments; returns what to make a channel from (when none was injected)."""
+def open_channel(api: ModuleType, target: str | None, channel: Any, tls: TLS | bool,
+                 options: Sequence[tuple[str, Any]]) -> tuple[Any, bool]:
+    """The client's channel and whether the client made it (and so closes it). `api` is `grpc` or `grpc.aio`,
+    whose channel constructors take the same arguments."""
     if (target is None) == (channel is None):
         raise ValueError("pass a target ('host:port') or a channel, not both")
     if channel is not None:
         if tls or options:
             raise ValueError("tls and options configure a channel the client makes, not an injected one")
-        return "", None, []
-    assert target is not None
-    return target, (TLS() if tls is True else tls or None), list(options)
-
-
-def credentials(tls: TLS) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=tls.root_certificates, private_key=tls.private_key,
-                                        certificate_chain=tls.certificate_chain)
+        return channel, False
+    if not tls:
+        return api.insecure_channel(target, list(options)), True
+    settings = TLS() if tls is True else tls
+    credentials = grpc.ssl_channel_credentials(root_certificates=settings.root_certificates,
+                                               private_key=settings.private_key,
+                                               certificate_chain=settings.certificate_chain)
+    return api.secure_channel(target, credentials, list(options)), True
 
 
 class Attempts:

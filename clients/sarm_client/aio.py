@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sarm_client import _wire, video
-from sarm_client._base import Attempts, ClientConfig, EpisodeBase, channel_arguments, credentials
+from sarm_client._base import Attempts, ClientConfig, EpisodeBase, open_channel
 from sarm_client.config import TLS, Retry, Timeout
 from sarm_client.errors import from_rpc_error
 from sarm_client.models import FrameScore, Image, Images, ModelInfo, Score, ScoringOptions, ServingStatus
@@ -81,14 +81,9 @@ class AsyncSarmClient:
                  timeout: Timeout = Timeout(), retry: Retry = Retry(), channel: grpc.aio.Channel | None = None,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self._config = ClientConfig(token, timeout, retry)
-        address, secure, channel_options = channel_arguments(target, channel, tls, options)
-        self._owns_channel = channel is None
-        if channel is None:
-            channel = (grpc.aio.secure_channel(address, credentials(secure), channel_options) if secure
-                       else grpc.aio.insecure_channel(address, channel_options))
-        self._channel = channel
-        self._stub = pb_grpc.RewardServiceStub(channel)
-        self._health = health_pb2_grpc.HealthStub(channel)
+        self._channel, self._owns_channel = open_channel(grpc.aio, target, channel, tls, options)
+        self._stub = pb_grpc.RewardServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def _unary(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None) -> T:
         deadline = self._config.deadline(timeout)
