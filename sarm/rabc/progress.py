@@ -9,7 +9,6 @@ scale of a second and N-fold fewer windows (and, from video, fewer encoded frame
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from sarm.encoders.registry import load_frame_encoder, load_text_encoder
 from sarm.model.modeling_sarm import SARM
 from sarm.model.windows import sequence_indices, stride_frames
 from sarm.scoring import score_embeddings
-from sarm.training.checkpoint import WEIGHTS, CheckpointInfo, load_checkpoint
+from sarm.training.checkpoint import CheckpointInfo, checkpoint_digest, load_checkpoint
 
 OnEpisode = Callable[[int, int], None]  # (episodes done, episodes in total)
 ShouldStop = Callable[[], bool]
@@ -164,7 +163,7 @@ def dataset_progress(
         "dataset": str(ds.root),
         "checkpoint": str(checkpoint),
         # The same digest as the checkpoint's in an exported model repository's manifest.
-        "checkpoint_sha256": hashlib.sha256((checkpoint / WEIGHTS).read_bytes()).hexdigest(),
+        "checkpoint_sha256": checkpoint_digest(checkpoint),
         "labels": info.labels,
         "frame_encoder": {k: info.frame_encoder[k] for k in ("id", "version")},
         "text_encoder": {k: info.text_encoder[k] for k in ("id", "version")},
