@@ -44,7 +44,7 @@ def export_heads(model: SARM, path: Path) -> Path:
     batch = torch.export.Dim("batch")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        HeadsGraph(model),
+        HeadsGraph(model).eval(),  # the wrapper too: torch warns about any module left in training mode
         (frames, text, lengths),
         str(path),
         input_names=list(INPUTS),

@@ -1,4 +1,4 @@
-"""What the engine raises; the front ends map each to a status code (INVALID_ARGUMENT, RESOURCE_EXHAUSTED)."""
+"""What the engine and auth raise; the front ends map each to a status code (INVALID_ARGUMENT, UNAUTHENTICATED, …)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ class DeadlineExceeded(TimeoutError):
 
 class BackendUnavailable(RuntimeError):
     """The model server cannot be reached or failed; the call may succeed once it is back."""
+
+
+class Unauthenticated(PermissionError):
+    """No bearer token, or one the server does not know."""
+
+
+class PermissionDenied(PermissionError):
+    """A known caller whose role may not call this operation."""

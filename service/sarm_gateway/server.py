@@ -18,11 +18,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sarm_gateway.admission import Admission
+from sarm_gateway.auth import Authenticator, Operation
 from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
 from sarm_gateway.deadlines import budget
 from sarm_gateway.engine import Engine
 from sarm_gateway.episode import Episode, frame_results, window_stride
-from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
+from sarm_gateway.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+)
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -37,6 +45,12 @@ class RewardService(pb_grpc.RewardServiceServicer):
         self.settings = settings
         self.work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
         self.streams = Admission(settings.max_streams, settings.retry_after_ms, "streams")
+        self.auth = Authenticator(settings.auth_tokens)
+
+    def _authorize(self, context: grpc.aio.ServicerContext, operation: Operation) -> None:
+        if self.auth.enabled:
+            headers = dict(context.invocation_metadata() or ())
+            self.auth.authorize(headers.get("authorization"), operation)
 
     def _check_size(self, request: Message) -> None:
         size, limit = request.ByteSize(), self.settings.max_message_bytes
@@ -58,14 +72,20 @@ class RewardService(pb_grpc.RewardServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         except BackendUnavailable as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except Unauthenticated as error:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+        except PermissionDenied as error:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
 
     @asynccontextmanager
     async def _unit(
-        self, context: grpc.aio.ServicerContext, request: Message, admit: bool = True
+        self, context: grpc.aio.ServicerContext, request: Message, operation: Operation | None = None
     ) -> AsyncIterator[None]:
-        """One unit of work: an in-flight slot (unless already admitted), the size check, and the caller's
-        remaining deadline."""
-        with self.work.slot() if admit else nullcontext():
+        """One unit of work: the caller's authorization and an in-flight slot (unless `operation` is None: a step
+        of an admitted stream), the size check, and the caller's remaining deadline."""
+        if operation is not None:
+            self._authorize(context, operation)
+        with self.work.slot() if operation is not None else nullcontext():
             self._check_size(request)
             left = context.time_remaining()
             deadline = asyncio.timeout(left)
@@ -80,7 +100,7 @@ class RewardService(pb_grpc.RewardServiceServicer):
 
     async def ScoreWindow(self, request: pb.ScoreWindowRequest, context: Any) -> pb.ScoreWindowResponse:
         engine = self.engine
-        async with self._errors(context), self._unit(context, request):
+        async with self._errors(context), self._unit(context, request, Operation.SCORE):
             steps = engine.time_steps(len(request.frames), "the window")
             if steps != engine.window_frames:
                 raise InvalidInput(f"the window has {steps} time steps; the model takes exactly "
@@ -95,7 +115,7 @@ class RewardService(pb_grpc.RewardServiceServicer):
 
     async def ScoreFrames(self, request: pb.ScoreFramesRequest, context: Any) -> AsyncIterator[pb.FrameScore]:
         engine = self.engine
-        async with self._errors(context), self._unit(context, request):
+        async with self._errors(context), self._unit(context, request, Operation.SCORE):
             options = options_from_proto(request.options)
             stride = window_stride(request.fps, engine.stride_seconds)
             steps = engine.time_steps(len(request.frames), "the episode")
@@ -114,12 +134,13 @@ class RewardService(pb_grpc.RewardServiceServicer):
         episode: Episode | None = None
         episode_id = ""
         async with self._errors(context):
+            self._authorize(context, Operation.STREAM)
             with self.streams.slot():
                 async for request in request_iterator:
                     kind = request.WhichOneof("message")
                     # An admitted stream is never cut by a burst of other calls: its steps, one at a time,
                     # are bounded by max_streams instead of max_in_flight.
-                    async with self._unit(context, request, admit=False):
+                    async with self._unit(context, request):
                         if kind == "open":
                             if episode is not None:
                                 raise InvalidInput("this stream already has an open episode: start a new stream "
@@ -141,7 +162,18 @@ class RewardService(pb_grpc.RewardServiceServicer):
                     )
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
+        async with self._errors(context):
+            self._authorize(context, Operation.INFO)
         return model_info(self.engine)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files (mutual TLS with a client CA); None: plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file is not None else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 class Gateway:
@@ -170,7 +202,12 @@ class Gateway:
         self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.grpc_host}:{self.settings.grpc_port}")
         await self.server.start()

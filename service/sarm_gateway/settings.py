@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sarm_gateway.auth import check_tokens
 
 # Built by `make setup` from the shipped checkpoint (model_repo/default/checkpoint).
 DEFAULT_MODEL_REPO = Path(__file__).resolve().parents[2] / ".cache" / "model_repo" / "default"
@@ -48,3 +50,29 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(2.0, gt=0)  # how often health re-checks that the backend is ready
     # SIGTERM: NOT_SERVING at once, then up to this long for in-flight calls.
     drain_seconds: float = Field(10.0, ge=0)
+    # Auth: one bearer token per client role (JSON role → token, e.g. '{"controller": "…"}'); empty: auth off.
+    # Roles and what each may call: sarm_gateway/auth.py.
+    auth_tokens: dict[str, str] = Field(default_factory=dict)
+    # TLS for the gRPC port: a PEM certificate chain and its key; with a client CA, clients must present a
+    # certificate it signed (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _known_roles(cls, tokens: dict[str, str]) -> dict[str, str]:
+        check_tokens(tokens)
+        return tokens
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both SARM_TLS_CERT_FILE and SARM_TLS_KEY_FILE (or neither)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("SARM_TLS_CLIENT_CA_FILE (mutual TLS) needs SARM_TLS_CERT_FILE and SARM_TLS_KEY_FILE")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"SARM_{name.upper()}: {path} is not a readable file")
+        return self
