@@ -55,8 +55,9 @@ def test_dashboard_is_valid_dashboard_json() -> None:
     for panel in board["panels"]:
         grid = panel["gridPos"]
         assert all(isinstance(grid[key], int) for key in ("x", "y", "w", "h")), panel["title"]
-        assert grid["w"] > 0 and grid["h"] > 0 and 0 <= grid["x"] and grid["x"] + grid["w"] <= GRID_COLUMNS
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] >= 0 and grid["x"] + grid["w"] <= GRID_COLUMNS
+        columns, rows = range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"])
+        cells = {(x, y) for x in columns for y in rows}
         assert not cells & occupied, f"panel {panel['title']!r} overlaps another"
         occupied |= cells
     for panel in panels():

@@ -118,8 +118,9 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_selectors_match_pod_labels() -> None:
     for name, deployment in objects("Deployment").items():
-        assert selects(deployment["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
-        assert name == deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selects(selector, deployment["spec"]["template"]["metadata"]["labels"])
+        assert name == selector["app.kubernetes.io/name"]
     for service in objects("Service").values():
         deployment = deployment_behind(service)  # exactly one
         for port in service["spec"]["ports"]:
@@ -134,7 +135,7 @@ def test_probes_and_ports_exist() -> None:
         for container in containers(deployment):
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 spec = container.get(probe)
-                assert spec is not None or name == "sarm-redis" and probe == "startupProbe", (name, probe)
+                assert spec is not None or (name == "sarm-redis" and probe == "startupProbe"), (name, probe)
                 handler = (spec or {}).get("httpGet") or (spec or {}).get("tcpSocket")
                 if handler:
                     assert handler["port"] in ports, (name, probe)
