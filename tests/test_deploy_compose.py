@@ -174,3 +174,10 @@ def test_docker_compose_config() -> None:
         result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--profile", profile, "config", "--quiet"],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Settings"):readme.index("### What is checked")]
+    documented = set(re.findall(r"`(SARM_[A-Z0-9_]+)`", section))
+    assert documented == {f"SARM_{field.upper()}" for field in Settings.model_fields}

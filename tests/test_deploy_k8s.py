@@ -171,6 +171,8 @@ def test_gateway_settings_probes_and_drain(monkeypatch: pytest.MonkeyPatch) -> N
     dockerfile_user = re.findall(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)[-1]
     assert gateway()["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(dockerfile_user)
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "HOME", "value": "/tmp"} in container["env"]  # onnxruntime writes $HOME/.cache
 
 
 def test_gateway_reaches_triton_and_redis_through_services(monkeypatch: pytest.MonkeyPatch) -> None:
