@@ -44,8 +44,8 @@ USER 10001:10001
 WORKDIR /home/sarm
 EXPOSE 50051 8080
 # Healthy = able to serve (the readiness endpoint), so `docker ps` and compose show a gateway whose backend is down.
-# The slim image has no curl: the venv's Python does the request.
+# The slim image has no curl: the venv's Python does the request (bypassing any proxy set for the container).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['SARM_HTTP_PORT'], timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/readyz' % os.environ['SARM_HTTP_PORT'], timeout=2)"]
 ENTRYPOINT ["sarm"]
 CMD ["serve"]
