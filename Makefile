@@ -4,8 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-# System packages: redis-server for the cache tests; EGL/Mesa for Meta-World's offscreen rendering.
-APT_PACKAGES := redis-server libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 python3-venv
+# System packages: redis-server for the cache tests; prometheus (and promtool) for the metrics tests; EGL/Mesa for Meta-World's offscreen rendering.
+APT_PACKAGES := redis-server prometheus libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The shipped default model: its checkpoint is committed; its repository (ONNX, config.pbtxt) is rebuilt
 # from it and the installed encoder, and cached.
