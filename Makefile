@@ -28,7 +28,7 @@ system-packages:
 	fi
 
 # torch goes in first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml | system-packages
+$(STAMP): pyproject.toml clients/pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
