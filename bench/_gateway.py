@@ -57,10 +57,14 @@ def free_port() -> int:
 class GatewayProcess:
     """`sarm serve --backend local` on a free loopback port, configured by `SARM_*` variables in `env`."""
 
-    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repo: Path, env: dict[str, str] | None = None, profile: Path | None = None,
+                 py_spy: str = "py-spy") -> None:
         self.repo = repo
         self.env = {"SARM_GRPC_HOST": "127.0.0.1", "SARM_DRAIN_SECONDS": "2", **(env or {})}
         self.process: subprocess.Popen[str] | None = None
+        self.profile = profile  # where py-spy writes the server's collapsed stacks (--format raw), if anywhere
+        self._py_spy = py_spy
+        self._profiler: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._log: deque[str] = deque(maxlen=50)
 
@@ -91,6 +95,10 @@ class GatewayProcess:
         self.port = int(match.group(1))
         # Keep draining stderr so a chatty server never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
+        if self.profile is not None:
+            self._profiler = subprocess.Popen(
+                [self._py_spy, "record", "--pid", str(self.pid), "--output", str(self.profile), "--format", "raw",
+                 "--rate", "100", "--threads", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
     def _drain(self) -> None:
@@ -99,6 +107,9 @@ class GatewayProcess:
             self._log.append(line)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self._profiler is not None:  # py-spy writes its file on SIGINT
+            self._profiler.send_signal(signal.SIGINT)
+            self._profiler.wait(timeout=60)
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
@@ -242,6 +253,8 @@ def gateway_env_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repo", type=Path, default=DEFAULT_MODEL_REPO)
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime intra-op threads, in the gateway (SARM_INTRA_OP_THREADS) and the direct path")
+    parser.add_argument("--py-spy", metavar="OUT", type=Path,
+                        help="profile the gateway with py-spy (on PATH) into OUT (collapsed stacks)")
     parser.add_argument("--set", action="append", default=[], metavar="SARM_X=VALUE",
                         help="extra gateway setting (repeatable), e.g. --set SARM_MAX_BATCH_SIZE=16")
 

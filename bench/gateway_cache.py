@@ -111,7 +111,8 @@ def main() -> None:
         envs = {"memory": gateway_env(args, **common),
                 "redis": gateway_env(args, **common, SARM_REDIS_URL=redis.url,
                                      SARM_FRAME_CACHE_ENTRIES=str(args.redis_frame_cache))}
-        addresses = {tier: stack.enter_context(GatewayProcess(args.model_repo, env)).address
+        profiles = {"memory": args.py_spy, "redis": None}  # --py-spy profiles the memory gateway
+        addresses = {tier: stack.enter_context(GatewayProcess(args.model_repo, env, profiles[tier])).address
                      for tier, env in envs.items()}
         rounds = asyncio.run(measure(args, addresses, redis, direct))
         redis_info = redis.info()

@@ -96,7 +96,7 @@ def main() -> None:
 
     direct = Direct(args.model_repo, args.threads)
     env = gateway_env(args, SARM_MAX_MESSAGE_BYTES=str(CURVE_MESSAGE_BYTES))
-    with GatewayProcess(args.model_repo, env) as gateway:
+    with GatewayProcess(args.model_repo, env, args.py_spy) as gateway:
         rounds = asyncio.run(measure(args, gateway.address, direct))
 
     summary = medians(rounds, ("gateway_s", "gateway_frames_per_s", "naive_s", "naive_frames_per_s", "speedup"))

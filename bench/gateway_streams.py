@@ -11,7 +11,7 @@ synchronised; `--aligned` starts them together).
 The gateway runs as its own process (`sarm serve`, local ONNX Runtime backend, default model); in the same run,
 between the stream rounds, the reference is timed in this process: one-frame encode + one-window heads through
 the gateway's own LocalBackend. Target: p99 at 4 streams <= reference + 5 ms. Usage:
-    PYTHONPATH=.:service .venv/bin/python bench/gateway_streams.py [--configs 1@30 4@30 16@30 4@7.5] [--steps 90]
+    PYTHONPATH=.:service .venv/bin/python bench/gateway_streams.py [--configs 1@30 4@30 16@30 4@7.5] [--steps 60]
         [--repeats 3] [--threads 1] [--set SARM_INFERENCE_WORKERS=2]
 Writes bench/results/gateway_streams.json (or --out NAME).
 """
@@ -131,9 +131,9 @@ async def measure(args: argparse.Namespace, address: str, direct: Direct) -> tup
         await streams_round(stub, frames, 1, 10, 30.0, args.aligned)  # warm-up: instruction, sessions, channel
         await reference_round(direct, frames, 5)
         for repeat in range(args.repeats):
-            for key, samples in (await reference_round(direct, frames, args.reference_samples)).items():
-                reference.setdefault(key, []).extend(samples)
             for n, hz in args.configs:
+                for key, samples in (await reference_round(direct, frames, args.reference_samples)).items():
+                    reference.setdefault(key, []).extend(samples)  # beside every round: the same machine noise
                 result = await streams_round(stub, frames, n, args.steps, hz, args.aligned)
                 rounds.append({"repeat": repeat, "config": label((n, hz)), **result})
                 print(f"repeat {repeat} {label((n, hz)):>7}: p50 {result['p50_ms']:.1f} ms, "
@@ -159,16 +159,17 @@ def main() -> None:
     gateway_env_args(parser)
     parser.add_argument("--configs", type=parse_config, nargs="+", default=[(1, 30.0), (4, 30.0), (16, 30.0), (4, 7.5)],
                         metavar="STREAMS@HZ", help="concurrent streams at a control rate (also the episode's fps)")
-    parser.add_argument("--steps", type=int, default=90, help="steps per stream per round (90 = 3 s at 30 Hz)")
+    parser.add_argument("--steps", type=int, default=60, help="steps per stream per round (60 = 2 s at 30 Hz)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference-samples", type=int, default=40, help="direct encode+heads calls per repeat")
+    parser.add_argument("--reference-samples", type=int, default=20,
+                        help="direct encode+heads calls before each round")
     parser.add_argument("--aligned", action="store_true", help="start every stream on the same tick")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gateway_streams", help="results file name under bench/results/")
     args = parser.parse_args()
 
     direct = Direct(args.model_repo, args.threads)
-    with GatewayProcess(args.model_repo, gateway_env(args)) as gateway:
+    with GatewayProcess(args.model_repo, gateway_env(args), args.py_spy) as gateway:
         rounds, reference = asyncio.run(measure(args, gateway.address, direct))
 
     summary = [
@@ -187,7 +188,8 @@ def main() -> None:
          for s in summary],
     )
     print_table(
-        f"Reference: the model called directly through LocalBackend ({args.repeats} x {args.reference_samples} calls)",
+        f"Reference: the model called directly through LocalBackend ({args.reference_samples} calls before each "
+        "round)",
         ("call", "p50 ms", "p99 ms"),
         [(key, f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}") for key, v in reference.items()],
     )
