@@ -9,7 +9,7 @@ hit counter confirms that the redis gateway's repeats were Redis hits, and every
 one. Beside them, the heads alone on the episode's windows, run directly in this process, show the floor of a
 warm repeat (the cache holds frame embeddings; every request still runs the heads). Target: warm >= 20x faster
 than cold. Usage:
-    PYTHONPATH=.:service .venv/bin/python bench/gateway_cache.py [--rounds 3] [--warm 3] [--seconds 30]
+    PYTHONPATH=.:service .venv/bin/python bench/gateway_cache.py [--rounds 2] [--warm 3] [--seconds 30]
 Writes bench/results/gateway_cache.json.
 """
 
@@ -97,7 +97,7 @@ def main() -> None:
     gateway_env_args(parser)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warm", type=int, default=3, help="warm repeats per cold request")
     parser.add_argument("--redis-frame-cache", type=int, default=0,
                         help="SARM_FRAME_CACHE_ENTRIES of the redis gateway (0: every repeat goes to Redis)")

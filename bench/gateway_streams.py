@@ -1,7 +1,7 @@
 """Concurrent StreamEpisode episodes at control rate through a real gateway: per-step latency and missed slots.
 
 N robot controllers each stream one episode at a control rate (configs N@HZ, default 1, 4 and 16 streams at 30 Hz,
-plus 4 at 7.5 Hz: the same concurrency under the model's capacity on one thread): at every tick a controller sends
+plus 4 at 5 Hz: the same concurrency well under the model's capacity on one thread): at every tick a controller sends
 one new frame (a distinct random image at the model's size, so the frame cache never hits) and waits for its
 score; a step whose score arrives after its slot ends (tick + 1/HZ) missed its slot, and a controller whose
 previous step is still out sends at once when it returns, so an overloaded gateway shows up as a growing backlog
@@ -9,9 +9,9 @@ of missed slots, not as dropped work. Controllers start staggered over one perio
 synchronised; `--aligned` starts them together).
 
 The gateway runs as its own process (`sarm serve`, local ONNX Runtime backend, default model); in the same run,
-between the stream rounds, the reference is timed in this process: one-frame encode + one-window heads through
+before every stream round, the reference is timed in this process: one-frame encode + one-window heads through
 the gateway's own LocalBackend. Target: p99 at 4 streams <= reference + 5 ms. Usage:
-    PYTHONPATH=.:service .venv/bin/python bench/gateway_streams.py [--configs 1@30 4@30 16@30 4@7.5] [--steps 60]
+    PYTHONPATH=.:service .venv/bin/python bench/gateway_streams.py [--configs 1@30 4@30 16@30 4@5] [--steps 60]
         [--repeats 3] [--threads 1] [--set SARM_INFERENCE_WORKERS=2]
 Writes bench/results/gateway_streams.json (or --out NAME).
 """
@@ -157,7 +157,7 @@ def check_target(summary: list[dict[str, Any]], reference: dict[str, float]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gateway_env_args(parser)
-    parser.add_argument("--configs", type=parse_config, nargs="+", default=[(1, 30.0), (4, 30.0), (16, 30.0), (4, 7.5)],
+    parser.add_argument("--configs", type=parse_config, nargs="+", default=[(1, 30.0), (4, 30.0), (16, 30.0), (4, 5.0)],
                         metavar="STREAMS@HZ", help="concurrent streams at a control rate (also the episode's fps)")
     parser.add_argument("--steps", type=int, default=60, help="steps per stream per round (60 = 2 s at 30 Hz)")
     parser.add_argument("--repeats", type=int, default=3)
