@@ -255,6 +255,7 @@ def gateway_env_args(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime intra-op threads, in the gateway (SARM_INTRA_OP_THREADS) and the direct path")
     parser.add_argument("--py-spy", metavar="OUT", type=Path,
                         help="profile the gateway with py-spy (on PATH) into OUT (collapsed stacks)")
+    parser.add_argument("--out", help="results file name under bench/results/ (default: the benchmark's name)")
     parser.add_argument("--set", action="append", default=[], metavar="SARM_X=VALUE",
                         help="extra gateway setting (repeatable), e.g. --set SARM_MAX_BATCH_SIZE=16")
 
@@ -279,7 +280,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
 
 
 def write_results(name: str, args: argparse.Namespace, payload: dict[str, Any]) -> Path:
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{args.out or name}.json"
     path.parent.mkdir(exist_ok=True)
     machine = {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
     path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine, **payload},

@@ -13,7 +13,7 @@ before every stream round, the reference is timed in this process: one-frame enc
 the gateway's own LocalBackend. Target: p99 at 4 streams <= reference + 5 ms. Usage:
     PYTHONPATH=.:service .venv/bin/python bench/gateway_streams.py [--configs 1@30 4@30 16@30 4@5] [--steps 60]
         [--repeats 3] [--threads 1] [--set SARM_INFERENCE_WORKERS=2]
-Writes bench/results/gateway_streams.json (or --out NAME).
+Writes bench/results/gateway_streams.json.
 """
 
 from __future__ import annotations
@@ -165,7 +165,6 @@ def main() -> None:
                         help="direct encode+heads calls before each round")
     parser.add_argument("--aligned", action="store_true", help="start every stream on the same tick")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="gateway_streams", help="results file name under bench/results/")
     args = parser.parse_args()
 
     direct = Direct(args.model_repo, args.threads)
@@ -198,7 +197,8 @@ def main() -> None:
               f"{target['reference_p99_ms']:.1f} + {BUDGET_MS:g} = {target['limit_ms']:.1f} ms: "
               f"{'MET' if target['met'] else 'NOT MET'} (against the reference p50 the limit is "
               f"{target['limit_from_p50_ms']:.1f} ms: {'met' if target['met_against_p50'] else 'not met'})")
-    write_results(args.out, args, {"summary": summary, "reference": reference, "target": target, "rounds": rounds})
+    write_results("gateway_streams", args,
+                  {"summary": summary, "reference": reference, "target": target, "rounds": rounds})
 
 
 if __name__ == "__main__":
