@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sarm.export.model_repo import read_manifest
-from sarm.model.windows import sequence_indices
+from sarm.model.windows import sequence_indices, stride_frames
 from sarm_gateway.backends import LocalBackend
 from sarm_gateway.settings import DEFAULT_MODEL_REPO
 from sarm_gateway.v1 import sarm_pb2 as pb
@@ -231,8 +231,7 @@ class Direct:
 
     def window(self, t: int, fps: float) -> tuple[np.ndarray, int]:
         """Frame indices (L,) of frame t's causal window (padded) and its number of valid positions."""
-        stride = max(1, round(fps * self.stride_seconds))
-        seq = sequence_indices(t, stride, 0, 0, self.window_frames, self.max_rewind)
+        seq = sequence_indices(t, stride_frames(fps, self.stride_seconds), 0, 0, self.window_frames, self.max_rewind)
         return seq.indices[0], int(seq.lengths[0])
 
 
