@@ -29,11 +29,12 @@ system-packages:
 	fi
 
 # torch goes in first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml | system-packages
+$(STAMP): pyproject.toml clients/pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,sim]'
+	$(BIN)/pip install -q -e './clients[video]'
 	touch $(STAMP)
 
 $(DEFAULT_REPO)/sarm_manifest.json: $(DEFAULT_CHECKPOINT)/model.safetensors $(DEFAULT_CHECKPOINT)/config.json | $(STAMP)

@@ -17,8 +17,9 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
 PROTO = "sarm/v1/sarm.proto"
-# Where each package keeps its copy, relative to the repository root.
-TARGETS = ("service/sarm_gateway/v1",)
+# Where each package keeps its copy, relative to the repository root: the gateway, and the thin client (which
+# must not depend on the gateway, so it ships its own).
+TARGETS = ("service/sarm_gateway/v1", "clients/sarm_client/v1")
 GENERATED = ("sarm_pb2.py", "sarm_pb2.pyi", "sarm_pb2_grpc.py")
 ABSOLUTE_IMPORT = "from sarm.v1 import sarm_pb2 as"
 RELATIVE_IMPORT = "from . import sarm_pb2 as"
@@ -39,7 +40,9 @@ def generate(root: Path = ROOT) -> list[Path]:
         for target in TARGETS:
             out = root / target
             out.mkdir(parents=True, exist_ok=True)
-            (out / "__init__.py").write_text('"""Generated from proto/sarm/v1/sarm.proto by `make proto`."""\n')
+            init = out / "__init__.py"
+            init.write_text('"""Generated from proto/sarm/v1/sarm.proto by `make proto`."""\n')
+            written.append(init)
             for name in GENERATED:
                 written.append(Path(shutil.copyfile(Path(tmp, "sarm/v1", name), out / name)))
         return written

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from sarm.data.annotations import EpisodeAnnotation, Subtask
 from sarm.data.episode import EpisodeData
 from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
 from sarm.encoders.base import TextEncoder
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 CAMERA = "observation.images.top"
 LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_aloha_insertion"
@@ -109,3 +111,15 @@ def text_encoder() -> TextEncoder:
 
     torch.set_num_threads(1)
     return load_text_encoder()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, killed at teardown."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip(f"redis-server is not installed (looked for {REDIS_SERVER})")
+    server = RedisServer()
+    yield server
+    server.close()
+
+

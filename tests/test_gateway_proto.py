@@ -1,4 +1,4 @@
-"""The generated gRPC code is what `make proto` would write now."""
+"""The generated gRPC code is what `make proto` would write now, in every package that ships a copy."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The gateway's copy and the thin client's (which must not import the gateway's).
+COPIES = ("service/sarm_gateway/v1", "clients/sarm_client/v1")
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
@@ -14,7 +16,8 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     fresh = generate.generate(tmp_path)
-    assert fresh, "generate.py wrote nothing"
+    written = {str(path.parent.relative_to(tmp_path)) for path in fresh}
+    assert written == set(COPIES), f"generate.py writes {sorted(written)}, expected {COPIES}"
     for path in fresh:
         committed = ROOT / path.relative_to(tmp_path)
         assert committed.is_file(), f"{committed} is missing: run `make proto`"

@@ -6,62 +6,21 @@ with the same scores, within its deadline, and the failures are counted.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
 from sarm_gateway.v1 import sarm_pb2 as pb
-from tests.gateway_harness import RunningGateway, episode_frames, free_port, raw, window_request
+from tests.gateway_harness import RunningGateway, episode_frames, raw, window_request
+from tests.redis_server import RedisServer, free_port
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DEADLINE = 5.0  # per call: a Redis failure costs tens of ms, so anything near this is a hang
-
-
-class RedisServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.client.ping():
-                    break
-            except redis.ConnectionError:
-                assert self.process.poll() is None, "redis-server exited"
-                assert time.monotonic() < deadline, "redis-server did not answer PING"
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-    def close(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            self.kill()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip(f"redis-server is not installed (looked for {REDIS_SERVER})")
-    server = RedisServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -156,10 +115,8 @@ def test_unreachable_redis_at_startup_still_serves(
         running = RunningGateway(cpu_model_repo, text_encoder, redis_url=url, redis_timeout_ms=50, redis_backoff_s=0)
         gateways.append(running)
         frames = episode_frames(9, seed=7)
-        for _ in range(2):
-            started = time.monotonic()
+        for _ in range(2):  # each within its deadline (score() sets it): a stalled Redis would exceed it
             score(running, frames)
-            assert time.monotonic() - started < 1.0
         engine = running.gateway.engine
         assert engine.frame_redis is not None and engine.instruction_redis is not None
         # The first call looks up and fails to store (frames and instruction); the repeat is served in-process.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,7 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sarm.encoders.base import TextEncoder
 from sarm.triton import TritonServer
 from sarm.triton.server import free_ports
+from sarm_client import FrameScore, SarmClient, Timeout
 from sarm_gateway.v1 import sarm_pb2 as pb
+from tests.client_harness import target
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, RunningGateway, episode_frames, raw, window_request
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -82,3 +85,25 @@ def test_triton_gone_is_unavailable_and_not_serving_and_service_resumes_when_it_
             time.sleep(0.1)
     finally:
         running.close()
+
+
+def test_sarm_client_streams_through_the_triton_backend_like_the_local_one(
+    triton: TritonServer, cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    frames = episode_frames(12, seed=13)
+    curves = []
+    backends: list[tuple[str, dict[str, Any]]] = [("local", {}), ("triton", {"triton_url": triton.endpoints.grpc})]
+    for backend, extra in backends:
+        running = RunningGateway(cpu_model_repo, text_encoder, backend=backend, **extra)
+        try:
+            with SarmClient(target(running), timeout=Timeout(call=TIMEOUT, step=TIMEOUT)) as client:
+                assert client.info().backend == backend
+                streamed: list[FrameScore] = []
+                with client.stream(INSTRUCTION, fps=4) as episode:
+                    for frame in frames:
+                        streamed += episode.step(frame)
+        finally:
+            running.close()
+        assert [s.frame_index for s in streamed] == list(range(12))
+        curves.append([s.score.progress for s in streamed])
+    np.testing.assert_allclose(curves[1], curves[0], atol=1e-5)

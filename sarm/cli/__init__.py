@@ -6,6 +6,7 @@ from sarm.cli.data import data_app
 from sarm.cli.embed import embed
 from sarm.cli.evaluate import eval_command
 from sarm.cli.export import export_command
+from sarm.cli.rabc import rabc_command
 from sarm.cli.serve import serve_command
 from sarm.cli.train import train_command
 
@@ -16,3 +17,4 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("export")(export_command)
 app.command("serve")(serve_command)
+app.command("rabc")(rabc_command)

@@ -26,7 +26,7 @@ from sarm.encoders.base import check_encoder
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_encoder
 from sarm.encoders.registry import load_frame_encoder
 from sarm.export.onnx_heads import export_heads
-from sarm.training.checkpoint import WEIGHTS, CheckpointError, load_checkpoint
+from sarm.training.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
 from sarm.triton.repository import Batching, TensorSpec, model_config_pbtxt, write_onnx_python_model
 
 Target = Literal["cpu", "gpu"]
@@ -96,7 +96,7 @@ def export_model_repository(
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "target": target,
-        "checkpoint": {"path": str(checkpoint), "sha256": _sha256(checkpoint / WEIGHTS), "labels": info.labels},
+        "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_digest(checkpoint), "labels": info.labels},
         "frame_encoder": info.frame_encoder,
         "text_encoder": info.text_encoder,
         "stage_names": config.stage_names,

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,11 @@ from sarm.model.modeling_sarm import SARM
 
 FORMAT = "sarm-checkpoint/1"
 WEIGHTS = "model.safetensors"
+
+
+def checkpoint_digest(path: Path) -> str:
+    """sha256 of a checkpoint's weights file: its identity in model repositories and output provenance."""
+    return hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
 

@@ -19,12 +19,12 @@ from redis.exceptions import RedisError
 from sarm_gateway.settings import Settings
 
 
-def connect(settings: Settings) -> Redis | None:
+def connect(settings: Settings, timeout_ms: float | None = None) -> Redis | None:
     """A client over a bounded pool, or None without a Redis URL. Connects lazily: an unreachable server does not
-    stop the gateway from starting."""
+    stop the gateway from starting. `timeout_ms` overrides the cache's short timeout (job state can wait longer)."""
     if settings.redis_url is None:
         return None
-    timeout = settings.redis_timeout_ms / 1000
+    timeout = (settings.redis_timeout_ms if timeout_ms is None else timeout_ms) / 1000
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,

@@ -1,0 +1,100 @@
+"""What the client returns and takes: frozen dataclasses and plain numpy, no protobuf in the public surface."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sarm_client.errors import InvalidArgument
+
+# One camera image: raw RGB pixels, an (H, W, 3) uint8 array at the model's image size (ModelInfo.image_size), or
+# the bytes of a JPEG/PNG file.
+Image = np.ndarray | bytes
+# Several images: an (N, H, W, 3) uint8 array or a sequence of images. With several cameras they are time-major:
+# every camera of one time step (in ModelInfo order), then the next time step.
+Images = np.ndarray | Sequence[Image]
+
+
+@dataclass(frozen=True)
+class Score:
+    """The model's answer for one window (its last frame)."""
+
+    stage_index: int
+    stage_name: str
+    stage_probs: tuple[float, ...]  # one per ModelInfo.stage_names
+    tau: float  # progress within the stage, [0, 1]
+    progress: float  # normalised task progress, [0, 1]
+    confidence: float  # probability of the predicted stage
+    model_version: str
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """The score of one frame of an episode (frame 0 = episode start)."""
+
+    frame_index: int
+    score: Score
+    smoothed_progress: float | None = None  # set when ScoringOptions.smoothing is on
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How an episode is scored (streams, score_frames, score_video)."""
+
+    score_every: int = 1  # score every N-th frame (frame 0 always)
+    smoothing: bool = False  # confidence-weighted smoothing of progress (FrameScore.smoothed_progress)
+    smoothing_history: int = 10
+    smoothing_min_confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.score_every < 1 or self.smoothing_history < 1:
+            raise InvalidArgument("score_every and smoothing_history must be at least 1")
+        if not 0 < self.smoothing_min_confidence <= 1:
+            raise InvalidArgument("smoothing_min_confidence must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Task:
+    instruction: str
+    stage_names: tuple[str, ...]
+    proportions: tuple[float, ...]  # ᾱ: each stage's share of the task's progress
+
+
+@dataclass(frozen=True)
+class Window:
+    frames: int  # time steps in one causal window
+    stride_seconds: float  # spacing of the window's frames
+    max_rewind: int
+    sequence_length: int
+
+
+@dataclass(frozen=True)
+class Encoder:
+    id: str
+    version: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_version: str
+    stage_names: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    window: Window
+    num_cameras: int
+    image_size: tuple[int, int]  # (height, width) every frame must have: the gateway never resizes
+    frame_encoder: Encoder
+    text_encoder: Encoder
+    backend: str
+
+
+class ServingStatus(enum.Enum):
+    """grpc.health.v1 statuses."""
+
+    UNKNOWN = 0
+    SERVING = 1
+    NOT_SERVING = 2
+    SERVICE_UNKNOWN = 3

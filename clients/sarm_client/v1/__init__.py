@@ -1,0 +1,1 @@
+"""Generated from proto/sarm/v1/sarm.proto by `make proto`."""

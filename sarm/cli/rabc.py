@@ -1,0 +1,90 @@
+"""`sarm rabc`: per-frame progress and RA-BC weights of a dataset, with a summary to judge them by."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sarm.cli.progress import progress_bar
+from sarm.cli.train import USER_ERRORS
+from sarm.data.video import VideoError
+from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from sarm.rabc.weights import RabcSummary, Stats
+
+console = Console()
+HEALTHY_MEAN_WEIGHT = (0.3, 0.8)  # SARM.md, "RA-BC"
+
+
+def rabc_command(
+    dataset: Annotated[Path, typer.Argument(help="Dataset root (LeRobot v3.0); annotations are not needed.")],
+    checkpoint: Annotated[Path, typer.Option(help="SARM checkpoint directory that scores the frames.")],
+    chunk_size: Annotated[int, typer.Option(help="Action chunk length Δ in frames (the policy's chunk).")],
+    out: Annotated[Path, typer.Option(help="Directory for sarm_progress.parquet, rabc_weights.parquet, summary.")],
+    kappa: Annotated[float, typer.Option(help="Gain above which a sample gets weight 1.")] = 0.01,
+    eps: Annotated[float, typer.Option(help="ε of the soft weight's denominator.")] = 1e-6,
+    stats: Annotated[Stats, typer.Option(help="μ, σ of the gains: over the whole dataset, or running (Welford).")] = (
+        "global"
+    ),
+    stride: Annotated[int, typer.Option(help="Score every N-th frame (and the last); interpolate between.")] = 1,
+    plot: Annotated[bool, typer.Option(help="Also write rabc_weights.png.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for the encoder and model.")] = 1,
+) -> None:
+    """Score every frame with CKPT, then write RA-BC weights (paper eq. 8–9) and print their summary."""
+    import torch
+
+    from sarm.rabc.pipeline import run_rabc
+    from sarm.rabc.plot import plot_rabc
+    from sarm.rabc.weights import RabcParams
+
+    torch.set_num_threads(threads)
+    try:
+        params = RabcParams(chunk_size, kappa, eps, stats)
+        # The bar appears once the inputs are checked (the first call, done = 0), so errors print alone.
+        bar = progress_bar()
+        job = bar.add_task("scoring episodes", total=None, status="")
+
+        def advance(done: int, total: int) -> None:
+            bar.start()
+            bar.update(job, completed=done, total=total)
+
+        try:
+            summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+        written = [out / name for name in (PROGRESS_FILE, WEIGHTS_FILE, SUMMARY_FILE)]
+        if plot:
+            written.append(plot_rabc(out, summary))
+    except (*USER_ERRORS, VideoError) as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(2) from error
+    print_summary(summary)
+    console.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
+
+
+def print_summary(summary: RabcSummary) -> None:
+    table = Table(title=f"RA-BC weights ({summary.frames} frames, {len(summary.episode_mean_weights)} episodes)")
+    table.add_column("")
+    table.add_column("value")
+    lowest, highest = summary.extremes()
+    rows = [
+        ("mean weight", f"{summary.mean_weight:.3f}"),
+        ("zero weights", f"{summary.zero_weight_share:.1%}"),
+        ("δ mean ± std", f"{summary.delta_mean:.4f} ± {summary.delta_std:.4f}"),
+        ("μ, σ used", f"{summary.mu:.4f}, {summary.sigma:.4f}"),
+        ("lowest episodes", ", ".join(f"{e}: {w:.3f}" for e, w in lowest)),
+        ("highest episodes", ", ".join(f"{e}: {w:.3f}" for e, w in highest)),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    low, high = HEALTHY_MEAN_WEIGHT
+    if not low <= summary.mean_weight <= high:
+        console.print(
+            f"[yellow]note:[/yellow] a healthy mean weight is roughly {low}–{high}; check the checkpoint fits "
+            "this data and the chunk size is the policy's", soft_wrap=True,
+        )
