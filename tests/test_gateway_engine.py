@@ -160,3 +160,20 @@ def test_episode_memory_stays_within_one_window_span() -> None:
 
     sizes = asyncio.run(run())
     assert max(sizes) == sizes[-1] == 1 + 7 * 3  # frame 0 and the 7g frames the next window may use
+
+
+def test_request_size_is_the_serialised_size_within_a_few_bytes_a_frame() -> None:
+    from sarm_gateway.convert import request_bytes
+    from sarm_gateway.v1 import sarm_pb2 as pb
+
+    image = np.arange(48 * 64 * 3, dtype=np.uint8).tobytes()
+    frames = [pb.Frame(raw=pb.RawImage(data=image, height=48, width=64, channels=3)), pb.Frame(encoded=b"\x89PNG" * 99)]
+    requests = [
+        pb.ScoreWindowRequest(instruction="pick up the cube", frames=frames * 9),
+        pb.ScoreFramesRequest(instruction="x" * 300, frames=frames * 50, fps=30),
+        pb.StreamEpisodeRequest(step=pb.FrameStep(frames=frames, state=[0.5] * 7)),
+        pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction="pick up the cube", fps=10)),
+    ]
+    for request in requests:
+        frame_count = len(request.step.frames) if isinstance(request, pb.StreamEpisodeRequest) else len(request.frames)
+        assert abs(request_bytes(request) - request.ByteSize()) <= 16 * frame_count + 16

@@ -14,13 +14,19 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sarm_gateway.admission import Admission
 from sarm_gateway.auth import Authenticator, Operation
-from sarm_gateway.convert import frame_score_to_proto, frames_from_proto, model_info, options_from_proto, score_to_proto
+from sarm_gateway.convert import (
+    frame_score_to_proto,
+    frames_from_proto,
+    model_info,
+    options_from_proto,
+    request_bytes,
+    score_to_proto,
+)
 from sarm_gateway.deadlines import budget
 from sarm_gateway.engine import Engine
 from sarm_gateway.episode import Episode, score_curve, window_stride
@@ -41,6 +47,7 @@ from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 RETRY_AFTER = "retry-after-ms"
+Request = pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.StreamEpisodeRequest
 
 
 class RewardService(pb_grpc.RewardServiceServicer):
@@ -55,8 +62,8 @@ class RewardService(pb_grpc.RewardServiceServicer):
             headers = dict(context.invocation_metadata() or ())
             self.auth.authorize(headers.get("authorization"), operation)
 
-    def _check_size(self, request: Message) -> None:
-        size, limit = request.ByteSize(), self.settings.max_message_bytes
+    def _check_size(self, request: Request) -> None:
+        size, limit = request_bytes(request), self.settings.max_message_bytes
         if size > limit:
             raise InvalidInput(f"message is {size} bytes; the limit is {limit} (SARM_MAX_MESSAGE_BYTES): send fewer "
                                "frames per message, or JPEG-encode them")
@@ -82,7 +89,7 @@ class RewardService(pb_grpc.RewardServiceServicer):
 
     @asynccontextmanager
     async def _unit(
-        self, context: grpc.aio.ServicerContext, request: Message, operation: Operation | None = None
+        self, context: grpc.aio.ServicerContext, request: Request, operation: Operation | None = None
     ) -> AsyncIterator[None]:
         """One unit of work: the caller's authorization and an in-flight slot (unless `operation` is None: a step
         of an admitted stream), the size check, and the caller's remaining deadline."""
