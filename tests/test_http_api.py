@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sarm.data.progress_file import PROGRESS_SCHEMA
 from sarm.data.video import VideoWriter, read_frames
 from sarm.encoders.base import TextEncoder
+from sarm.rabc.files import read_progress
 from sarm_gateway.v1 import sarm_pb2 as pb
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, H, RunningGateway, W, episode_frames, raw, window_request
 
@@ -133,21 +133,25 @@ def test_png_plot(client: httpx.Client, videos: dict[str, Path]) -> None:
         assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 400
 
 
-def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[str, Path]) -> None:
-    as_json = score(client, videos["episode"], score_every="2").json()
-    reply = score(client, videos["episode"], score_every="2", format="parquet")
+def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[str, Path], tmp_path: Path) -> None:
+    as_json = score(client, videos["episode"]).json()
+    reply = score(client, videos["episode"], format="parquet")
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/vnd.apache.parquet"
     assert 'filename="sarm_progress.parquet"' in reply.headers["content-disposition"]
     table = pq.read_table(io.BytesIO(reply.content))
-    assert table.schema.remove_metadata() == PROGRESS_SCHEMA
-    assert table.column("frame_index").to_pylist() == list(range(0, 30, 2)) == table.column("index").to_pylist()
-    assert set(table.column("episode_index").to_pylist()) == {0}
-    np.testing.assert_allclose(table.column("progress_sparse").to_numpy(),
-                               [f["progress"] for f in as_json["frames"]], atol=1e-6)
-    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-    assert metadata["sarm.model_version"] == as_json["model_version"] and metadata["sarm.window"] == "causal"
-    assert (metadata["sarm.stride_frames"], metadata["sarm.score_every"]) == ("10", "2")
+    assert [(f.name, str(f.type)) for f in table.schema] == [
+        ("index", "int64"), ("episode_index", "int64"), ("frame_index", "int64"), ("progress_sparse", "float")]
+    assert table.column("frame_index").to_pylist() == list(range(30)) == table.column("index").to_pylist()
+    (tmp_path / "sarm_progress.parquet").write_bytes(reply.content)
+    progress = read_progress(tmp_path / "sarm_progress.parquet")  # what the RA-BC weights read
+    [episode] = progress.episodes
+    assert episode.episode_index == 0
+    np.testing.assert_allclose(episode.progress, [f["progress"] for f in as_json["frames"]], atol=1e-6)
+    assert progress.provenance["model_version"] == as_json["model_version"]
+    assert progress.provenance["window"] == {"mode": "causal", "frames": 9, "stride_frames": 10}
+    gapped = score(client, videos["episode"], score_every="2", format="parquet")
+    assert gapped.status_code == 422 and "leave score_every at 1" in gapped.text
 
 
 def test_format_in_query_and_form_must_agree(client: httpx.Client, videos: dict[str, Path]) -> None:

@@ -54,12 +54,16 @@ def _schema(value_columns: tuple[str, ...], key: bytes, metadata: dict[str, Any]
     return pa.schema(fields, metadata={key: json.dumps(metadata)})
 
 
-def write_progress(progress: DatasetProgress, out_dir: Path) -> Path:
+def progress_table(progress: DatasetProgress) -> pa.Table:
+    """What `sarm_progress.parquet` holds (also served as a download by the gateway's video scoring)."""
     if not progress.episodes:
         raise ValueError("no episode to write")
     columns = _key_columns(progress) | {"progress_sparse": np.concatenate([e.progress for e in progress.episodes])}
-    schema = _schema(("progress_sparse",), PROVENANCE_KEY, progress.provenance)
-    return _write_atomic(out_dir / PROGRESS_FILE, partial(pq.write_table, pa.table(columns, schema=schema)))
+    return pa.table(columns, schema=_schema(("progress_sparse",), PROVENANCE_KEY, progress.provenance))
+
+
+def write_progress(progress: DatasetProgress, out_dir: Path) -> Path:
+    return _write_atomic(out_dir / PROGRESS_FILE, partial(pq.write_table, progress_table(progress)))
 
 
 def read_progress(path: Path) -> DatasetProgress:

@@ -64,8 +64,10 @@ class Metrics:
                                      ("method", "route", "code"), registry=registry)
         self.http_duration = Histogram("sarm_http_request_duration_seconds", "HTTP request duration, upload included",
                                        ("method", "route"), buckets=LATENCY_BUCKETS, registry=registry)
+        # total: one gRPC unary call or stream step (what a control loop waits for); a whole uploaded video is one
+        # HTTP request, timed by sarm_http_request_duration_seconds instead.
         latency = Histogram("sarm_engine_latency_seconds", "Engine time by stage: queue (micro-batcher wait), cache "
-                            "(lookup incl. Redis), encode, heads (one backend batch), total (one engine call)",
+                            "(lookup incl. Redis), encode, heads (one backend batch), total (one gRPC call or step)",
                             ("stage",), buckets=LATENCY_BUCKETS, registry=registry)
         self.stage = {name: latency.labels(name) for name in STAGES}
         self._batch_rows = Histogram("sarm_batcher_batch_size_rows", "Rows per micro-batch run, by model",

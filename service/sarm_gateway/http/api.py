@@ -54,6 +54,9 @@ async def score_video_upload(
             if format is not None and form.format is not None and format != form.format:
                 raise InvalidInput(f"format is '{format}' in the query but '{form.format}' in the form: give one")
             output = format or form.format or "json"
+            if output == "parquet" and form.score_every != 1:
+                raise InvalidInput("format=parquet writes every frame (sarm_progress.parquet has no gaps): "
+                                   "leave score_every at 1")
             curve = await score_video(engine, upload.video, form, video_limits(settings))
-        body, headers = await engine.offload(render, curve, output, engine.version, engine.stage_names)
+        body, headers = await engine.offload(render, curve, output, engine)
     return Response(body, media_type=MEDIA_TYPES[output], headers=headers)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sarm.data.progress_file import PROGRESS_FILE, progress_bytes, progress_table
+from sarm.rabc.files import PROGRESS_FILE, progress_table
+from sarm.rabc.progress import DatasetProgress, EpisodeProgress
+from sarm_gateway.engine import Engine
 from sarm_gateway.http.schemas import FrameScore, OutputFormat, VideoScores
 from sarm_gateway.http.scoring import VideoCurve
 
@@ -51,23 +54,24 @@ def plot(curve: VideoCurve, stage_names: list[str], model_version: str) -> bytes
     return buffer.getvalue()
 
 
-def progress_parquet(curve: VideoCurve, model_version: str) -> bytes:
-    """One episode (index 0) whose frame indices are the video's; progress_sparse is the smoothed value when
-    smoothing is on. Only scored frames have rows (score_every 1 gives every frame)."""
-    frames = [r.frame_index for r in curve.results]
+def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) -> bytes:
+    """The video as episode 0, every frame scored (the schema has no gaps); progress_sparse is the smoothed value
+    when smoothing is on. Provenance as `sarm rabc` writes it, in the schema metadata."""
     progress = [r.score.progress if r.smoothed_progress is None else r.smoothed_progress for r in curve.results]
-    provenance = {"model_version": model_version, "window": "causal", "stride_frames": str(curve.stride),
-                  "fps": f"{curve.fps:g}", "instruction": curve.instruction,
-                  "score_every": str(curve.options.score_every), "smoothing": str(curve.options.smoothing).lower()}
-    return progress_bytes(progress_table(frames, [0] * len(frames), frames, progress, provenance))
+    episode = EpisodeProgress(0, np.arange(len(progress), dtype=np.int64), np.asarray(progress, np.float32))
+    provenance = {"source": "POST /v1/videos:score", "model_version": model_version,
+                  "instruction": curve.instruction, "fps": curve.fps, "smoothing": curve.options.smoothing,
+                  "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride}}
+    buffer = io.BytesIO()
+    pq.write_table(progress_table(DatasetProgress([episode], provenance)), buffer)
+    return buffer.getvalue()
 
 
-def render(curve: VideoCurve, output: OutputFormat, model_version: str, stage_names: list[str]
-           ) -> tuple[bytes, dict[str, str]]:
+def render(curve: VideoCurve, output: OutputFormat, engine: Engine) -> tuple[bytes, dict[str, str]]:
     """The body and its extra headers."""
     if output == "png":
-        return plot(curve, stage_names, model_version), {}
+        return plot(curve, engine.stage_names, engine.version), {}
     if output == "parquet":
-        return (progress_parquet(curve, model_version),
+        return (progress_parquet(curve, engine.version, engine.window_frames),
                 {"Content-Disposition": f'attachment; filename="{PROGRESS_FILE}"'})
-    return scores(curve, model_version).model_dump_json().encode(), {}
+    return scores(curve, engine.version).model_dump_json().encode(), {}

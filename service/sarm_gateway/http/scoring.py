@@ -59,14 +59,13 @@ async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: Vide
         raise InvalidInput(f"this model takes {engine.num_cameras} cameras per time step; a video upload is one "
                            "camera: use the gRPC ScoreFrames call with every camera's frames")
     options = form.options()
-    with engine.metrics.stage["total"].time():
-        text = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before any decoding
-        height, width = engine.image_size
-        reader = await engine.offload(VideoReader, video, height, width, limits, form.fps)
-        try:
-            stride = window_stride(reader.fps, engine.stride_seconds)
-            embeddings = await _embed(engine, reader)
-        finally:
-            await engine.offload(reader.close)
-        results = await score_curve(engine, embeddings, stride, text, options)
+    text = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before any decoding
+    height, width = engine.image_size
+    reader = await engine.offload(VideoReader, video, height, width, limits, form.fps)
+    try:
+        stride = window_stride(reader.fps, engine.stride_seconds)
+        embeddings = await _embed(engine, reader)
+    finally:
+        await engine.offload(reader.close)
+    results = await score_curve(engine, embeddings, stride, text, options)
     return VideoCurve(form.instruction, reader.fps, stride, reader.decoded, options, results)
