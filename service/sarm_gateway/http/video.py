@@ -39,8 +39,10 @@ class VideoReader:
         try:
             self._container = av.open(str(path), options=OPEN_OPTIONS)
         except (av.error.FFmpegError, OSError) as error:
+            # strerror, not str(error): that would name our temp file
             raise InvalidInput(f"the upload cannot be read as a video: it is not one, or it is corrupt or truncated "
-                               f"({error}); send an mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF file") from error
+                               f"({error.strerror}); send an mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF file"
+                               ) from error
         try:
             if not self._container.streams.video:
                 raise InvalidInput("the upload has no video stream")
@@ -83,8 +85,8 @@ class VideoReader:
                 try:
                     frame = next(self._frames, None)
                 except av.error.FFmpegError as error:
-                    raise InvalidInput(f"the video is corrupt or truncated after {self.decoded} frames ({error})"
-                                       ) from error
+                    raise InvalidInput(f"the video is corrupt or truncated after {self.decoded} frames "
+                                       f"({error.strerror})") from error
                 if frame is None:
                     break
                 self._check_resolution(frame.width, frame.height)  # the size may change mid-stream
