@@ -53,7 +53,7 @@ def test_no_server_errors_and_answers_match_the_schema(
     operation = api_schema.find_operation_by_id(operation_id)
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case: schemathesis.Case) -> None:
         case.call_and_validate(checks=CHECKS, timeout=30)
 
