@@ -171,7 +171,8 @@ def test_probes_model_info_and_openapi(served: RunningGateway, client: httpx.Cli
     assert info["frame_encoder"]["id"] == grpc_info.frame_encoder.id and info["backend"] == "local"
     schema = client.get("/openapi.json").json()
     operations = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
-    assert operations == {"livez", "readyz", "metrics", "getModelInfo", "scoreVideo"}
+    assert operations == {"livez", "readyz", "metrics", "getModelInfo", "scoreVideo", "createRabcJob", "getRabcJob",
+                          "cancelRabcJob", "getRabcJobResult"}
     body = schema["paths"]["/v1/videos:score"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["video", "instruction"] and body["properties"]["video"]["format"] == "binary"
 

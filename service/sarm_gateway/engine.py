@@ -74,7 +74,7 @@ class Engine:
         self.image_size: tuple[int, int] = (manifest["image"]["height"], manifest["image"]["width"])
         self.frame_dim: int = manifest["frame_encoder"]["dim"]
         self._frame_encoder_id = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
-        self._text_encoder = text_encoder
+        self.text_encoder = text_encoder
         self._text_encoder_id = fingerprint(text_encoder)
         self.metrics = Metrics()
         text_id = f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}"
@@ -173,7 +173,7 @@ class Engine:
             [cached] = await shared.get_many([shared_key])
         if cached is None:
             loop = asyncio.get_running_loop()
-            cached = (await loop.run_in_executor(self._text_pool, self._text_encoder.encode, [instruction]))[0]
+            cached = (await loop.run_in_executor(self._text_pool, self.text_encoder.encode, [instruction]))[0]
             if shared is not None:
                 await shared.put_many({shared_key: cached})
         self.instruction_cache.put(key, cached)

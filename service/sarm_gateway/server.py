@@ -40,7 +40,10 @@ from sarm_gateway.errors import (
 )
 from sarm_gateway.grpc_metrics import MetricsInterceptor
 from sarm_gateway.http import HttpServer, create_app
+from sarm_gateway.jobs.runner import JobRunner
+from sarm_gateway.jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from sarm_gateway.readiness import Readiness
+from sarm_gateway.redis_cache import connect
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -185,6 +188,14 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+def job_store(settings: Settings) -> JobStore:
+    """Redis when configured (any replica answers for any job), else this process's memory."""
+    client = connect(settings, settings.job_redis_timeout_ms)
+    if client is None:
+        return MemoryJobStore(settings.job_ttl_s)
+    return RedisJobStore(client, settings.job_ttl_s)
+
+
 class Gateway:
     """Both front ends and their lifecycle: start, then on SIGTERM report NOT_SERVING (gRPC health) and not ready
     (/readyz), drain in-flight calls of both for up to drain_seconds, stop.
@@ -213,8 +224,10 @@ class Gateway:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
+        self.jobs = JobRunner(settings, job_store(settings), engine.manifest, engine.text_encoder)
         api = settings.http_port is not None
-        self.http = HttpServer(create_app(engine, settings, self.readiness, api_routes=api), settings.http_host,
+        self.http = HttpServer(create_app(engine, settings, self.readiness, self.jobs, api_routes=api),
+                               settings.http_host,
                                settings.metrics_port if settings.http_port is None else settings.http_port,
                                settings.drain_seconds)
         self.port = 0
@@ -261,6 +274,7 @@ class Gateway:
         if self._watching is not None:
             self._watching.cancel()
         await asyncio.gather(self.server.stop(self.settings.drain_seconds), self.http.stop())
+        await self.jobs.close()
         await self.engine.close()
 
     def stop_soon(self) -> None:

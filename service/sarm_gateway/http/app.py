@@ -17,14 +17,17 @@ from sarm_gateway.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from sarm_gateway.http import api, ops
+from sarm_gateway.http import api, ops, rabc
 from sarm_gateway.http.instrument import RequestMetrics
+from sarm_gateway.jobs.paths import OutsideDataRoot
+from sarm_gateway.jobs.runner import JobNotFinished, JobNotFound, JobRunner, JobsDisabled
 from sarm_gateway.readiness import Readiness
 from sarm_gateway.settings import Settings
 
+# Most specific first: the first class an error is an instance of gives its status.
 STATUS: dict[type[Exception], int] = {
-    InvalidInput: 422, Unauthenticated: 401, PermissionDenied: 403, Overloaded: 429, BackendUnavailable: 503,
-    DeadlineExceeded: 504,
+    OutsideDataRoot: 403, JobNotFound: 404, JobsDisabled: 404, JobNotFinished: 409, InvalidInput: 422,
+    Unauthenticated: 401, PermissionDenied: 403, Overloaded: 429, BackendUnavailable: 503, DeadlineExceeded: 504,
 }
 
 
@@ -38,7 +41,8 @@ async def _engine_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status, headers)
 
 
-def create_app(engine: Engine, settings: Settings, readiness: Readiness, api_routes: bool = True) -> FastAPI:
+def create_app(engine: Engine, settings: Settings, readiness: Readiness, jobs: JobRunner,
+               api_routes: bool = True) -> FastAPI:
     """The whole HTTP API, or (`api_routes` False) only /livez, /readyz and /metrics."""
     app = FastAPI(
         title="SARM reward service", version="1",
@@ -46,7 +50,7 @@ def create_app(engine: Engine, settings: Settings, readiness: Readiness, api_rou
         openapi_url="/openapi.json" if api_routes else None, docs_url="/docs" if api_routes else None,
         redoc_url=None,
     )
-    app.state.engine, app.state.settings, app.state.readiness = engine, settings, readiness
+    app.state.engine, app.state.settings, app.state.readiness, app.state.jobs = engine, settings, readiness, jobs
     app.state.auth = Authenticator(settings.auth_tokens)
     for kind in STATUS:
         app.add_exception_handler(kind, _engine_error)
@@ -54,4 +58,5 @@ def create_app(engine: Engine, settings: Settings, readiness: Readiness, api_rou
     app.include_router(ops.router)
     if api_routes:
         app.include_router(api.router)
+        app.include_router(rabc.router)
     return app
