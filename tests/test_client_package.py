@@ -1,6 +1,6 @@
 """sarm-client is its own package: it builds into a wheel that holds its generated code and its console script,
-declares only grpcio, protobuf and numpy (PyAV as an extra) at the repository's pins, and imports without torch,
-the SARM core or the gateway."""
+declares only grpcio, protobuf and numpy (PyAV and pyarrow as extras) at the repository's pins, and imports without
+torch (sarm_client.training included), pyarrow, the SARM core or the gateway."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.client_harness import CLIENT_ROOT
 
 ROOT = CLIENT_ROOT.parent
 # Nothing a robot controller should need: importing any of these from the client fails the check.
-FORBIDDEN = ("torch", "sarm", "sarm_gateway", "onnxruntime", "tritonclient", "PIL", "av")
+FORBIDDEN = ("torch", "sarm", "sarm_gateway", "onnxruntime", "tritonclient", "PIL", "av", "pyarrow")
 IMPORT_EVERYTHING = f"""
 import importlib, pkgutil, sys
 for name in {FORBIDDEN!r}:
@@ -28,28 +28,33 @@ for module in pkgutil.walk_packages(sarm_client.__path__, "sarm_client."):
         importlib.import_module(module.name)
 from sarm_client import video
 from sarm_client.models import Encoder, ModelInfo, Window
+from sarm_client.rabc import RabcJobs, RabcWeights
+from sarm_client.training import weighted_loss, weighted_sampler
 info = ModelInfo("v", ("a",), (), Window(9, 1.0, 4, 13), 1, (8, 8), Encoder("f", "1", 4), Encoder("t", "1", 4), "")
-try:
-    video.decode("any.mp4", info)
-except ImportError as error:
-    print(error)
+for needs_an_extra in (lambda: video.decode("any.mp4", info), lambda: RabcWeights.from_parquet(b"")):
+    try:
+        needs_an_extra()
+    except ImportError as error:
+        print(error)
 print(sarm_client.__file__)
 """
 
 
 def pins(pyproject: Path) -> dict[str, str]:
     project = tomllib.loads(pyproject.read_text())["project"]
-    requirements = [*project["dependencies"], *project.get("optional-dependencies", {}).get("video", [])]
+    extras = project.get("optional-dependencies", {})
+    requirements = [*project["dependencies"], *extras.get("video", []), *extras.get("trainer", [])]
     return dict(requirement.split("==") for requirement in requirements)
 
 
 def test_dependencies_are_minimal_and_pinned_like_the_repository() -> None:
     client = pins(CLIENT_ROOT / "pyproject.toml")
-    assert set(client) == {"grpcio", "grpcio-health-checking", "protobuf", "numpy", "av"}
+    assert set(client) == {"grpcio", "grpcio-health-checking", "protobuf", "numpy", "av", "pyarrow"}
     root = {name.split("[")[0]: version for name, version in pins(ROOT / "pyproject.toml").items()}
     assert {name: root[name] for name in client} == client
     project = tomllib.loads((CLIENT_ROOT / "pyproject.toml").read_text())["project"]
     assert project["optional-dependencies"]["video"] == [f"av=={client['av']}"]
+    assert project["optional-dependencies"]["trainer"] == [f"pyarrow=={client['pyarrow']}"]
 
 
 def run(*command: str | Path, path: Path) -> subprocess.CompletedProcess[str]:
@@ -61,6 +66,7 @@ def test_the_source_imports_without_torch_the_core_or_the_gateway() -> None:
     result = run(sys.executable, "-c", IMPORT_EVERYTHING, path=CLIENT_ROOT)
     assert result.returncode == 0, result.stderr
     assert "decoding video needs PyAV: pip install 'sarm-client[video]'" in result.stdout
+    assert "reading RA-BC weights needs pyarrow: pip install 'sarm-client[trainer]'" in result.stdout
 
 
 @pytest.mark.timeout(300)

@@ -1,21 +1,28 @@
-"""Thin client of the SARM reward service (gRPC): scores of frame windows, live episode streams, video curves.
+"""Thin client of the SARM reward service: scores of frame windows, live episode streams, video curves (gRPC), and
+RA-BC weights of a dataset for a trainer (HTTP jobs API).
 
-    from sarm_client import SarmClient
+    from sarm_client import RabcJobs, SarmClient
 
     with SarmClient("localhost:50051") as client:
         with client.stream("pick up the cube", fps=10) as episode:
             for frame in camera:  # (H, W, 3) uint8 RGB at client.info().image_size
                 [score] = episode.step(frame)
 
-Needs only grpcio, protobuf and numpy (PyAV for videos: `sarm-client[video]`); never torch.
+    weights = RabcJobs("http://localhost:8000", token=token).weights("pick-place", chunk_size=10)
+
+Needs only grpcio, protobuf and numpy (PyAV for videos: `sarm-client[video]`; pyarrow to read RA-BC weights:
+`sarm-client[trainer]`); never torch (`sarm_client.training` uses the trainer's own).
 """
 
 from sarm_client.aio import AsyncEpisodeStream, AsyncSarmClient
 from sarm_client.client import EpisodeStream, SarmClient
 from sarm_client.config import NO_RETRY, TLS, Retry, Timeout
 from sarm_client.errors import (
+    Conflict,
     DeadlineExceeded,
     InvalidArgument,
+    JobFailed,
+    NotFound,
     Overloaded,
     PermissionDenied,
     SarmError,
@@ -34,6 +41,7 @@ from sarm_client.models import (
     Task,
     Window,
 )
+from sarm_client.rabc import RabcJob, RabcJobs, RabcWeights
 
 __version__ = "0.1.0"
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "TLS",
     "AsyncEpisodeStream",
     "AsyncSarmClient",
+    "Conflict",
     "DeadlineExceeded",
     "Encoder",
     "EpisodeStream",
@@ -48,9 +57,14 @@ __all__ = [
     "Image",
     "Images",
     "InvalidArgument",
+    "JobFailed",
     "ModelInfo",
+    "NotFound",
     "Overloaded",
     "PermissionDenied",
+    "RabcJob",
+    "RabcJobs",
+    "RabcWeights",
     "Retry",
     "SarmClient",
     "SarmError",

@@ -10,7 +10,7 @@ import grpc
 
 from sarm_client import _wire
 from sarm_client.config import TLS, Deadline, Retry, Timeout
-from sarm_client.errors import DeadlineExceeded, SarmError, from_rpc_error
+from sarm_client.errors import DeadlineExceeded, SarmError
 from sarm_client.models import FrameScore, Image, Images
 from sarm_client.v1 import sarm_pb2 as pb
 
@@ -64,12 +64,12 @@ class Attempts:
         self.deadline = deadline
         self.failures = 0
 
-    def failed(self, rpc_error: grpc.RpcError) -> float:
-        """Seconds to wait before trying again; raises the mapped error when the call must not be retried."""
-        error = from_rpc_error(rpc_error)
+    def failed(self, error: SarmError, cause: BaseException | None) -> float:
+        """Seconds to wait before trying again; raises `error` (from `cause`, what the transport raised) when the
+        call must not be retried."""
         wait = self.retry.delay(self.failures, error, self.deadline.remaining())
         if wait is None:
-            raise error from rpc_error
+            raise error from cause
         self.failures += 1
         return wait
 

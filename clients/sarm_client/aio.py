@@ -92,7 +92,7 @@ class AsyncSarmClient:
             try:
                 return await method(request, timeout=deadline.remaining(), metadata=self._config.metadata)
             except grpc.RpcError as error:
-                wait = attempts.failed(error)
+                wait = attempts.failed(from_rpc_error(error), error)
             await asyncio.sleep(wait)
 
     async def _collect_frames(self, request: pb.ScoreFramesRequest, **kwargs: Any) -> list[pb.FrameScore]:

@@ -1,8 +1,10 @@
-"""`sarm-client`: health, model info and a video's progress curve from the command line.
+"""`sarm-client`: health, model info and a video's progress curve from the command line (gRPC), and a dataset's
+RA-BC weights (the HTTP jobs API).
 
     sarm-client --target HOST:PORT health
     sarm-client --target HOST:PORT info [--json]
     sarm-client --target HOST:PORT score-video FILE --instruction TEXT [--fps F] [--json]
+    sarm-client rabc --http URL DATASET --chunk-size N [--kappa K] [--stride S] [--stats global|running] --out FILE
 
 Errors print one line on stderr and exit 1; `health` also exits 1 when the server is not SERVING.
 """
@@ -14,8 +16,9 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sarm_client import video
@@ -23,6 +26,7 @@ from sarm_client.client import SarmClient
 from sarm_client.config import TLS, Timeout
 from sarm_client.errors import SarmError
 from sarm_client.models import FrameScore, ScoringOptions, ServingStatus
+from sarm_client.rabc import RabcJob, RabcJobs
 
 DEFAULT_TARGET = "localhost:50051"  # `make serve`
 TOKEN_ENV = "SARM_TOKEN"  # read when --token is not given, so the token stays out of `ps` and shell history
@@ -34,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
                         help=f"bearer token sent with every call (default: ${TOKEN_ENV})")
     parser.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system's roots")
-    parser.add_argument("--tls-ca", metavar="FILE", help="use TLS, verifying the server with this PEM CA file")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="use TLS, verifying the server with this PEM CA file (rabc: of an https:// URL)")
     parser.add_argument("--tls-cert", metavar="FILE", help="use TLS with this PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -51,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--score-every", type=int, default=1, metavar="N", help="score every N-th frame")
     score.add_argument("--smoothing", action="store_true", help="add confidence-weighted smoothed progress")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rabc = commands.add_parser("rabc", help="RA-BC weights of a dataset, computed by the service (a job over HTTP)")
+    rabc.add_argument("dataset", help="the dataset folder, relative to the server's SARM_DATA_ROOT")
+    rabc.add_argument("--http", required=True, metavar="URL", help="the gateway's HTTP API, e.g. http://HOST:8000")
+    rabc.add_argument("--chunk-size", type=int, required=True, metavar="N", help="the policy's action chunk (frames)")
+    rabc.add_argument("--kappa", type=float, default=0.01, metavar="K", help="gains above it weigh 1 (default 0.01)")
+    rabc.add_argument("--eps", type=float, default=1e-6, help="ε of the soft weight (default 1e-6)")
+    rabc.add_argument("--stats", choices=("global", "running"), default="global", help="μ, σ of the gains")
+    rabc.add_argument("--stride", type=int, default=1, metavar="S", help="score every S-th frame, interpolate between")
+    rabc.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between status polls")
+    rabc.add_argument("--out", required=True, metavar="FILE", help="where to write rabc_weights.parquet")
     return parser
 
 
@@ -77,8 +92,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[video.Progress | None]:
-    """A progress bar on stderr when rich is installed and stderr is a terminal (rich is not a dependency)."""
+def _progress(enabled: bool, what: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A progress bar (done, total) on stderr when rich is installed and stderr is a terminal (rich is not a
+    dependency)."""
     try:
         from rich.progress import Progress as Bar
     except ImportError:
@@ -87,7 +103,7 @@ def _progress(enabled: bool) -> Iterator[video.Progress | None]:
         yield None
         return
     with Bar(transient=True) as bar:
-        task = bar.add_task("scoring", total=None)
+        task = bar.add_task(what, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
@@ -95,7 +111,7 @@ def _score_video(client: SarmClient, args: argparse.Namespace) -> int:
     options = ScoringOptions(score_every=args.score_every, smoothing=args.smoothing)
     info = client.info()
     fps = video.frame_rate(args.file) if args.fps is None else args.fps
-    with _progress(not args.json) as on_progress:
+    with _progress(not args.json, "scoring") as on_progress:
         scores = client.score_video(args.file, args.instruction, fps=fps, options=options, on_progress=on_progress)
     rows = [_frame_row(s, fps) for s in scores]
     if args.json:
@@ -106,7 +122,37 @@ def _score_video(client: SarmClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_progress(bar: Callable[[int, int | None], None] | None) -> Callable[[RabcJob], None]:
+    """The bar, or else a line on stderr per change: a log of a batch job shows how far the job got."""
+    def report(job: RabcJob) -> None:
+        if bar is not None:
+            bar(job.episodes_done, job.episodes_total)
+        else:
+            print(f"RA-BC job {job.id}: {job.state}, {job.episodes_done}/{job.episodes_total or '?'} episodes",
+                  file=sys.stderr, flush=True)
+
+    return report
+
+
+def _rabc(args: argparse.Namespace) -> int:
+    jobs = RabcJobs(args.http, token=args.token, timeout=Timeout() if args.timeout is None else Timeout(args.timeout),
+                    ca_file=args.tls_ca)
+    with _progress(True, "RA-BC episodes") as bar:
+        job, weights = jobs.compute(args.dataset, args.chunk_size, kappa=args.kappa, stride=args.stride,
+                                    stats=args.stats, eps=args.eps, poll_s=args.poll, on_progress=_job_progress(bar))
+    Path(args.out).write_bytes(weights)
+    summary = job.summary
+    assert summary is not None  # the server's, on every succeeded job
+    print(f"{summary['frames']} frames of {len(summary['episode_mean_weights'])} episodes: mean weight "
+          f"{summary['mean_weight']:.3f}, {summary['zero_weight_share']:.1%} zero; gain mean "
+          f"{summary['delta_mean']:.4f} std {summary['delta_std']:.4f} (mu {summary['mu']:.4f}, sigma "
+          f"{summary['sigma']:.4f}) -> {args.out}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "rabc":  # HTTP: no gRPC channel
+        return _rabc(args)
     with _client(args) as client:
         if args.command == "health":
             status = client.health(args.service)

@@ -114,7 +114,7 @@ class SarmClient:
             try:
                 return method(request, timeout=deadline.remaining(), metadata=self._config.metadata)
             except grpc.RpcError as error:
-                wait = attempts.failed(error)
+                wait = attempts.failed(from_rpc_error(error), error)
             time.sleep(wait)
 
     def score_window(self, instruction: str, frames: Images, *, timeout: float | None = None) -> Score:

@@ -41,12 +41,13 @@ class Deadline:
 
 @dataclass(frozen=True)
 class Retry:
-    """Retries of idempotent calls (score_window, score_frames, info, health) the server refused with UNAVAILABLE
-    or RESOURCE_EXHAUSTED. Streams are never retried: a repeated step would enter the episode twice.
+    """Retries of idempotent calls (score_window, score_frames, info, health; RA-BC job status, cancel, download)
+    the server refused with UNAVAILABLE or RESOURCE_EXHAUSTED (HTTP 503 or 429), or could not be reached. Streams
+    and job submissions are never retried: a repeated step would enter the episode twice, a submit start two jobs.
 
     The n-th retry waits backoff · multiplier^(n−1), at most max_backoff, and never less than the server's
-    `retry-after-ms` hint. Each wait is shortened by a random fraction up to `jitter`, so that clients refused
-    together do not come back together (the server's hint is a floor, never shortened).
+    `retry-after-ms` (HTTP: `Retry-After`) hint. Each wait is shortened by a random fraction up to `jitter`, so
+    that clients refused together do not come back together (the server's hint is a floor, never shortened).
     """
 
     attempts: int = 3  # calls in all, the first included; 1: no retries
