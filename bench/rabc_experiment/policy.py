@@ -38,6 +38,9 @@ class BCConfig:
 class ChunkPolicy(nn.Module):
     """MLP: z-scored state → `chunk` future actions."""
 
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+
     def __init__(self, state_mean: np.ndarray, state_std: np.ndarray, action_dim: int, config: BCConfig) -> None:
         super().__init__()
         self.chunk, self.action_dim, self.execute = config.chunk, action_dim, config.execute

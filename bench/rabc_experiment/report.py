@@ -40,7 +40,8 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     for task, r in results["tasks"].items():
         arms = r["arms"]
         diff = arms["rabc"]["rate"] - arms["bc"]["rate"]
-        lines.append(f"| {task} | {_rate(arms['expert'])} | {_rate(arms['bc'])} | {_rate(arms['rabc'])} | {diff:+.2f} |")
+        rates = " | ".join(_rate(arms[arm]) for arm in ARMS)
+        lines.append(f"| {task} | {rates} | {diff:+.2f} |")
     lines += ["", "Per seed (successes / episodes, BC → RA-BC):", ""]
     for task, r in results["tasks"].items():
         pairs = ", ".join(

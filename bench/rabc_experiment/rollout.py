@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
+from metaworld.policies.policy import Policy
 from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
 from sarm.sim.metaworld_demos import MAX_STEPS, make_env, policy_state, reset_env
@@ -29,7 +30,8 @@ def state_controller(act: Callable[[np.ndarray], np.ndarray]) -> Controller:
 
 def expert_controller(task: str) -> Controller:
     """Meta-World's scripted expert, one action at a time: the ceiling the demos were made from."""
-    expert = ENV_POLICY_MAP[task]()
+    make_expert: Callable[[], Policy] = ENV_POLICY_MAP[task]  # concrete subclasses of the abstract Policy
+    expert = make_expert()
     return lambda obs: np.clip(expert.get_action(obs), -1.0, 1.0)[None]
 
 
