@@ -139,8 +139,14 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
             "weights": weight_report(demos, progress, rabc),
         }
         clock(f"weights, BC and rollouts {task}")
+        _write(config, sarm_report, tasks, timing)  # partial report after each task: a long run shows as it goes
     timing["total"] = time.perf_counter() - started
-    results = {"config": config.to_dict(), "sarm": sarm_report, "tasks": tasks, "wall_time_s": timing}
+    return _write(config, sarm_report, tasks, timing)
+
+
+def _write(config: ExperimentConfig, sarm: dict[str, Any], tasks: dict[str, Any], timing: dict[str, float]
+           ) -> dict[str, Any]:
+    results = {"config": config.to_dict(), "sarm": sarm, "tasks": tasks, "wall_time_s": timing}
     config.results.parent.mkdir(parents=True, exist_ok=True)
     config.results.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot_path = config.results.with_suffix(".png")
