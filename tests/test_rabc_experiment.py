@@ -14,10 +14,11 @@ pytest.importorskip("sarm.sim.metaworld_demos")
 from bench.rabc_experiment.data import Demos
 from bench.rabc_experiment.policy import BCConfig, chunk_targets, train_bc
 from bench.rabc_experiment.rollout import eval_seeds, expert_controller, rollout, state_controller
+from bench.rabc_experiment.segments import retreat_frames
 from bench.rabc_experiment.stats import wilson_interval
 from bench.rabc_experiment.weights import weight_report
 from sarm.rabc.weights import RabcParams, compute
-from sarm.sim.metaworld_demos import STATE_NAMES
+from sarm.sim.metaworld_demos import MAX_STEPS, STATE_NAMES
 
 
 @pytest.mark.parametrize(
@@ -113,3 +114,9 @@ def test_quick_experiment_end_to_end(tmp_path: Path) -> None:
     assert arms["bc"]["episodes"] == arms["rabc"]["episodes"] == 3
     assert (tmp_path / "rabc_experiment.png").stat().st_size > 0
     assert "RA-BC weights per demo quality" in (tmp_path / "rabc_experiment.md").read_text()
+
+
+def test_retreat_frames_read_from_the_give_up_event() -> None:
+    assert retreat_frames("noise=0.10;drop@stage2+5:12;give_up@stage2+17:41", length=120) == 41
+    assert retreat_frames("noise=0.10;give_up@stage1+3:25", length=MAX_STEPS) == 0  # ran out of steps first
+    assert retreat_frames("noise=0.05;pause@stage0+2:30", length=120) == 0
