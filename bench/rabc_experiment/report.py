@@ -22,6 +22,14 @@ def _rate(arm: dict[str, Any]) -> str:
     return f"{arm['rate']:.2f} [{low:.2f}, {high:.2f}] ({arm['successes']}/{arm['episodes']})"
 
 
+def _sarm_line(sarm: dict[str, Any]) -> str:
+    val = sarm["validation"]
+    if not val:
+        return "SARM validation figures: none recorded."
+    return (f"SARM on its held-out validation windows: stage accuracy {val['val_stage_accuracy']:.3f}, "
+            f"progress MSE {val['val_progress_mse']:.4f}.")
+
+
 def markdown(results: dict[str, Any], plot_name: str) -> str:
     config = results["config"]
     lines = [
@@ -33,6 +41,8 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
         f"{config['bc']['steps']} steps at batch {config['bc']['batch_size']}, seeds {config['seeds']}; RA-BC κ = "
         f"{config['kappa']}, Δ = chunk, global statistics. Rollouts: {config['episodes']} layouts per task and seed, "
         "the same for every arm. Success rate with Wilson 95% interval, pooled over seeds.",
+        "",
+        _sarm_line(results["sarm"]),
         "",
         "| task | scripted expert | BC | BC + RA-BC | RA-BC − BC |",
         "| --- | --- | --- | --- | --- |",
