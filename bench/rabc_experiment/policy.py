@@ -105,6 +105,6 @@ def train_bc(
         optimizer.step()
         scheduler.step()
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     policy.eval()
     return policy
