@@ -15,7 +15,7 @@ from bench.rabc_experiment.data import Demos
 from bench.rabc_experiment.policy import BCConfig, chunk_targets, train_bc
 from bench.rabc_experiment.rollout import eval_seeds, expert_controller, rollout, state_controller
 from bench.rabc_experiment.segments import retreat_frames
-from bench.rabc_experiment.stats import wilson_interval
+from bench.rabc_experiment.stats import newcombe_difference, wilson_interval
 from bench.rabc_experiment.weights import weight_report
 from sarm.rabc.weights import RabcParams, compute
 from sarm.sim.metaworld_demos import MAX_STEPS, STATE_NAMES
@@ -41,6 +41,13 @@ def test_wilson_interval_rejects_impossible_counts() -> None:
         wilson_interval(3, 0)
     with pytest.raises(ValueError):
         wilson_interval(11, 10)
+
+
+def test_newcombe_difference_matches_his_worked_example() -> None:
+    # Newcombe (1998), Stat. Med. 17:873, method 10 on 56/70 vs 48/80: 0.2000 with interval (0.0524, 0.3339).
+    assert newcombe_difference(48, 80, 56, 70) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+    low, high = newcombe_difference(25, 50, 25, 50)
+    assert low == pytest.approx(-high) and low < 0 < high
 
 
 def test_chunk_targets_clamp_at_each_episode_end() -> None:

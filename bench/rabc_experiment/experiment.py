@@ -15,7 +15,7 @@ from bench.rabc_experiment import data
 from bench.rabc_experiment.policy import BCConfig, ChunkPolicy, train_bc
 from bench.rabc_experiment.report import markdown, plot
 from bench.rabc_experiment.rollout import Controller, eval_seeds, expert_controller, rollout, state_controller
-from bench.rabc_experiment.stats import wilson_interval
+from bench.rabc_experiment.stats import newcombe_difference, wilson_interval
 from bench.rabc_experiment.weights import weight_report
 from sarm.cli.progress import progress_bar
 from sarm.rabc.weights import RabcParams, compute
@@ -56,6 +56,13 @@ def _arm_stats(per_seed: list[dict[str, int]]) -> dict[str, Any]:
     episodes = sum(s["episodes"] for s in per_seed)
     return {"successes": successes, "episodes": episodes, "rate": successes / episodes,
             "ci95": list(wilson_interval(successes, episodes)), "per_seed": per_seed}
+
+
+def rabc_minus_bc(arms: dict[str, Any]) -> dict[str, Any]:
+    """RA-BC's success rate minus BC's, with Newcombe's 95% interval (pooled over seeds, like the rates)."""
+    bc, rabc = arms["bc"], arms["rabc"]
+    low, high = newcombe_difference(bc["successes"], bc["episodes"], rabc["successes"], rabc["episodes"])
+    return {"difference": rabc["rate"] - bc["rate"], "ci95": [low, high]}
 
 
 def _evaluate(task: str, controller: Controller, seeds: list[int], label: str) -> int:
@@ -131,13 +138,12 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
                 successes = _evaluate(task, state_controller(policy.act), layouts, f"{arm} seed {seed}")
                 arms[arm].append({"seed": seed, "successes": successes, "episodes": len(layouts)})
         expert = _evaluate(task, expert_controller(task), layouts, "expert")
-        tasks[task] = {
-            "arms": {
-                "expert": _arm_stats([{"seed": -1, "successes": expert, "episodes": len(layouts)}]),
-                **{arm: _arm_stats(per_seed) for arm, per_seed in arms.items()},
-            },
-            "weights": weight_report(demos, progress, rabc),
+        stats = {
+            "expert": _arm_stats([{"seed": -1, "successes": expert, "episodes": len(layouts)}]),
+            **{arm: _arm_stats(per_seed) for arm, per_seed in arms.items()},
         }
+        weights_summary = weight_report(demos, progress, rabc)
+        tasks[task] = {"arms": stats, "rabc_minus_bc": rabc_minus_bc(stats), "weights": weights_summary}
         clock(f"weights, BC and rollouts {task}")
         _write(config, sarm_report, tasks, timing)  # partial report after each task: a long run shows as it goes
     timing["total"] = time.perf_counter() - started

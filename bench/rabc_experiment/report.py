@@ -44,14 +44,13 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
         "",
         _sarm_line(results["sarm"]),
         "",
-        "| task | scripted expert | BC | BC + RA-BC | RA-BC − BC |",
+        "| task | scripted expert | BC | BC + RA-BC | RA-BC − BC (Newcombe 95%) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for task, r in results["tasks"].items():
-        arms = r["arms"]
-        diff = arms["rabc"]["rate"] - arms["bc"]["rate"]
-        rates = " | ".join(_rate(arms[arm]) for arm in ARMS)
-        lines.append(f"| {task} | {rates} | {diff:+.2f} |")
+        rates = " | ".join(_rate(r["arms"][arm]) for arm in ARMS)
+        diff, (low, high) = r["rabc_minus_bc"]["difference"], r["rabc_minus_bc"]["ci95"]
+        lines.append(f"| {task} | {rates} | {diff:+.2f} [{low:+.2f}, {high:+.2f}] |")
     lines += ["", "Per seed (successes / episodes, BC → RA-BC):", ""]
     for task, r in results["tasks"].items():
         pairs = ", ".join(
