@@ -36,7 +36,8 @@ def main(
         help="Existing datasets at DIR/<task> (made there if missing); default OUT/data.")] = None,
     image_size: Annotated[int, typer.Option(min=16, help="Rendered image size.")] = 96,
     encoder_input: Annotated[int, typer.Option(min=32, help="EfficientNet input size for SARM's frames.")] = 96,
-    sarm: Annotated[Path | None, typer.Option(help="Use this SARM checkpoint instead of training one.")] = None,
+    sarm: Annotated[Path | None, typer.Option(
+        help="Use this SARM checkpoint instead of training one (trained at --encoder-input).")] = None,
     sarm_steps: Annotated[int, typer.Option(min=1, help="SARM training steps.")] = 1500,
     seeds: Annotated[str, typer.Option(help="Comma-separated BC seeds (init and batch order).")] = "0,1,2",
     bc_steps: Annotated[int, typer.Option(min=1, help="BC optimiser steps per policy.")] = 4000,

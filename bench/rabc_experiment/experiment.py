@@ -19,7 +19,7 @@ from bench.rabc_experiment.stats import newcombe_difference, wilson_interval
 from bench.rabc_experiment.weights import weight_report
 from sarm.cli.progress import progress_bar
 from sarm.rabc.weights import RabcParams, compute
-from sarm.sim.metaworld_demos import STATE_NAMES, QualityMix
+from sarm.sim.metaworld_demos import QUALITIES, STATE_NAMES, QualityMix
 from sarm.training.checkpoint import load_info
 
 
@@ -46,7 +46,7 @@ class ExperimentConfig:
         out.update(
             out=str(self.out), results=str(self.results), data_dir=str(self.data_dir) if self.data_dir else None,
             sarm=str(self.sarm) if self.sarm else None, state_dim=len(STATE_NAMES),
-            mix=", ".join(f"{q} {getattr(self.mix, q):.0%}" for q in ("clean", "degraded", "failed")),
+            mix=", ".join(f"{q} {getattr(self.mix, q):.0%}" for q in QUALITIES),
         )
         return out
 

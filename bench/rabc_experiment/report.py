@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bench.rabc_experiment.weights import QUALITY_ORDER
+from sarm.sim.metaworld_demos import QUALITIES
 
 ARMS = {"expert": ("scripted expert", "0.7"), "bc": ("BC", "tab:blue"), "rabc": ("BC + RA-BC", "tab:orange")}
 QUALITY_COLOURS = {"clean": "tab:green", "degraded": "tab:olive", "failed": "tab:red"}
@@ -101,7 +101,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     top.set_title("Closed-loop success, pooled over seeds")
     top.legend(loc="lower right", fontsize=8)
     rng = np.random.default_rng(0)  # jitter only
-    for k, quality in enumerate(QUALITY_ORDER):
+    for k, quality in enumerate(QUALITIES):
         for i, task in enumerate(tasks):
             q = results["tasks"][task]["weights"]["by_quality"].get(quality)
             if q is None:

@@ -8,15 +8,14 @@ import numpy as np
 
 from bench.rabc_experiment.data import Demos
 from sarm.rabc.weights import RabcResult
-
-QUALITY_ORDER = ("clean", "degraded", "failed")
+from sarm.sim.metaworld_demos import QUALITIES
 
 
 def weight_report(demos: Demos, progress: list[np.ndarray], rabc: RabcResult, lowest: int = 8) -> dict[str, Any]:
     all_weights = np.concatenate(rabc.weights)
     total_mass = float(all_weights.sum())
     by_quality: dict[str, Any] = {}
-    for quality in [q for q in QUALITY_ORDER if q in demos.quality]:
+    for quality in [q for q in QUALITIES if q in demos.quality]:
         picks = [i for i, q in enumerate(demos.quality) if q == quality]
         w = np.concatenate([rabc.weights[i] for i in picks])
         deltas = np.concatenate([rabc.deltas[i] for i in picks])
