@@ -191,7 +191,7 @@ def test_images_are_upright(demos: list[EpisodeData]) -> None:
 
 @pytest.mark.slow
 def test_forced_drop_sends_progress_back_and_the_expert_regrasps() -> None:
-    env = md._make_env(TASK)
+    env = md.make_env(TASK)
     stages = task_stages(TASK)
     plan = md.Plan("degraded", 0.0, (md.Event("drop", stage=2, delay=4, frames=12),))
     record = md._rollout(env, md.ENV_POLICY_MAP[TASK](), stages, plan, seed=11, rng=np.random.default_rng(11))

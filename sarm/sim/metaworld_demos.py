@@ -42,14 +42,17 @@ from sarm.sim.stages import TASK_INSTRUCTIONS, Scene, TaskStages, segment, task_
 METAWORLD_FPS = 80  # one recorded frame per env step: dt = frame_skip 5 x 2.5 ms
 CAMERA_NAME = "corner4"  # the corner view LeRobot's Meta-World env uses; mounted upside down
 CAMERA_KEY = f"observation.images.{CAMERA_NAME}"
-# The current-frame part of the 39-d observation (the rest repeats the previous frame, then the goal);
-# quaternions are MuJoCo's (w, x, y, z), and obj2 is zeros in one-object tasks.
+# The current-frame part of the 39-d observation and the goal (its last 3 values; the 18 between repeat
+# the previous frame). The experts act on exactly these, so a state policy needs the goal too.
+# Quaternions are MuJoCo's (w, x, y, z), and obj2 is zeros in one-object tasks.
 STATE_NAMES = [
     *("hand_x", "hand_y", "hand_z", "gripper_open"),
     *("obj_x", "obj_y", "obj_z", "obj_qw", "obj_qx", "obj_qy", "obj_qz"),
     *("obj2_x", "obj2_y", "obj2_z", "obj2_qw", "obj2_qx", "obj2_qy", "obj2_qz"),
+    *("goal_x", "goal_y", "goal_z"),
 ]
-MAX_STEPS = 499  # Meta-World refuses to step past 500, and _reset takes one step
+_CURRENT_FRAME = 18
+MAX_STEPS = 499  # Meta-World refuses to step past 500, and reset_env takes one step
 HOLD_FRAMES = 15  # frames kept after the first success, so demos show the result but no idle tail
 RETREAT_FRAMES = (20, 60)  # failed demos: frames of pulling back after giving up
 MAX_ATTEMPTS = 25
@@ -197,7 +200,7 @@ class Rollout:
         return any(self.success)
 
 
-def _make_env(task: str) -> SawyerXYZEnv:
+def make_env(task: str) -> SawyerXYZEnv:
     env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"]()
     # Sample a new object/goal layout at each reset from env.np_random (seeded per episode) instead of
     # keeping the layout fixed at construction; Meta-World's own task builder flips the same switch.
@@ -208,7 +211,12 @@ def _make_env(task: str) -> SawyerXYZEnv:
     return env
 
 
-def _reset(env: SawyerXYZEnv, seed: int) -> np.ndarray:
+def policy_state(obs: np.ndarray) -> np.ndarray:
+    """The STATE_NAMES values of one observation (39,) or of many (T, 39), as float32."""
+    return np.concatenate([obs[..., :_CURRENT_FRAME], obs[..., -3:]], axis=-1).astype(np.float32)
+
+
+def reset_env(env: SawyerXYZEnv, seed: int) -> np.ndarray:
     """New layout from `seed`; returns the first observation (env.reset itself clears MjData)."""
     env.seed(seed)
     env.reset()
@@ -269,7 +277,7 @@ class _Operator:
 def _rollout(
     env: SawyerXYZEnv, policy: Policy, stages: TaskStages, plan: Plan, seed: int, rng: np.random.Generator
 ) -> Rollout:
-    obs = _reset(env, seed)
+    obs = reset_env(env, seed)
     obj_start = obs[4:7].copy()
     operator = _Operator(plan, rng)
     record = Rollout()
@@ -361,7 +369,7 @@ def _episode(task: str, record: Rollout, frames: np.ndarray, plan: Plan, stages:
     return EpisodeData(
         task=TASK_INSTRUCTIONS[task],
         frames={CAMERA_KEY: frames},
-        state=np.asarray(record.obs, dtype=np.float32)[:, : len(STATE_NAMES)],
+        state=policy_state(np.asarray(record.obs)),
         action=np.asarray(record.action, dtype=np.float32),
         annotations={"sparse": segment(record.level, stages.names)},
         episode_columns=episode_columns,
@@ -394,7 +402,7 @@ def generate_episodes(
 
 
 def _generate(task: str, qualities: list[Quality], image_size: int, seed: int) -> Iterator[EpisodeData]:
-    env = _make_env(task)
+    env = make_env(task)
     expert: Callable[[], Policy] = ENV_POLICY_MAP[task]
     policy = expert()
     stages = task_stages(task)
