@@ -197,10 +197,10 @@ class Engine:
             raise InvalidInput(f"instruction has {len(instruction)} characters; the limit is "
                                f"{self.settings.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
         key = f"{self._text_encoder_id}|{instruction}"
-        scored_as = hashlib.sha256(key.encode()).hexdigest()
+        score_key = hashlib.sha256(key.encode()).hexdigest()
         cached = self.instruction_cache.get(key)
         if cached is not None:
-            return Instruction(cached, scored_as)
+            return Instruction(cached, score_key)
         shared = self.instruction_redis
         shared_key = hashlib.sha256(instruction.encode()).hexdigest()  # the tier's prefix names the encoder
         if shared is not None:
@@ -211,7 +211,7 @@ class Engine:
             if shared is not None:
                 await shared.put_many({shared_key: cached})
         self.instruction_cache.put(key, cached)
-        return Instruction(cached, scored_as)
+        return Instruction(cached, score_key)
 
     async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> Encoded:
         """(N, D) embeddings and (N,) content keys of `frames`; only frames missing from the cache, and not being
