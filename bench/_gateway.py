@@ -60,7 +60,9 @@ class GatewayProcess:
     def __init__(self, repo: Path, env: dict[str, str] | None = None, profile: Path | None = None,
                  py_spy: str = "py-spy") -> None:
         self.repo = repo
-        self.env = {"SARM_GRPC_HOST": "127.0.0.1", "SARM_DRAIN_SECONDS": "2", **(env or {})}
+        # Metrics on any free port: gateways side by side must not all want the default one.
+        self.env = {"SARM_GRPC_HOST": "127.0.0.1", "SARM_HTTP_HOST": "127.0.0.1", "SARM_METRICS_PORT": "0",
+                    "SARM_DRAIN_SECONDS": "2", **(env or {})}
         self.process: subprocess.Popen[str] | None = None
         self.profile = profile  # where py-spy writes the server's collapsed stacks (--format raw), if anywhere
         self._py_spy = py_spy

@@ -31,13 +31,15 @@ TIMEOUT = 30.0
 
 
 class CountingBackend:
-    """A backend that counts encoded images; `gate` (when set up) holds every call until it is opened."""
+    """A backend that counts encoded images and scored windows; `gate` (when set up) holds every call until it is
+    opened."""
 
     def __init__(self, inner: Backend, gated: bool) -> None:
         self.inner = inner
         self.name, self.batches_itself = inner.name, inner.batches_itself
         self.encoded = 0  # images
         self.encode_calls = 0  # batches
+        self.heads_rows = 0  # windows
         self.gate = asyncio.Event() if gated else None
 
     async def encode(self, images: np.ndarray) -> np.ndarray:
@@ -48,6 +50,7 @@ class CountingBackend:
         return await self.inner.encode(images)
 
     async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+        self.heads_rows += len(frames)
         return await self.inner.heads(frames, text, lengths)
 
     async def ready(self) -> bool:

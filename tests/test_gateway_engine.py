@@ -20,7 +20,7 @@ from sarm.export.model_repo import read_manifest
 from sarm.model.windows import sequence_indices
 from sarm_gateway.batcher import MicroBatcher
 from sarm_gateway.cache import TTLCache
-from sarm_gateway.engine import Engine
+from sarm_gateway.engine import Encoded, Engine, Instruction
 from sarm_gateway.episode import Episode, ScoringOptions
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
@@ -140,16 +140,17 @@ def test_the_core_imports_without_the_gateway() -> None:
 
 def test_episode_memory_stays_within_one_window_span() -> None:
     """A long stream keeps frame 0 and the last 7g frames between steps, and scores every frame from them."""
-    async def encode(frames: list[FrameData], first_index: int = 0) -> np.ndarray:
-        return np.zeros((len(frames), 4), np.float32)
+    async def encode(frames: list[FrameData], first_index: int = 0) -> Encoded:
+        return Encoded(np.zeros((len(frames), 4), np.float32), np.array(["k"] * len(frames), dtype=object))
 
-    async def score_at(embeddings: Any, t: list[int], stride: int, text: np.ndarray) -> list[Any]:
-        embeddings(sequence_indices(np.asarray(t), stride).indices)  # raises KeyError if a frame was dropped
+    async def score_at(frames: Episode, t: list[int], stride: int, instruction: Instruction) -> list[Any]:
+        indices = sequence_indices(np.asarray(t), stride).indices
+        frames.keys_at(indices), frames.embeddings_at(indices)  # raise KeyError if a frame was dropped
         return [SimpleNamespace(progress=0.5, confidence=1.0) for _ in t]
 
     engine = SimpleNamespace(stride_seconds=1.0, num_cameras=1, window_frames=9, max_rewind=4, encode=encode,
                              score_at=score_at, time_steps=lambda n, what: n)
-    episode = Episode(engine, np.zeros(3), fps=3, options=ScoringOptions())
+    episode = Episode(engine, Instruction(np.zeros(3), "i"), fps=3, options=ScoringOptions())
 
     async def run() -> list[int]:
         sizes = []

@@ -1,7 +1,7 @@
-"""The Redis tier of the embedding caches, against a real redis-server on a free loopback port.
+"""The Redis tier of the caches (embeddings, window scores), against a real redis-server on a free loopback port.
 
-Replicas share embeddings through it; when Redis is down, unreachable or silent, every request still succeeds,
-with the same scores, within its deadline, and the failures are counted.
+Replicas share embeddings and scores through it; when Redis is down, unreachable or silent, every request still
+succeeds, with the same scores, within its deadline, and the failures are counted.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def assert_same(a: pb.WindowScore, b: pb.WindowScore) -> None:
     np.testing.assert_allclose(a.stage_probs, b.stage_probs, atol=1e-5)
 
 
-def test_replicas_share_embeddings_through_redis_with_a_ttl_and_the_encoder_in_each_key(
+def test_replicas_share_embeddings_and_scores_through_redis_with_a_ttl_and_the_encoder_or_model_in_each_key(
     redis_server: RedisServer, gateways: list[RunningGateway], cpu_model_repo: Path, text_encoder: TextEncoder
 ) -> None:
     first = RunningGateway(cpu_model_repo, text_encoder, redis_url=redis_server.url, redis_ttl_s=120)
@@ -53,20 +53,26 @@ def test_replicas_share_embeddings_through_redis_with_a_ttl_and_the_encoder_in_e
     frames = episode_frames(9, seed=11)
 
     expected = score(first, frames)
-    assert first.backend.encoded == 9
+    assert (first.backend.encoded, first.backend.heads_rows) == (9, 1)
     got = score(second, frames)
     assert second.backend.encoded == 0  # all nine from Redis, none encoded again
-    assert_same(got, expected)
+    assert second.backend.heads_rows == 0  # and the window's score too
+    assert got == expected  # bit for bit: float32 in Redis, as the heads returned it
     engine = second.gateway.engine
-    assert engine.frame_redis is not None and engine.instruction_redis is not None
+    scores = engine.score_cache.redis
+    assert engine.frame_redis is not None and engine.instruction_redis is not None and scores is not None
     assert (engine.frame_redis.hits, engine.frame_redis.errors) == (9, 0)
     assert (engine.instruction_redis.hits, engine.instruction_redis.errors) == (1, 0)
-    assert len(engine.frame_cache) == 9  # Redis hits fill the in-process tier: a repeat does not ask Redis
+    assert (scores.hits, scores.errors) == (1, 0)
+    # Redis hits fill the in-process tiers: a repeat does not ask Redis
+    assert len(engine.frame_cache) == 9 and len(engine.score_cache.memory) == 1
     score(second, frames)
-    assert engine.frame_redis.hits == 9 and second.backend.encoded == 0
+    assert engine.frame_redis.hits == 9 and scores.hits == 1 and second.backend.encoded == 0
     exposition = engine.metrics.exposition().decode()  # the tier's counts, as Prometheus sees them
     assert 'sarm_cache_hits_total{kind="frame",tier="redis"} 9.0' in exposition
     assert 'sarm_cache_errors_total{kind="frame",tier="redis"} 0.0' in exposition
+    assert 'sarm_cache_hits_total{kind="score",tier="redis"} 1.0' in exposition
+    assert 'sarm_cache_hits_total{kind="score",tier="memory"} 1.0' in exposition
 
     manifest = read_manifest(cpu_model_repo)
     frame_encoder = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
@@ -74,10 +80,12 @@ def test_replicas_share_embeddings_through_redis_with_a_ttl_and_the_encoder_in_e
     keys = [key.decode() for key in redis_server.client.keys("*")]
     frame_keys = [key for key in keys if key.startswith(f"sarm:frame:{frame_encoder}:")]
     instruction_keys = [key for key in keys if key.startswith(f"sarm:instruction:{text_encoder_id}:")]
-    assert len(frame_keys) == 9 and len(instruction_keys) == 1 and len(keys) == 10
+    score_keys = [key for key in keys if key.startswith(f"sarm:score:{engine.version}:")]
+    assert len(frame_keys) == 9 and len(instruction_keys) == 1 and len(score_keys) == 1 and len(keys) == 11
     for key in keys:
         assert 0 < redis_server.client.ttl(key) <= 120
     assert len(redis_server.client.get(frame_keys[0]) or b"") == 4 * manifest["frame_encoder"]["dim"]
+    assert len(redis_server.client.get(score_keys[0]) or b"") == 4 * (len(manifest["stage_names"]) + 3)
 
 
 def test_redis_killed_during_a_run_fails_no_request(
@@ -99,7 +107,9 @@ def test_redis_killed_during_a_run_fails_no_request(
         assert time.monotonic() - started < 1.0  # a dead Redis costs a refused connection, not a wait
         assert_same(got, score(local, frames))
     assert tier.errors >= 5  # every request after the kill asked Redis (no backoff here) and counted the failure
-    assert shared.backend.encoded == 9 * len(windows)
+    scores = shared.gateway.engine.score_cache.redis
+    assert scores is not None and scores.errors >= 5
+    assert shared.backend.encoded == 9 * len(windows) and shared.backend.heads_rows == len(windows)
 
 
 @pytest.mark.parametrize("server", ["refused", "silent"])

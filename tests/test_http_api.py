@@ -102,11 +102,12 @@ def test_video_curve_matches_score_frames_on_the_same_frames(
     assert all(f["stage_name"] in ("reach", "grasp", "lift") and f["smoothed_progress"] is not None for f in frames)
 
     decoded = read_frames(videos["episode"], FPS, 0.0, 30)
-    encoded = served.backend.encoded
+    encoded, heads_rows = served.backend.encoded, served.backend.heads_rows
     options = pb.ScoringOptions(smoothing=True, smoothing_min_confidence=0.01)
     request = pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in decoded], fps=FPS, options=options)
     curve = list(served.stub.ScoreFrames(request, timeout=TIMEOUT))
     assert served.backend.encoded == encoded  # the same engine: the upload's frames were in its cache
+    assert served.backend.heads_rows == heads_rows  # and its windows' scores
     for name in ("tau", "progress", "confidence"):
         np.testing.assert_allclose([f[name] for f in frames], [getattr(c.score, name) for c in curve], atol=1e-5)
     np.testing.assert_allclose([f["smoothed_progress"] for f in frames], [c.smoothed_progress for c in curve],

@@ -60,7 +60,7 @@ def test_grpc_calls_move_request_engine_batcher_and_cache_metrics(served: Runnin
     before = scrape(served)
     frames = [raw(f) for f in episode_frames(9, seed=70)]
     served.stub.ScoreWindow(window_request(frames), timeout=TIMEOUT)
-    served.stub.ScoreWindow(window_request(frames), timeout=TIMEOUT)  # every frame from the cache now
+    served.stub.ScoreWindow(window_request(frames), timeout=TIMEOUT)  # every frame, and the score, from the caches
     with pytest.raises(grpc.RpcError):
         served.stub.ScoreWindow(window_request(frames[:3]), timeout=TIMEOUT)
     served.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
@@ -74,14 +74,17 @@ def test_grpc_calls_move_request_engine_batcher_and_cache_metrics(served: Runnin
     assert delta("sarm_grpc_requests_total", method="GetModelInfo", code="OK") == 1
     assert delta("sarm_grpc_request_duration_seconds_count", method="ScoreWindow") == 3
     assert delta("sarm_engine_latency_seconds_count", stage="total") == 3
-    assert delta("sarm_engine_latency_seconds_count", stage="cache") == 2  # the refused call never looked
+    # Frames, then the window's score, each call; the refused call never looked.
+    assert delta("sarm_engine_latency_seconds_count", stage="cache") == 4
     assert delta("sarm_engine_latency_seconds_count", stage="encode") == 1  # one batch of 9 new frames
-    assert delta("sarm_engine_latency_seconds_count", stage="heads") == 2
-    assert delta("sarm_engine_latency_seconds_count", stage="queue") == 3  # the encode call and both heads calls
+    assert delta("sarm_engine_latency_seconds_count", stage="heads") == 1  # the repeat's score came from the cache
+    assert delta("sarm_engine_latency_seconds_count", stage="queue") == 2  # the encode call and the heads call
     assert delta("sarm_batcher_batch_size_rows_sum", model="encoder") == 9
-    assert delta("sarm_batcher_batch_size_rows_count", model="heads") == 2
+    assert delta("sarm_batcher_batch_size_rows_count", model="heads") == 1
     assert delta("sarm_cache_misses_total", tier="memory", kind="frame") == 9
     assert delta("sarm_cache_hits_total", tier="memory", kind="frame") == 9
+    assert delta("sarm_cache_misses_total", tier="memory", kind="score") == 1
+    assert delta("sarm_cache_hits_total", tier="memory", kind="score") == 1
     assert value(after, "sarm_cache_hits_total", tier="memory", kind="instruction") >= 1
     assert "tier=\"redis\"" not in after  # no Redis configured: no Redis series
     version = served.gateway.engine.version

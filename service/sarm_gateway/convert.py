@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sarm_gateway.engine import Engine, WindowScore
+from sarm_gateway.engine import Engine
 from sarm_gateway.episode import FrameResult, ScoringOptions
 from sarm_gateway.images import FrameData
+from sarm_gateway.score_cache import WindowScore
 from sarm_gateway.v1 import sarm_pb2 as pb
 
 

@@ -1,7 +1,10 @@
-"""The scoring engine shared by every front end: frames → embeddings (cached, micro-batched) → windows → scores.
+"""The scoring engine shared by every front end: frames → embeddings (cached, micro-batched) → windows → scores
+(cached, micro-batched).
 
 Every frame is encoded at most once per cache lifetime: frames are keyed by content, looked up, and only the
-misses (deduplicated) go to the encoder. Windows are assembled from embeddings by `sequence_indices`.
+misses (deduplicated) go to the encoder. Windows are assembled from embeddings by `sequence_indices`, keyed by
+their frames' content keys and the instruction, looked up in the score cache, and only the misses (deduplicated)
+go to the heads.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
 from sarm.encoders.base import TextEncoder, check_encoder, fingerprint
 from sarm.export.model_repo import read_manifest
-from sarm.model.windows import sequence_indices
+from sarm.model.windows import SequenceIndices, sequence_indices
 from sarm_gateway.admission import Admission
 from sarm_gateway.backends import Backend, HeadsOutput, make_backend
 from sarm_gateway.batcher import MicroBatcher
@@ -28,6 +31,7 @@ from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData, content_key, decode
 from sarm_gateway.metrics import Metrics
 from sarm_gateway.redis_cache import RedisTier, connect
+from sarm_gateway.score_cache import ScoreCache, WindowScore
 from sarm_gateway.settings import Settings
 
 # Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
@@ -44,14 +48,41 @@ def _small(frames: Sequence[FrameData]) -> bool:
     return sum(len(f.data) for f in frames) <= INLINE_BYTES
 
 
+class Instruction(NamedTuple):
+    embedding: np.ndarray  # (D_text,)
+    key: str  # the text encoder id@version and the text, hashed: what the score cache knows the instruction by
+
+
 @dataclass(frozen=True)
-class WindowScore:
-    stage_index: int
-    stage_name: str
-    stage_probs: np.ndarray  # (K,)
-    tau: float
-    progress: float
-    confidence: float
+class Encoded:
+    """Encoded frames: embeddings (…, D) and the frames' content keys (…), in the same layout. As an episode's time
+    steps, (T, C, D) and (T, C), it is a FrameSource."""
+
+    embeddings: np.ndarray
+    keys: np.ndarray  # str objects
+
+    @classmethod
+    def join(cls, parts: Sequence[Encoded]) -> Encoded:
+        return cls(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.keys for p in parts]))
+
+    def steps(self, cameras: int) -> Encoded:
+        """Time-major: (T, C, D) embeddings and (T, C) keys."""
+        return Encoded(self.embeddings.reshape(-1, cameras, self.embeddings.shape[-1]), self.keys.reshape(-1, cameras))
+
+    def keys_at(self, indices: np.ndarray) -> np.ndarray:
+        return self.keys[indices]
+
+    def embeddings_at(self, indices: np.ndarray) -> np.ndarray:
+        return self.embeddings[indices]
+
+
+class FrameSource(Protocol):
+    """An episode's encoded time steps by frame index: content keys (…, C) and embeddings (…, C, D). Windows need
+    the keys of every frame but the embeddings only of windows the score cache does not have."""
+
+    def keys_at(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def embeddings_at(self, indices: np.ndarray) -> np.ndarray: ...
 
 
 def model_version(manifest: dict[str, Any]) -> str:
@@ -85,8 +116,9 @@ class Engine:
         ttl = settings.cache_ttl_s
         self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, ttl)
         self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, ttl)
-        # Redis (when configured) behind each: replicas share what any of them encoded.
+        # Redis (when configured) behind each: replicas share what any of them encoded or scored.
         self._redis = connect(settings)
+        self.score_cache = ScoreCache(settings, self._redis, self.version, self.stage_names)
         self.frame_redis: RedisTier | None = None
         self.instruction_redis: RedisTier | None = None
         if self._redis is not None:
@@ -98,6 +130,7 @@ class Engine:
         self.metrics.watch_caches([
             ("memory", "frame", self.frame_cache), ("memory", "instruction", self.instruction_cache),
             ("redis", "frame", self.frame_redis), ("redis", "instruction", self.instruction_redis),
+            ("memory", "score", self.score_cache.memory), ("redis", "score", self.score_cache.redis),
         ])
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
@@ -157,16 +190,17 @@ class Engine:
             return await self._heads_rows(frames, text, lengths)
         return HeadsOutput(*await self._heads_batcher(frames, text, lengths))
 
-    async def embed_instruction(self, instruction: str) -> np.ndarray:
+    async def embed_instruction(self, instruction: str) -> Instruction:
         if not instruction.strip():
             raise InvalidInput("instruction is empty: give the task in words, e.g. 'pick up the cube'")
         if len(instruction) > self.settings.max_instruction_chars:
             raise InvalidInput(f"instruction has {len(instruction)} characters; the limit is "
                                f"{self.settings.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
         key = f"{self._text_encoder_id}|{instruction}"
+        score_key = hashlib.sha256(key.encode()).hexdigest()
         cached = self.instruction_cache.get(key)
         if cached is not None:
-            return cached
+            return Instruction(cached, score_key)
         shared = self.instruction_redis
         shared_key = hashlib.sha256(instruction.encode()).hexdigest()  # the tier's prefix names the encoder
         if shared is not None:
@@ -177,11 +211,12 @@ class Engine:
             if shared is not None:
                 await shared.put_many({shared_key: cached})
         self.instruction_cache.put(key, cached)
-        return cached
+        return Instruction(cached, score_key)
 
-    async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> np.ndarray:
-        """(N, D) embeddings of `frames`; only frames missing from the cache, and not being encoded by a concurrent
-        call, are decoded and encoded, once each. `first_index` numbers the frames in error messages."""
+    async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> Encoded:
+        """(N, D) embeddings and (N,) content keys of `frames`; only frames missing from the cache, and not being
+        encoded by a concurrent call, are decoded and encoded, once each. `first_index` numbers the frames in error
+        messages."""
         if not frames:
             raise InvalidInput("no frames: send at least one image")
         started = time.perf_counter()
@@ -209,9 +244,9 @@ class Engine:
         for future, rows in joined.values():
             embedding = await asyncio.shield(future)
             if embedding is None:  # the call encoding it gave up (cancelled, bad input): encode it here
-                embedding = (await self.encode([frames[rows[0]]], first_index + rows[0]))[0]
+                embedding = (await self.encode([frames[rows[0]]], first_index + rows[0])).embeddings[0]
             out[rows] = embedding
-        return out
+        return Encoded(out, np.array(keys, dtype=object))
 
     async def _encode_missing(
         self, frames: Sequence[FrameData], missing: dict[str, list[int]], out: np.ndarray, first_index: int,
@@ -266,27 +301,44 @@ class Engine:
                 out[left.pop(key)] = embedding
         return left
 
-    async def score(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
-        """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → one score each."""
+    async def _heads_scores(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
+        """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → the heads' score of each."""
         text_rows = np.broadcast_to(text.astype(np.float32), (len(frames), len(text)))
         out = await self._heads(frames.astype(np.float32, copy=False), np.ascontiguousarray(text_rows),
                                 lengths.astype(np.int64).reshape(-1, 1))
-        stages = out.stage_probs.argmax(axis=-1)
-        return [
-            WindowScore(int(k), self.stage_names[k], p, float(tau[0]), float(progress[0]), float(confidence[0]))
-            for k, p, tau, progress, confidence in zip(stages, *out, strict=True)
-        ]
+        # Each row copied: a cached score must not pin its whole batch.
+        return [WindowScore.of(p.copy(), tau[0], progress[0], confidence[0], self.stage_names)
+                for p, tau, progress, confidence in zip(*out, strict=True)]
+
+    async def _score_windows(self, frames: FrameSource, seq: SequenceIndices,
+                             instruction: Instruction) -> list[WindowScore]:
+        """The windows `seq` from the score cache, or (each key once) from the heads, then cached."""
+        started = time.perf_counter()
+        keys = self.score_cache.keys(instruction.key, frames.keys_at(seq.indices), seq.lengths)
+        found = await self.score_cache.get_many(keys)
+        self.metrics.stage["cache"].observe(time.perf_counter() - started)
+        first: dict[str, int] = {}  # missing key -> its first window
+        for i, (key, score) in enumerate(zip(keys, found, strict=True)):
+            if score is None:
+                first.setdefault(key, i)
+        computed: dict[str, WindowScore] = {}
+        if first:
+            rows = list(first.values())
+            scores = await self._heads_scores(frames.embeddings_at(seq.indices[rows]), instruction.embedding,
+                                              seq.lengths[rows])
+            computed = dict(zip(first, scores, strict=True))
+            await self.score_cache.put_many(computed)
+        return [computed[key] if score is None else score for key, score in zip(keys, found, strict=True)]
 
     async def score_at(
-        self, embeddings: Callable[[np.ndarray], np.ndarray], t: Sequence[int], stride: int, text: np.ndarray
+        self, frames: FrameSource, t: Sequence[int], stride: int, instruction: Instruction
     ) -> list[WindowScore]:
-        """Score the causal windows ending at frames `t` of an episode starting at frame 0, WINDOW_CHUNK at a time;
-        `embeddings(indices)` returns the (…, C, D) embeddings of the given frame indices."""
+        """Score the causal windows ending at frames `t` of an episode starting at frame 0, WINDOW_CHUNK at a time."""
         scores: list[WindowScore] = []
         for start in range(0, len(t), WINDOW_CHUNK):
             seq = sequence_indices(np.asarray(t[start : start + WINDOW_CHUNK]), stride, 0, 0, self.window_frames,
                                    self.max_rewind)
-            scores += await self.score(embeddings(seq.indices), text, seq.lengths)
+            scores += await self._score_windows(frames, seq, instruction)
         return scores
 
     def time_steps(self, images: int, what: str) -> int:

@@ -8,15 +8,17 @@ by one window span however long the episode runs, and each frame is encoded once
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from sarm.model.progress import ConfidenceSmoother
 from sarm.model.windows import sequence_indices, stride_frames
-from sarm_gateway.engine import Engine, WindowScore
+from sarm_gateway.engine import Encoded, Engine, Instruction
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.images import FrameData
+from sarm_gateway.score_cache import WindowScore
 
 MAX_FPS = 1000.0
 
@@ -57,12 +59,12 @@ def frame_results(
 
 
 async def score_curve(
-    engine: Engine, embeddings: np.ndarray, stride: int, text: np.ndarray, options: ScoringOptions
+    engine: Engine, frames: Encoded, stride: int, instruction: Instruction, options: ScoringOptions
 ) -> list[FrameResult]:
-    """A whole episode's curve from its (T, C, D) embeddings: the causal window of every `score_every`-th frame,
-    smoothed in frame order when asked to (ScoreFrames and uploaded videos)."""
-    scored = list(range(0, len(embeddings), options.score_every))
-    scores = await engine.score_at(embeddings.__getitem__, scored, stride, text)
+    """A whole episode's curve from its encoded time steps (`frames.steps`): the causal window of every
+    `score_every`-th frame, smoothed in frame order when asked to (ScoreFrames and uploaded videos)."""
+    scored = list(range(0, len(frames.keys), options.score_every))
+    scores = await engine.score_at(frames, scored, stride, instruction)
     return frame_results(scored, scores, options.smoother())
 
 
@@ -73,30 +75,39 @@ def window_stride(fps: float, stride_seconds: float) -> int:
 
 
 class Episode:
-    def __init__(self, engine: Engine, text: np.ndarray, fps: float, options: ScoringOptions) -> None:
+    """The engine's FrameSource for the episode's windows: the kept time steps."""
+
+    def __init__(self, engine: Engine, instruction: Instruction, fps: float, options: ScoringOptions) -> None:
         self.engine = engine
-        self.text = text
+        self.instruction = instruction
         self.stride = window_stride(fps, engine.stride_seconds)
         self.options = options
         self._smoother = options.smoother()
-        self._history: dict[int, np.ndarray] = {}  # frame index -> (C, D)
+        self._history: dict[int, Encoded] = {}  # frame index -> its cameras' embeddings (C, D) and keys (C,)
         self._oldest_kept = 1  # frames in [1, _oldest_kept) are dropped; frame 0 is kept for good
         self.frames_seen = 0
 
-    def _gather(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([np.stack([self._history[int(i)] for i in row]) for row in indices])
+    def _gather(self, indices: np.ndarray, part: Callable[[Encoded], np.ndarray]) -> np.ndarray:
+        return np.stack([np.stack([part(self._history[int(i)]) for i in row]) for row in indices])
+
+    def keys_at(self, indices: np.ndarray) -> np.ndarray:
+        return self._gather(indices, lambda step: step.keys)
+
+    def embeddings_at(self, indices: np.ndarray) -> np.ndarray:
+        return self._gather(indices, lambda step: step.embeddings)
 
     async def step(self, frames: list[FrameData], state: list[float]) -> list[FrameResult]:
         if not all(math.isfinite(x) for x in state):
             raise InvalidInput("state has NaN or infinite values: send finite joint readings (or none)")
         steps = self.engine.time_steps(len(frames), "this step")
         start = self.frames_seen
-        embeddings = await self.engine.encode(frames, first_index=start * self.engine.num_cameras)
-        for i, per_camera in enumerate(embeddings.reshape(steps, self.engine.num_cameras, -1)):
-            self._history[start + i] = per_camera
+        encoded = (await self.engine.encode(frames, first_index=start * self.engine.num_cameras)).steps(
+            self.engine.num_cameras)
+        for i in range(steps):
+            self._history[start + i] = Encoded(encoded.embeddings[i], encoded.keys[i])
         self.frames_seen += steps
         scored = [t for t in range(start, self.frames_seen) if t % self.options.score_every == 0]
-        scores = await self.engine.score_at(self._gather, scored, self.stride, self.text)
+        scores = await self.engine.score_at(self, scored, self.stride, self.instruction)
         self._forget()
         return frame_results(scored, scores, self._smoother)
 

@@ -43,7 +43,8 @@ class _CacheCollector(Collector):
         self.caches: dict[tuple[str, str], CacheCounts] = {}
 
     def collect(self) -> Iterator[Metric]:
-        families = {what: CounterMetricFamily(f"sarm_cache_{what}", f"Embedding cache {what}, by tier and kind",
+        families = {what: CounterMetricFamily(f"sarm_cache_{what}", f"Cache {what}, by tier and kind "
+                                              "(frame, instruction: embeddings; score: window scores)",
                                               labels=("tier", "kind")) for what in ("hits", "misses", "errors")}
         for (tier, kind), cache in self.caches.items():
             for what, family in families.items():

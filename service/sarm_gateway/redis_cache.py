@@ -1,4 +1,5 @@
-"""The shared tier of the embedding caches: Redis, behind the in-process LRU, when `SARM_REDIS_URL` is set.
+"""The shared tier of the caches (embeddings, window scores): Redis, behind the in-process LRU, when `SARM_REDIS_URL`
+is set.
 
 A cache must never fail or stall a request: every Redis error (refused, timed out, server gone) reads as a miss,
 skips the write and is counted, and after one the tier stands aside for `redis_backoff_s` so that a dead server
@@ -37,9 +38,10 @@ def connect(settings: Settings, timeout_ms: float | None = None) -> Redis | None
 
 
 class RedisTier:
-    """Float32 embeddings of one dimension under `prefix` (which names the encoder id@version), each with a TTL.
+    """Float32 vectors of one dimension under `prefix` (which names what made them: an encoder id@version, or the
+    model version), each with a TTL.
 
-    Values are the raw float32 bytes: the dimension is fixed by the encoder in the key, so a value of another
+    Values are the raw float32 bytes: the dimension is fixed by what the prefix names, so a value of another
     length is not ours and reads as a miss."""
 
     def __init__(self, client: Redis, prefix: str, dim: int, ttl_s: float, backoff_s: float) -> None:

@@ -120,11 +120,10 @@ class RewardService(pb_grpc.RewardServiceServicer):
                 raise InvalidInput(f"the window has {steps} time steps; the model takes exactly "
                                    f"{engine.window_frames}: [episode start, t−7g, …, t−g, t] "
                                    "(repeat frames early in an episode)")
-            text = await engine.embed_instruction(request.instruction)
-            embeddings = await engine.encode(frames_from_proto(request.frames))
-            per_step = embeddings.reshape(steps, engine.num_cameras, -1)
+            instruction = await engine.embed_instruction(request.instruction)
+            encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
             # The window is already sampled: frames 0..8 at stride 1 are the window itself.
-            [score] = await engine.score_at(per_step.__getitem__, [steps - 1], 1, text)
+            [score] = await engine.score_at(encoded, [steps - 1], 1, instruction)
         return pb.ScoreWindowResponse(score=score_to_proto(score, engine.version))
 
     async def ScoreFrames(self, request: pb.ScoreFramesRequest, context: Any) -> AsyncIterator[pb.FrameScore]:
@@ -132,10 +131,10 @@ class RewardService(pb_grpc.RewardServiceServicer):
         async with self._errors(context), self._unit(context, request, Operation.SCORE):
             options = options_from_proto(request.options)
             stride = window_stride(request.fps, engine.stride_seconds)
-            steps = engine.time_steps(len(request.frames), "the episode")
-            text = await engine.embed_instruction(request.instruction)
-            embeddings = (await engine.encode(frames_from_proto(request.frames))).reshape(steps, engine.num_cameras, -1)
-            results = await score_curve(engine, embeddings, stride, text, options)
+            engine.time_steps(len(request.frames), "the episode")  # whole time steps, or InvalidInput
+            instruction = await engine.embed_instruction(request.instruction)
+            encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
+            results = await score_curve(engine, encoded, stride, instruction, options)
         for result in results:
             yield frame_score_to_proto(result, engine.version)
 
@@ -159,8 +158,8 @@ class RewardService(pb_grpc.RewardServiceServicer):
                                                    "for each episode")
                             opened = request.open
                             options = options_from_proto(opened.options)
-                            text = await engine.embed_instruction(opened.instruction)
-                            episode, episode_id = Episode(engine, text, opened.fps, options), opened.episode_id
+                            instruction = await engine.embed_instruction(opened.instruction)
+                            episode, episode_id = Episode(engine, instruction, opened.fps, options), opened.episode_id
                             continue
                         if kind != "step":
                             raise InvalidInput("empty message: set `open` (first message) or `step`")

@@ -36,11 +36,12 @@ class Settings(BaseSettings):
     # form the next one anyway, so by default a lone call does not wait for company.
     max_batch_size: int = Field(32, ge=1)
     max_batch_delay_ms: float = Field(0.0, ge=0)
-    # In-process embedding caches.
+    # In-process caches: embeddings, and window scores (a repeated window skips the heads).
     frame_cache_entries: int = Field(20_000, ge=0)  # ~5 KB each at 1280-d
-    cache_ttl_s: float = Field(600.0, gt=0)  # every cached embedding, frame or instruction
+    cache_ttl_s: float = Field(600.0, gt=0)  # every in-process entry: frame, instruction, score
     instruction_cache_entries: int = Field(1_000, ge=0)
-    # Shared embedding cache (Redis, behind the in-process one); None: in-process only.
+    score_cache_entries: int = Field(50_000, ge=0)  # ~0.6 KB each (one window, 5 stages): ~30 MB
+    # Shared cache of embeddings and scores (Redis, behind the in-process one); None: in-process only.
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
     redis_ttl_s: float = Field(3600.0, gt=0)  # every Redis key expires
     redis_timeout_ms: float = Field(50.0, gt=0)  # connect, each reply, and waiting for a pooled connection

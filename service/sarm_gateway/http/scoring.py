@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sarm_gateway.engine import Engine
+from sarm_gateway.engine import Encoded, Engine
 from sarm_gateway.episode import FrameResult, ScoringOptions, score_curve, window_stride
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.http.schemas import ScoreForm
@@ -40,8 +40,9 @@ def _read_ahead(engine: Engine, reader: VideoReader) -> asyncio.Future[np.ndarra
     return reading
 
 
-async def _embed(engine: Engine, reader: VideoReader) -> np.ndarray:
-    """(T, 1, D) embeddings; the next chunk decodes on a worker thread while this one is encoded."""
+async def _embed(engine: Engine, reader: VideoReader) -> Encoded:
+    """The video's time steps, (T, 1, D) embeddings and (T, 1) keys; the next chunk decodes on a worker thread while
+    this one is encoded."""
     parts = []
     reading = _read_ahead(engine, reader)
     try:
@@ -51,7 +52,7 @@ async def _embed(engine: Engine, reader: VideoReader) -> np.ndarray:
             parts.append(await engine.encode([FrameData(f.tobytes(), f.shape) for f in frames], first_index=first))
     finally:
         reading.cancel()  # its thread finishes the chunk anyway; reader.close() waits for it
-    return np.concatenate(parts)[:, None]
+    return Encoded.join(parts).steps(1)
 
 
 async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: VideoLimits) -> VideoCurve:
@@ -59,13 +60,13 @@ async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: Vide
         raise InvalidInput(f"this model takes {engine.num_cameras} cameras per time step; a video upload is one "
                            "camera: use the gRPC ScoreFrames call with every camera's frames")
     options = form.options()
-    text = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before any decoding
+    instruction = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before decoding
     height, width = engine.image_size
     reader = await engine.offload(VideoReader, video, height, width, limits, form.fps)
     try:
         stride = window_stride(reader.fps, engine.stride_seconds)
-        embeddings = await _embed(engine, reader)
+        encoded = await _embed(engine, reader)
     finally:
         await engine.offload(reader.close)
-    results = await score_curve(engine, embeddings, stride, text, options)
+    results = await score_curve(engine, encoded, stride, instruction, options)
     return VideoCurve(form.instruction, reader.fps, stride, reader.decoded, options, results)
