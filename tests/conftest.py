@@ -20,6 +20,7 @@ from sarm.data.annotations import EpisodeAnnotation, Subtask
 from sarm.data.episode import EpisodeData
 from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
 from sarm.encoders.base import TextEncoder
+from tests.gateway_harness import RunningGateway
 from tests.redis_server import REDIS_SERVER, RedisServer
 
 CAMERA = "observation.images.top"
@@ -123,3 +124,18 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+# A gateway on the test repository, shared by a module; modules that need other settings define their own `served`.
+@pytest.fixture(scope="module")
+def served(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
+    running = RunningGateway(cpu_model_repo, text_encoder)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def gated(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
+    """A gateway whose encoder waits for `open_gate()`, with room for two calls in flight."""
+    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_in_flight=2)
+    yield running
+    running.open_gate()
+    running.close()

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sarm.encoders.base import TextEncoder
 from sarm_client import (
     NO_RETRY,
     AsyncSarmClient,
@@ -37,22 +36,6 @@ from tests.client_harness import target, write_video
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, H, RunningGateway, W, episode_frames, raw, window_request
 
 CLIENT_TIMEOUT = Timeout(call=TIMEOUT, step=TIMEOUT, episode=TIMEOUT)
-
-
-@pytest.fixture(scope="module")
-def served(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
-    running = RunningGateway(cpu_model_repo, text_encoder)
-    yield running
-    running.close()
-
-
-@pytest.fixture
-def gated(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
-    """A gateway whose encoder waits for `open_gate()`, with room for two calls in flight."""
-    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_in_flight=2)
-    yield running
-    running.open_gate()
-    running.close()
 
 
 @pytest.fixture

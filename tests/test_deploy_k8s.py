@@ -9,7 +9,6 @@ kubernetes-validate has no schema for them, so their structure and references ar
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from sarm_gateway.settings import Settings
+from tests.test_deploy_compose import settings_from_env
 from tests.test_deploy_prometheus import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,15 +72,6 @@ def gateway() -> dict[str, Any]:
 
 def gateway_config() -> dict[str, str]:
     return objects("ConfigMap")["sarm-gateway"]["data"]
-
-
-def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings as the process reads them: from exactly these SARM_* variables."""
-    for key in [key for key in os.environ if key.startswith("SARM_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return Settings()
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)

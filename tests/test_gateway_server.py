@@ -38,22 +38,6 @@ from tests.gateway_harness import (
 )
 
 
-@pytest.fixture(scope="module")
-def served(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
-    running = RunningGateway(cpu_model_repo, text_encoder)
-    yield running
-    running.close()
-
-
-@pytest.fixture
-def gated(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
-    """A gateway whose encoder waits for `open_gate()`, with room for two calls in flight."""
-    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_in_flight=2)
-    yield running
-    running.open_gate()
-    running.close()
-
-
 def reference_scores(repo: Path, checkpoint: Path, text_encoder: TextEncoder, frames: np.ndarray, stride: int,
                      frame_index: list[int]) -> Any:
     """The in-process scorer: embeddings from the repository's encoder, heads from the PyTorch checkpoint."""
