@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -17,6 +16,7 @@ from PIL import Image
 
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
+from sarm.triton import free_ports
 from sarm_gateway.backends import Backend, HeadsOutput, make_backend
 from sarm_gateway.engine import Engine
 from sarm_gateway.server import Gateway
@@ -104,9 +104,8 @@ class RunningGateway:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    [port] = free_ports(1)
+    return port
 
 
 def episode_frames(n: int, seed: int) -> np.ndarray:

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 
 import redis
 
+from sarm.triton import free_ports
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
     def __init__(self) -> None:
-        self.port = free_port()
+        [self.port] = free_ports(1)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +222,25 @@ def test_the_cli_reports_errors_in_one_line(served: RunningGateway, tmp_path: Pa
     anonymous = sarm_client("rabc", "--http", served.http_url, "demos", "--chunk-size", "5", "--out", str(out),
                             token=None)
     assert anonymous.returncode == 1 and anonymous.stderr.startswith("sarm-client: error: Unauthenticated: ")
+
+
+def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT), "SARM_TOKEN": "trainer-token"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sarm_client", "rabc", "--http", served.http_url, "demos", "--chunk-size", str(CHUNK),
+         "--poll", "0.02", "--out", str(tmp_path / "weights.parquet")],
+        env=env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    line = process.stderr.readline()  # the first progress line names the job: "RA-BC job <id>: queued, ..."
+    assert line.startswith("RA-BC job "), line
+    job_id = line.split()[2].rstrip(":")
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(60) == 130 and "sarm-client: interrupted" in rest and "Traceback" not in rest
+    jobs = client(served)
+    deadline = time.monotonic() + 60
+    while (job := jobs.status(job_id)).state in ("queued", "running"):  # the CLI's cancel, not ours
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert job.state == "cancelled"
+    assert not (tmp_path / "weights.parquet").exists()

@@ -17,8 +17,8 @@ import pytest
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
 from sarm_gateway.v1 import sarm_pb2 as pb
-from tests.gateway_harness import RunningGateway, episode_frames, raw, window_request
-from tests.redis_server import RedisServer, free_port
+from tests.gateway_harness import RunningGateway, episode_frames, free_port, raw, window_request
+from tests.redis_server import RedisServer
 
 DEADLINE = 5.0  # per call: a Redis failure costs tens of ms, so anything near this is a hang
 

@@ -208,7 +208,7 @@ async def test_replicas_share_jobs_through_redis(
 async def test_redis_down_is_a_clear_unavailable(cpu_model_repo: Path, data_root: Path,
                                                  text_encoder: TextEncoder) -> None:
     from sarm_gateway.jobs.store import JobStoreUnavailable
-    from tests.redis_server import free_port
+    from tests.gateway_harness import free_port
 
     settings = settings_for(data_root, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     client = connect(settings, 200)

@@ -182,5 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"{what}: {error}"
     except (OSError, ImportError, ValueError) as error:  # unreadable files, no PyAV, bad arguments
         message = str(error)
+    except KeyboardInterrupt:  # a `rabc` job has been cancelled on the way out: say so, not a traceback
+        print("sarm-client: interrupted", file=sys.stderr)
+        return 130
     print(f"sarm-client: error: {' '.join(message.split())}", file=sys.stderr)
     return 1
