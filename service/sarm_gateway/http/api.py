@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from google.protobuf.json_format import MessageToDict
@@ -12,18 +12,15 @@ from sarm_gateway.convert import model_info
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.http.deps import EngineDep, SettingsDep, authorized
 from sarm_gateway.http.render import render
-from sarm_gateway.http.schemas import MEDIA_TYPES, ModelInfo, OutputFormat, Problem, ScoreForm, VideoScores
+from sarm_gateway.http.schemas import MEDIA_TYPES, ModelInfo, OutputFormat, ScoreForm, VideoScores, problems
 from sarm_gateway.http.scoring import score_video, video_limits
 from sarm_gateway.http.upload import receive_upload
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
 
 
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem} for code in codes}
 
-
-AUTH = _problems(401, 403)
+AUTH = problems(401, 403)
 
 
 @router.get("/model", operation_id="getModelInfo", dependencies=[authorized(Operation.INFO)], responses=AUTH)
@@ -38,7 +35,7 @@ async def get_model_info(engine: EngineDep) -> ModelInfo:
     "/videos:score", operation_id="scoreVideo", dependencies=[authorized(Operation.VIDEO)], response_model=VideoScores,
     responses={200: {"content": {MEDIA_TYPES["png"]: {}, MEDIA_TYPES["parquet"]: {}},
                      "description": "JSON (default), a PNG plot, or sarm_progress.parquet"},
-               **AUTH, **_problems(400, 408, 413, 415, 422, 429, 503, 504)},
+               **AUTH, **problems(400, 408, 413, 415, 422, 429, 503, 504)},
     openapi_extra={"requestBody": ScoreForm.request_body()},
 )
 async def score_video_upload(

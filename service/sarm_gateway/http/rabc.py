@@ -5,6 +5,7 @@ it. Any replica answers for any job when the job store is Redis (sarm_gateway.jo
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -14,7 +15,7 @@ from sarm.rabc.weights import RabcParams
 from sarm_gateway.auth import Operation
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.http.deps import authorized
-from sarm_gateway.http.schemas import MEDIA_TYPES, Problem
+from sarm_gateway.http.schemas import MEDIA_TYPES, problems
 from sarm_gateway.jobs.records import RESULT_FILES, Job
 from sarm_gateway.jobs.runner import JobRunner
 
@@ -63,19 +64,14 @@ class JobStatus(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobStatus:
-        results = {name: f"/v1/rabc/jobs/{job.id}/results/{name}" for name in RESULT_FILES} \
-            if job.state == "succeeded" else {}
-        return cls(id=job.id, dataset=job.dataset, state=job.state.value, params=job.params,
-                   episodes_done=job.episodes_done, episodes_total=job.episodes_total, error=job.error,
-                   summary=job.summary, created_at=job.created_at, heartbeat_at=job.heartbeat_at, results=results)
+        succeeded = job.state == "succeeded"
+        results = {name: f"/v1/rabc/jobs/{job.id}/results/{name}" for name in RESULT_FILES} if succeeded else {}
+        return cls(**asdict(job), results=results)
 
-
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem} for code in codes}
 
 
 @router.post("/jobs", operation_id="createRabcJob", status_code=202,
-             responses=_problems(400, 401, 403, 404, 422, 429, 503))  # 400: a body that is not JSON
+             responses=problems(400, 401, 403, 404, 422, 429, 503))  # 400: a body that is not JSON
 async def create_job(body: JobRequest, jobs: RunnerDep, response: Response) -> JobStatus:
     """Start computing RA-BC weights for a dataset: 202 with the job (poll `GET /v1/rabc/jobs/{id}`). 403 for a
     dataset outside the data root, 404 when this server runs no jobs (the message says what to set)."""
@@ -88,14 +84,14 @@ async def create_job(body: JobRequest, jobs: RunnerDep, response: Response) -> J
     return JobStatus.of(job)
 
 
-@router.get("/jobs/{job_id}", operation_id="getRabcJob", responses=_problems(401, 403, 404, 422, 503))
+@router.get("/jobs/{job_id}", operation_id="getRabcJob", responses=problems(401, 403, 404, 422, 503))
 async def get_job(job_id: JobId, jobs: RunnerDep) -> JobStatus:
     """A job's state and progress (episodes done of the total)."""
     return JobStatus.of(await jobs.status(job_id))
 
 
 @router.post("/jobs/{job_id}:cancel", operation_id="cancelRabcJob", status_code=202,
-             responses=_problems(401, 403, 404, 422, 503))
+             responses=problems(401, 403, 404, 422, 503))
 async def cancel_job(job_id: JobId, jobs: RunnerDep) -> JobStatus:
     """Ask a queued or running job to stop (it stops between episodes and ends `cancelled`); a finished job is
     returned as it is."""
@@ -105,7 +101,7 @@ async def cancel_job(job_id: JobId, jobs: RunnerDep) -> JobStatus:
 @router.get("/jobs/{job_id}/results/{name}", operation_id="getRabcJobResult", response_class=Response,
             responses={200: {"content": {MEDIA_TYPES["parquet"]: {}},
                              "description": "progress: sarm_progress.parquet; weights: rabc_weights.parquet"},
-                       **_problems(401, 403, 404, 409, 422, 503)})
+                       **problems(401, 403, 404, 409, 422, 503)})
 async def get_result(job_id: JobId, name: ResultName, jobs: RunnerDep) -> Response:
     """A succeeded job's per-frame progress (LeRobot's sarm_progress.parquet) or weights (409 before it has
     succeeded)."""

@@ -119,3 +119,8 @@ class Status(BaseModel):
 class Problem(BaseModel):
     detail: str | list[dict[str, Any]] = Field(description="What is wrong and what to change; for a malformed "
                                                "field, FastAPI's list of field errors.")
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each answered with a Problem body."""
+    return {code: {"model": Problem} for code in codes}

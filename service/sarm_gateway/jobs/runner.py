@@ -55,10 +55,9 @@ def served_checkpoint(settings: Settings, manifest: dict[str, Any]) -> Path:
     serves. JobsDisabled if there is none."""
     expected = manifest["checkpoint"]["sha256"]
     recorded = Path(manifest["checkpoint"]["path"])
-    candidates = [settings.rabc_checkpoint] if settings.rabc_checkpoint is not None else [recorded,
-                                                                                           PROJECT_ROOT / recorded]
+    candidates = [recorded, PROJECT_ROOT / recorded] if settings.rabc_checkpoint is None else [settings.rabc_checkpoint]
     for path in candidates:
-        if path is not None and (path / WEIGHTS).is_file():
+        if (path / WEIGHTS).is_file():
             if checkpoint_digest(path) != expected:
                 raise JobsDisabled(f"the checkpoint at {path} is not the served model (its digest differs from the "
                                    "model repository's manifest): set SARM_RABC_CHECKPOINT to the checkpoint it "
