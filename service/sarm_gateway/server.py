@@ -50,6 +50,12 @@ from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 RETRY_AFTER = "retry-after-ms"
+# The engine's and auth's errors as gRPC status codes (the HTTP front end maps the same errors in http/app.py).
+STATUS: dict[type[Exception], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED, BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED, PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
 Request = pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.StreamEpisodeRequest
 
 
@@ -76,19 +82,10 @@ class RewardService(pb_grpc.RewardServiceServicer):
         """Engine errors → status codes; the rest propagates (INTERNAL, logged by grpc)."""
         try:
             yield
-        except InvalidInput as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except Overloaded as error:
-            context.set_trailing_metadata(((RETRY_AFTER, str(error.retry_after_ms)),))
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except DeadlineExceeded as error:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
-        except BackendUnavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        except Unauthenticated as error:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
-        except PermissionDenied as error:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except tuple(STATUS) as error:
+            if isinstance(error, Overloaded):
+                context.set_trailing_metadata(((RETRY_AFTER, str(error.retry_after_ms)),))
+            await context.abort(next(code for kind, code in STATUS.items() if isinstance(error, kind)), str(error))
 
     @asynccontextmanager
     async def _unit(
