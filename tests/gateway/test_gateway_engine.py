@@ -133,7 +133,7 @@ def test_engine_refuses_a_text_encoder_other_than_the_repository_s(cpu_model_rep
 
 def test_the_core_imports_without_the_gateway() -> None:
     code = "import sys, sarm.cli, sarm.scoring; assert 'sarm_gateway' not in sys.modules, 'core imports the gateway'"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

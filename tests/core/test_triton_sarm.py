@@ -21,7 +21,7 @@ from sarm.export.model_repo import ENCODER_MODEL, HEADS_MODEL, read_manifest
 from sarm.triton import TritonServer
 from sarm.triton.client import infer_inputs
 
-EXAMPLE_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "examples" / "triton_score_window.py"
+EXAMPLE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "examples" / "triton_score_window.py"
 RNG = np.random.default_rng(7)
 HEADS_OUTPUTS = ["stage_probs", "tau", "progress", "confidence"]
 

@@ -15,7 +15,7 @@ from sarm.sim.metaworld_demos import METAWORLD_FPS, QualityMix, generate_episode
 from sarm.sim.stages import TASK_INSTRUCTIONS
 from sarm.training.checkpoint import load_checkpoint
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "model_repo" / "default" / "checkpoint"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "model_repo" / "default" / "checkpoint"
 DEVELOPMENT_TASKS = ("pick-place-v3", "assembly-v3", "peg-insert-side-v3")
 
 

@@ -29,7 +29,7 @@ import pytest
 from sarm.triton import free_ports
 from sarm_gateway.settings import DEFAULT_MODEL_REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 ENTRYPOINT = DOCKER / "triton-gpu-entrypoint.sh"
 DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")

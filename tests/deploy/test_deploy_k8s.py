@@ -19,9 +19,9 @@ import yaml
 
 from sarm_gateway.settings import Settings
 from tests.test_deploy_compose import settings_from_env
-from tests.test_deploy_prometheus import METRICS
+from tests.deploy.test_deploy_prometheus import METRICS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes the manifests are meant for (autoscaling/v2 and policy/v1 GA, appProtocol, sizeLimit) and a
 # recent one; kubernetes-validate picks the newest schema set not newer than each.

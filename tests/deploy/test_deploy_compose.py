@@ -21,7 +21,7 @@ import yaml
 
 from sarm_gateway.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 SERVICES = {"gateway", "triton", "triton-cpu", "redis", "prometheus", "grafana"}

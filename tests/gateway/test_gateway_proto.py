@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The gateway's copy and the thin client's (which must not import the gateway's).
 COPIES = ("service/sarm_gateway/v1", "clients/sarm_client/v1")
 

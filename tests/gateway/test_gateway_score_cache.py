@@ -1,6 +1,6 @@
 """The window-score cache end to end: a repeated window skips the heads (the backend counts the windows it scores)
 and scores exactly as the heads did; anything the heads' output depends on (instruction, any frame of the window)
-is part of the key; the in-process tier keeps to its size and TTL. Redis tier: tests/test_gateway_redis.py."""
+is part of the key; the in-process tier keeps to its size and TTL. Redis tier: tests/gateway/test_gateway_redis.py."""
 
 from __future__ import annotations
 
