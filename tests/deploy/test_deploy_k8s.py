@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sarm_gateway.settings import Settings
-from tests.test_deploy_compose import settings_from_env
+from tests.deploy.test_deploy_compose import settings_from_env
 from tests.deploy.test_deploy_prometheus import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
