@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml clients/pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,sim]'
+	$(BIN)/pip install -q -e '.[dev,sim,ray]'
 	$(BIN)/pip install -q -e './clients[video,trainer]'
 	touch $(STAMP)
 
