@@ -9,12 +9,14 @@ scale of a second and N-fold fewer windows (and, from video, fewer encoded frame
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from sarm.data.lerobot import EpisodeMeta, LeRobotDataset
 from sarm.embeddings import load_embeddings, require_same_encoders, store_path
@@ -138,48 +140,127 @@ def dataset_progress(
     loaded from the registry by the checkpoint's ids unless given (a service passes the ones it holds); they
     are only needed when the dataset has no embedding store.
     """
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1 frame, got {stride}")
-    model, info = load_checkpoint(checkpoint)
-    source = _embeddings(ds, info, frame_encoder, text_encoder)
-    if len(source.cameras) != model.config.num_cameras:
-        raise ValueError(
-            f"{ds.root} has {len(source.cameras)} camera(s) {source.cameras}; the checkpoint was trained on "
-            f"{model.config.num_cameras}"
-        )
-    if model.config.state_dim:
-        raise ValueError("the checkpoint reads joint state; scoring datasets with state is not supported yet")
-    window_stride = stride_frames(ds.fps, model.config.stride_seconds)
+    labeller = EpisodeLabeller(ds.root, checkpoint, stride)
+    scorer = labeller.scorer(frame_encoder, text_encoder, ds)
+    total = len(scorer.episodes)
     if on_episode is not None:
-        on_episode(0, len(ds.episodes))
+        on_episode(0, total)
     episodes = []
-    for done, meta in enumerate(ds.episodes):
+    for done, episode_index in enumerate(scorer.episodes):
         if should_stop is not None and should_stop():
-            raise Cancelled(f"stopped after {done} of {len(ds.episodes)} episodes")
-        episodes.append(_episode_progress(model, source, meta, window_stride, stride))
+            raise Cancelled(f"stopped after {done} of {total} episodes")
+        episodes.append(scorer.label(episode_index))
         if on_episode is not None:
-            on_episode(done + 1, len(ds.episodes))
-    provenance = {
-        "dataset": str(ds.root),
-        "checkpoint": str(checkpoint),
-        # The same digest as the checkpoint's in an exported model repository's manifest.
-        "checkpoint_sha256": checkpoint_digest(checkpoint),
-        "labels": info.labels,
-        "frame_encoder": {k: info.frame_encoder[k] for k in ("id", "version")},
-        "text_encoder": {k: info.text_encoder[k] for k in ("id", "version")},
-        "embeddings": source.source,
-        "cameras": source.cameras,
-        "window": {
-            "mode": "causal",
-            "frames": model.config.window_frames,
-            "stride_seconds": model.config.stride_seconds,
-            "stride_frames": window_stride,
-        },
-        "fps": ds.fps,
-        "score_stride": stride,
-        "interpolation": "linear" if stride > 1 else "none",
-    }
-    return DatasetProgress(episodes, provenance)
+            on_episode(done + 1, total)
+    return labeller.assemble(episodes, scorer.provenance, scorer.episodes)
+
+
+@dataclass(frozen=True)
+class EpisodeLabeller:
+    """What scoring a dataset's episodes takes, as plain values: picklable, so that each process that labels
+    (this one, or a Ray worker) builds its own scorer from it once, on its first `label`, and every path
+    (`dataset_progress`, sarm.rabc.distributed) assembles the same DatasetProgress."""
+
+    dataset: Path
+    checkpoint: Path
+    stride: int = 1  # score every N-th frame (and the last), interpolate between
+    threads: int | None = None  # torch intra-op threads of the process that builds the scorer; None keeps them
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1 frame, got {self.stride}")
+
+    def scorer(
+        self,
+        frame_encoder: FrameEncoder | None = None,
+        text_encoder: TextEncoder | None = None,
+        ds: LeRobotDataset | None = None,
+    ) -> EpisodeScorer:
+        """A new scorer (checkpoint, embeddings source, encoders loaded and checked); `ds` if already open."""
+        return EpisodeScorer(self, frame_encoder, text_encoder, ds)
+
+    @cached_property
+    def _scorer(self) -> EpisodeScorer:  # cached_property writes __dict__ directly: fine on a frozen dataclass
+        return self.scorer()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_scorer"}  # the scorer never travels
+
+    def label(self, episode_index: int) -> EpisodeProgress:
+        """φ of one episode, by this process's scorer (built on the first call)."""
+        return self._scorer.label(episode_index)
+
+    def provenance(self) -> dict[str, Any]:
+        return self._scorer.provenance
+
+    def assemble(
+        self, episodes: Iterable[EpisodeProgress], provenance: dict[str, Any], expected: Sequence[int]
+    ) -> DatasetProgress:
+        """The episodes (in any order) as one DatasetProgress in `expected` order; refuses missing or extra ones."""
+        by_index: dict[int, EpisodeProgress] = {}
+        for episode in episodes:
+            if episode.episode_index in by_index:
+                raise ValueError(f"episode {episode.episode_index} was labelled twice")
+            by_index[episode.episode_index] = episode
+        missing = [i for i in expected if i not in by_index]
+        extra = sorted(set(by_index) - set(expected))
+        if missing or extra:
+            raise ValueError(f"labels of {self.dataset} incomplete: missing episodes {missing}, unexpected {extra}")
+        return DatasetProgress([by_index[i] for i in expected], provenance)
+
+
+class EpisodeScorer:
+    """One process's means to score episodes: the model, the dataset and its embeddings source, loaded once."""
+
+    def __init__(
+        self,
+        spec: EpisodeLabeller,
+        frame_encoder: FrameEncoder | None,
+        text_encoder: TextEncoder | None,
+        ds: LeRobotDataset | None,
+    ) -> None:
+        if spec.threads is not None:
+            torch.set_num_threads(spec.threads)
+        ds = ds if ds is not None else LeRobotDataset(spec.dataset)
+        model, info = load_checkpoint(spec.checkpoint)
+        source = _embeddings(ds, info, frame_encoder, text_encoder)
+        if len(source.cameras) != model.config.num_cameras:
+            raise ValueError(
+                f"{ds.root} has {len(source.cameras)} camera(s) {source.cameras}; the checkpoint was trained on "
+                f"{model.config.num_cameras}"
+            )
+        if model.config.state_dim:
+            raise ValueError("the checkpoint reads joint state; scoring datasets with state is not supported yet")
+        self._model, self._source, self._stride = model, source, spec.stride
+        self._window_stride = stride_frames(ds.fps, model.config.stride_seconds)
+        self._meta = {meta.index: meta for meta in ds.episodes}
+        self.episodes = list(self._meta)  # in dataset order
+        self.provenance = {
+            "dataset": str(ds.root),
+            "checkpoint": str(spec.checkpoint),
+            # The same digest as the checkpoint's in an exported model repository's manifest.
+            "checkpoint_sha256": checkpoint_digest(spec.checkpoint),
+            "labels": info.labels,
+            "frame_encoder": {k: info.frame_encoder[k] for k in ("id", "version")},
+            "text_encoder": {k: info.text_encoder[k] for k in ("id", "version")},
+            "embeddings": source.source,
+            "cameras": source.cameras,
+            "window": {
+                "mode": "causal",
+                "frames": model.config.window_frames,
+                "stride_seconds": model.config.stride_seconds,
+                "stride_frames": self._window_stride,
+            },
+            "fps": ds.fps,
+            "score_stride": spec.stride,
+            "interpolation": "linear" if spec.stride > 1 else "none",
+        }
+
+    def label(self, episode_index: int) -> EpisodeProgress:
+        if episode_index not in self._meta:
+            raise ValueError(f"the dataset has no episode {episode_index}")
+        meta = self._meta[episode_index]
+        return _episode_progress(self._model, self._source, meta, self._window_stride, self._stride)
 
 
 def _episode_progress(
