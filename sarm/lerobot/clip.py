@@ -1,0 +1,85 @@
+"""CLIP features exactly as LeRobot's SARM processor computes them.
+
+Images: LeRobot hands CLIP the decoded frame after a float round trip (uint8 → float32 / 255 → · 255 →
+truncated to uint8), which gives back every byte unchanged (tests/core/test_lerobot_clip.py checks all 256),
+so the decoded uint8 frame goes straight to CLIPProcessor's PIL image processor: shortest side to 224 with PIL bicubic
+(long side int(224 · long / short)), centre crop 224, rescale by 1/255 in doubles then float32, and
+(x − mean) / std in float32. Features are the projected embeddings (get_image_features /
+get_text_features), not L2-normalised. Text: the CLIP tokenizer, one instruction at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from sarm.encoders.base import weights_digest
+from sarm.encoders.clip import CLIPFrameEncoder, CLIPTextEncoder
+
+CROP = 224
+
+
+def resize_shape(height: int, width: int, shortest_edge: int = CROP) -> tuple[int, int]:
+    """CLIPProcessor's output size for `shortest_edge`: the short side becomes it, the long one is truncated."""
+    if width <= height:
+        return int(shortest_edge * height / width), shortest_edge
+    return shortest_edge, int(shortest_edge * width / height)
+
+
+def clip_pixels(images: np.ndarray, size: int = CROP) -> np.ndarray:
+    """(N, H, W, 3) uint8 → (N, 3, size, size) float32, equal to CLIPProcessor(images=…).pixel_values."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
+    n, h, w, _ = images.shape
+    rh, rw = resize_shape(h, w, size)
+    top, left = (rh - size) // 2, (rw - size) // 2
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        resized = np.asarray(Image.fromarray(image).resize((rw, rh), resample=Image.Resampling.BICUBIC))
+        out[i] = resized[top : top + size, left : left + size]
+    x = (out.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)) / np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class LeRobotCLIP:
+    """CLIP towers loaded from a local `save_pretrained` folder (or a Hub id already in the local cache)."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        path = str(model_path)
+        vision = CLIPFrameEncoder(path)
+        text = CLIPTextEncoder(path)
+        self.vision = vision.model.eval()
+        self.text_model = text.model.eval()
+        self.tokenizer = text.tokenizer
+        self.image_size = int(self.vision.config.image_size)
+        if self.image_size != CROP:
+            raise ValueError(f"{path}: CLIP input size {self.image_size}; LeRobot's CLIPProcessor crops to {CROP}")
+        self.dim = int(self.vision.visual_projection.out_features)
+        if self.dim != int(self.text_model.text_projection.out_features):
+            raise ValueError(f"{path}: image and text projections differ in width")
+        self.digest = f"{weights_digest(self.vision)}.{weights_digest(self.text_model)}"
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, H, W, 3) uint8 decoded frames → (N, dim) float32 image features."""
+        out = np.empty((len(frames), self.dim), dtype=np.float32)
+        for start in range(0, len(frames), batch_size):
+            pixels = torch.from_numpy(clip_pixels(frames[start : start + batch_size], self.image_size))
+            out[start : start + len(pixels)] = self.vision(pixel_values=pixels).image_embeds.numpy()
+        return out
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, dim) text features, each instruction tokenised on its own (no padding), truncated to CLIP's context."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        limit = int(self.text_model.config.max_position_embeddings)
+        for i, text in enumerate(texts):
+            tokens = self.tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
+            out[i] = self.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds[0]
+        return out

@@ -1,0 +1,136 @@
+"""Score a LeRobot dataset with a LeRobot SARM the way LeRobot's compute_sarm_progress does.
+
+Frame rule: frames with (i − episode start) % stride == 0 and each episode's last frame are scored; with
+stride > 1 and more than one scored frame, the others are linearly interpolated (float32), as LeRobot does.
+Each scored frame t sees the centred window t + k·frame_gap (k = −n/2 … n/2, clamped to the episode) and its
+progress is the model output at the centre. Unlike LeRobot, which CLIP-encodes every window's images and
+the instruction on every query, each needed frame is decoded and encoded once per episode and each
+instruction once per dataset; the numbers are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sarm.data.lerobot import LeRobotDataset
+from sarm.lerobot.clip import LeRobotCLIP
+from sarm.lerobot.modeling import LeRobotSARM
+from sarm.lerobot.normalizer import StateNormalizer
+from sarm.lerobot.windows import centered_windows
+
+
+@dataclass
+class EpisodeScores:
+    episode_index: int
+    dataset_from_index: int
+    length: int
+    scored: np.ndarray  # episode-relative frames that are model outputs
+    progress: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (length,) float32 (NaN if not scored)
+
+    @property
+    def index(self) -> np.ndarray:
+        return self.dataset_from_index + np.arange(self.length, dtype=np.int64)
+
+
+def scored_frames(length: int, stride: int) -> np.ndarray:
+    """LeRobot's choice: every stride-th frame from the episode start, plus the last frame."""
+    if stride < 1 or length < 1:
+        raise ValueError(f"need stride >= 1 and a non-empty episode, got stride={stride}, length={length}")
+    return np.union1d(np.arange(0, length, stride), [length - 1]).astype(np.int64)
+
+
+def fill_frames(scored: np.ndarray, values: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """Per-frame values: LeRobot's np.interp (then float32) when stride > 1 and several frames were
+    scored; otherwise the scored values, NaN elsewhere."""
+    if stride > 1 and len(scored) > 1:
+        return np.interp(np.arange(length), scored, values.astype(np.float64)).astype(np.float32)
+    out = np.full(length, np.nan, dtype=np.float32)
+    out[scored] = values
+    return out
+
+
+class LeRobotScorer:
+    """A LeRobot SARM with its CLIP and state normaliser: scores windows and whole datasets."""
+
+    def __init__(self, model: LeRobotSARM, clip: LeRobotCLIP, normalizer: StateNormalizer, batch_size: int = 64):
+        if clip.dim != model.cfg.image_dim or clip.dim != model.cfg.text_dim:
+            raise ValueError(
+                f"the CLIP gives {clip.dim}-d features but the model takes image_dim {model.cfg.image_dim} and "
+                f"text_dim {model.cfg.text_dim}: point --clip at the CLIP this model was trained with"
+            )
+        self.model = model.eval()
+        self.clip = clip
+        self.normalizer = normalizer
+        self.batch_size = batch_size
+        self._texts: dict[str, np.ndarray] = {}
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.model.cfg.heads)
+
+    def text_features(self, task: str) -> np.ndarray:
+        if task not in self._texts:
+            self._texts[task] = self.clip.encode_texts([task])[0]
+        return self._texts[task]
+
+    @torch.inference_mode()
+    def score_windows(
+        self, frame_features: np.ndarray, text: np.ndarray, state: np.ndarray, head: str
+    ) -> dict[str, np.ndarray]:
+        """Centre outputs of (N, T, image_dim) frame features, one (text_dim,) instruction and (N, T, max_state_dim)
+        normalised, padded state: stage_probs (N, K), tau (N,), progress (N,)."""
+        c = self.model.cfg.center
+        parts: dict[str, list[np.ndarray]] = {"stage_probs": [], "tau": [], "progress": []}
+        for start in range(0, len(frame_features), self.batch_size):
+            frames = torch.from_numpy(np.ascontiguousarray(frame_features[start : start + self.batch_size]))
+            b = frames.shape[0]
+            texts = torch.from_numpy(np.ascontiguousarray(text)).unsqueeze(0).expand(b, -1)
+            states = torch.from_numpy(np.ascontiguousarray(state[start : start + self.batch_size]))
+            out = self.model(frames, texts, states, head)
+            parts["stage_probs"].append(out.stage_probs[:, c].numpy())
+            parts["tau"].append(out.tau[:, c].numpy())
+            parts["progress"].append(out.progress[:, c].numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def score_episode(
+        self, ds: LeRobotDataset, episode: int, stride: int = 1, heads: tuple[str, ...] | None = None
+    ) -> EpisodeScores:
+        cfg = self.model.cfg
+        meta = ds.episode(episode)
+        if cfg.state_key not in ds.info.get("features", {}):
+            raise ValueError(f"{ds.root} has no {cfg.state_key!r} column, which this model takes (state_key)")
+        if cfg.image_key not in ds.camera_keys:
+            raise ValueError(f"{ds.root} has no camera {cfg.image_key!r} (image_key); cameras: {ds.camera_keys}")
+        scored = scored_frames(meta.length, stride)
+        windows = centered_windows(scored, cfg.frame_gap, cfg.n_obs_steps, meta.length)
+        needed = np.unique(windows)
+        features = self.clip.encode_frames(ds.frames(episode, cfg.image_key, indices=needed))
+        rows = np.searchsorted(needed, windows)
+        state = self.normalizer(ds.column(episode, cfg.state_key))
+        task_index = int(ds.frame_rows(episode).column("task_index")[0].as_py())
+        text = self.text_features(ds.tasks[task_index])
+        result = EpisodeScores(meta.index, meta.dataset_from_index, meta.length, scored)
+        for head in heads or self.heads:
+            centre = self.score_windows(features[rows], text, state[windows], head)["progress"]
+            result.progress[head] = fill_frames(scored, centre, meta.length, stride)
+        return result
+
+    def score_dataset(
+        self,
+        ds: LeRobotDataset,
+        stride: int = 1,
+        heads: tuple[str, ...] | None = None,
+        on_episode: Callable[[EpisodeScores], None] | None = None,
+    ) -> list[EpisodeScores]:
+        """Every episode of `ds`, in episode order; `on_episode` reports each one as it finishes."""
+        results = []
+        for meta in ds.episodes:
+            scores = self.score_episode(ds, meta.index, stride, heads)
+            results.append(scores)
+            if on_episode is not None:
+                on_episode(scores)
+        return results
