@@ -3,12 +3,20 @@
 Layout of one model input sequence (fixed length `frames + max_rewind`, 9 + 4 = 13 by default):
 
     position  0      1 … 7                      8    9 … 8+n            8+n+1 … 12
-    frame     start  t−7g … t−g (or spaced)     t    t−g, …, t−n·g      padding (repeats the last valid frame)
+    frame     start  t−7g … t−g (or spaced)     t    w[7], …, w[8−n]     padding (repeats the last valid frame)
 
 `lengths` = 9 + n counts the valid positions. Every position carries its own frame's target, attention is
 causal over time steps (see modeling_sarm), and the score is read at the last valid position: frame t at
 inference (n = 0), the last rewound frame during rewind training. Padding repeats a real frame so that
 gathering embeddings or labels by these indices is always in bounds; no valid position attends to it.
+
+Rewinds replay the window's own middle frames backwards (w[7], w[6], …, where w is the window row): t − g,
+t − 2g, … once the fixed stride applies, the evenly spaced frames before that. Why not "t − k·g clamped at
+the episode start", as this module did first: every Meta-World demo is younger than the 8 g a window spans,
+so 71–91 % of rewound frames were the start frame, and the model learnt "jump to the start" instead of
+"undo the last steps". The official code (opensarm `FrameGapLeRobotDataset`) avoids the clamp by rewinding
+only once t > start + 8g; that leaves demos shorter than 8 s with no rewinds at all, so we follow the
+window's spacing instead, which is the official rule wherever the official code rewinds.
 """
 
 from __future__ import annotations
@@ -67,17 +75,30 @@ def sequence_indices(
     frames: int = WINDOW_FRAMES,
     max_rewind: int = MAX_REWIND,
 ) -> SequenceIndices:
-    """Model-ready index rows: the causal window of each t, then `n_rewind` frames going back from t
-    (t − g, t − 2g, …, clamped at the episode start), padded to a static `frames + max_rewind` columns.
+    """Model-ready index rows: the causal window of each t, then `n_rewind` of the window's middle frames
+    going back from t (t − g, t − 2g, … or the evenly spaced ones; see the module docstring), padded to a
+    static `frames + max_rewind` columns. With n_rewind = 0 (inference) the padding repeats t.
 
     Rewind augmentation (ReWiND) shows the model undone work, each rewound frame with its own, lower target.
     """
+    if not 0 <= max_rewind <= frames - 2:
+        # Rewinds step through the middle frames only: never onto the start frame at position 0.
+        raise ValueError(f"max_rewind must be in [0, frames - 2] = [0, {frames - 2}], got {max_rewind}")
     window = causal_windows(t, stride, start, frames)
-    starts, rewinds = (np.broadcast_to(np.asarray(a, dtype=np.int64), window.shape[:1]) for a in (start, n_rewind))
+    rewinds = np.broadcast_to(np.asarray(n_rewind, dtype=np.int64), window.shape[:1])
     if np.any((rewinds < 0) | (rewinds > max_rewind)):
         raise ValueError(f"n_rewind must be in [0, {max_rewind}], got {n_rewind!r}")
     steps = np.arange(1, max_rewind + 1)[None, :]
-    # Past its rewinds a row repeats its last valid frame (see the module docstring).
+    # Past its rewinds a row repeats its last valid frame (see the module docstring); step 0 is t itself.
     steps = np.minimum(steps, rewinds[:, None])
-    back = np.maximum(window[:, -1:] - stride * steps, starts[:, None])
+    back = np.take_along_axis(window, frames - 1 - steps, axis=1)
     return SequenceIndices(np.concatenate([window, back], axis=1), frames + rewinds)
+
+
+def rewindable(t: npt.ArrayLike, start: npt.ArrayLike = 0, frames: int = WINDOW_FRAMES) -> npt.NDArray[np.bool_]:
+    """Whether the window of t has distinct middle frames, so that every rewind step really goes back.
+
+    Under 8 frames of history the evenly spaced middle frames repeat (t = 5: 0, 1, 1, 2, 3, 3, 4, 4, 5);
+    from t − start = frames − 1 on they are strictly increasing (spacing ≥ 1 frame, and the stride ≥ 1).
+    """
+    return np.asarray(t, dtype=np.int64) - np.asarray(start, dtype=np.int64) >= frames - 1

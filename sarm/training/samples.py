@@ -17,7 +17,7 @@ from sarm.data.annotations import EpisodeAnnotation, stage_proportions, stage_vo
 from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import DatasetEmbeddings
 from sarm.model.labels import FrameLabels, frame_index_labels, stage_tau_labels
-from sarm.model.windows import MAX_REWIND, WINDOW_FRAMES, sequence_indices, stride_frames
+from sarm.model.windows import MAX_REWIND, WINDOW_FRAMES, rewindable, sequence_indices, stride_frames
 
 LabelMode = Literal["stage", "frame-index"]
 FRAME_INDEX_STAGE = "task"  # the single stage of the frame-index baseline
@@ -138,8 +138,10 @@ class WindowSampler:
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         picks = rng.choice(len(self.episodes), size=batch_size, p=self._episode_weights)
         t = np.array([rng.integers(self.episodes[i].length) for i in picks])
+        # Only windows with distinct middle frames rewind (t ≥ 8 frames), so every rewound frame is earlier.
         rewinds = np.where(
-            rng.random(batch_size) < self.rewind_p, rng.integers(1, self.max_rewind + 1, batch_size), 0
+            (rng.random(batch_size) < self.rewind_p) & rewindable(t, 0, self.window_frames),
+            rng.integers(1, self.max_rewind + 1, batch_size), 0,
         )
         wrong = rng.random(batch_size) < self.wrong_instruction_p
         distractor = np.where(wrong, rng.integers(len(self.distractors), size=batch_size), -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sarm.model.windows import causal_windows, sequence_indices, stride_frames
+from sarm.model.windows import causal_windows, rewindable, sequence_indices, stride_frames
 
 
 @pytest.mark.parametrize(
@@ -73,11 +73,41 @@ def test_sequence_layout_window_then_rewinds_then_padding() -> None:
     assert seq.indices[0, 8:].tolist() == [1000] * 5 and seq.lengths.tolist() == [9]
 
 
-def test_rewinds_clamp_at_the_episode_start() -> None:
+def test_early_rewinds_step_back_along_the_windows_own_spacing() -> None:
+    # t = 40 < 8g: the window is [0, 5, 10, …, 35, 40]; rewinds go 35, 30, 25, never clamped onto frame 0.
     seq = sequence_indices(40, 30, n_rewind=3)
-    assert seq.indices[0, 9:].tolist() == [10, 0, 0, 0]
+    assert seq.indices[0, :9].tolist() == list(range(0, 41, 5))
+    assert seq.indices[0, 9:].tolist() == [35, 30, 25, 25]
     seq = sequence_indices(140, 30, start=100, n_rewind=4)
-    assert seq.indices[0, 9:].tolist() == [110, 100, 100, 100]
+    assert seq.indices[0, 9:].tolist() == [135, 130, 125, 120]
+
+
+def test_rewinds_never_reach_the_start_frame_once_rewindable() -> None:
+    t = np.arange(0, 640)
+    seq = sequence_indices(t, 80, n_rewind=4)
+    ok = rewindable(t)
+    assert ok.tolist() == (t >= 8).tolist()
+    rewound = seq.indices[ok, 9:]
+    assert np.all(rewound > 0)
+    # Each rewind step goes strictly back in time, starting below t.
+    assert np.all(np.diff(np.concatenate([t[ok, None], rewound], axis=1), axis=1) < 0)
+
+
+def test_inference_rows_are_the_window_then_t_repeated() -> None:
+    # n_rewind = 0 is what the gateway, the CLI and RA-BC score with: it must not change with the rewind rule.
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 2000, 500)
+    starts = np.minimum(t, rng.integers(0, 300, 500))
+    for stride in (1, 7, 30, 80):
+        seq = sequence_indices(t, stride, start=starts)
+        np.testing.assert_array_equal(seq.indices[:, :9], causal_windows(t, stride, start=starts))
+        np.testing.assert_array_equal(seq.indices[:, 9:], np.repeat(t[:, None], 4, axis=1))
+        assert seq.lengths.tolist() == [9] * 500
+
+
+def test_sequence_rejects_rewinds_that_would_reach_the_start_position() -> None:
+    with pytest.raises(ValueError, match="max_rewind"):
+        sequence_indices(100, 10, frames=5, max_rewind=4)
 
 
 def test_sequences_vectorise_over_t_start_and_rewinds() -> None:
