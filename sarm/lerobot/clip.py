@@ -81,5 +81,7 @@ class LeRobotCLIP:
         limit = int(self.text_model.config.max_position_embeddings)
         for i, text in enumerate(texts):
             tokens = self.tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
-            out[i] = self.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds[0]
+            out[i] = self.text_model(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).text_embeds[0]
         return out

@@ -100,13 +100,17 @@ def _head(data: dict[str, Any], scheme: str) -> HeadSpec:
     names = data.get(f"{scheme}_subtask_names")
     props = data.get(f"{scheme}_temporal_proportions")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise LeRobotConfigError(f"config field '{scheme}_subtask_names' must be a non-empty list of names, got {names!r}")
+        raise LeRobotConfigError(
+            f"config field '{scheme}_subtask_names' must be a non-empty list of names, got {names!r}"
+        )
     if len(set(names)) != len(names):
         raise LeRobotConfigError(f"config field '{scheme}_subtask_names' has duplicates: {names}")
     if (
         not isinstance(props, list)
         or len(props) != len(names)
-        or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0 for p in props)
+        or not all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0 for p in props
+        )
         or sum(props) <= 0
     ):
         raise LeRobotConfigError(
@@ -152,10 +156,8 @@ def parse_config(data: dict[str, Any]) -> LeRobotSARMConfig:
             f"config field 'normalization_mapping.STATE' is {state_norm!r}: only MEAN_STD and IDENTITY are supported"
         )
     # LeRobot's __post_init__ fixes these in the single-head modes, whatever the file says.
-    if mode in ("single_stage", "dense_only"):
-        sparse = HeadSpec("sparse", ("task",), (1.0,))
-    else:
-        sparse = _head(data, "sparse")
+    single_sparse = mode in ("single_stage", "dense_only")
+    sparse = HeadSpec("sparse", ("task",), (1.0,)) if single_sparse else _head(data, "sparse")
     dense = _head(data, "dense") if mode in ("dense_only", "dual") else None
     return LeRobotSARMConfig(
         annotation_mode=mode,

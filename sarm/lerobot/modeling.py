@@ -83,14 +83,14 @@ class LeRobotSARM(nn.Module):
     def __init__(self, cfg: LeRobotSARMConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.stage_model = StreamTransformer(
-            cfg, 2, {"sparse": cfg.sparse.num_stages, "dense": cfg.num_dense_classes}
-        )
+        self.stage_model = StreamTransformer(cfg, 2, {"sparse": cfg.sparse.num_stages, "dense": cfg.num_dense_classes})
         self.subtask_model = StreamTransformer(cfg, 3, {"sparse": 1, "dense": 1})
         for spec in cfg.heads:
             self.register_buffer(f"breakpoints_{spec.name}", torch.tensor(spec.breakpoints(), dtype=torch.float64))
 
-    def forward(self, frames: torch.Tensor, text: torch.Tensor, state: torch.Tensor, head: str = "sparse") -> HeadOutput:
+    def forward(
+        self, frames: torch.Tensor, text: torch.Tensor, state: torch.Tensor, head: str = "sparse"
+    ) -> HeadOutput:
         spec = self.cfg.head(head)
         logits = self.stage_model(frames, text, state, head)
         probs = torch.softmax(logits, dim=-1)
@@ -124,7 +124,9 @@ def load_lerobot_weights(model: LeRobotSARM, weights: Path) -> None:
             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
         )
     current = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(current[k].shape)}" for k, v in state.items() if v.shape != current[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(current[k].shape)}" for k, v in state.items() if v.shape != current[k].shape
+    ]
     if wrong:
         raise ValueError(f"{weights}: tensor shapes do not match the config: {wrong[:5]}")
     model.load_state_dict(state, strict=False)
