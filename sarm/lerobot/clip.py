@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import CLIPConfig
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from sarm.encoders.base import weights_digest
@@ -52,14 +53,15 @@ class LeRobotCLIP:
 
     def __init__(self, model_path: str | Path) -> None:
         path = str(model_path)
+        size = CLIPConfig.from_pretrained(path).vision_config.image_size
+        if size != CROP:
+            raise ValueError(f"{path}: CLIP input size {size}; LeRobot's CLIPProcessor crops to {CROP}")
         vision = CLIPFrameEncoder(path)
         text = CLIPTextEncoder(path)
         self.vision = vision.model.eval()
         self.text_model = text.model.eval()
         self.tokenizer = text.tokenizer
-        self.image_size = int(self.vision.config.image_size)
-        if self.image_size != CROP:
-            raise ValueError(f"{path}: CLIP input size {self.image_size}; LeRobot's CLIPProcessor crops to {CROP}")
+        self.image_size = CROP
         self.dim = int(self.vision.visual_projection.out_features)
         if self.dim != int(self.text_model.text_projection.out_features):
             raise ValueError(f"{path}: image and text projections differ in width")

@@ -113,13 +113,16 @@ class LeRobotSARM(nn.Module):
 
 
 def load_lerobot_weights(model: LeRobotSARM, weights: Path) -> None:
+    load_lerobot_state(model, load_file(str(weights)), str(weights))
+
+
+def load_lerobot_state(model: LeRobotSARM, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load: every tensor LeRobot saved must have a place and a matching shape, and vice versa."""
-    state = load_file(str(weights))
     own = {k for k in model.state_dict() if not k.startswith("breakpoints_")}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
         raise ValueError(
-            f"{weights} does not match the LeRobot SARM architecture of its config: "
+            f"{source} does not match the LeRobot SARM architecture of its config: "
             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
         )
@@ -128,7 +131,7 @@ def load_lerobot_weights(model: LeRobotSARM, weights: Path) -> None:
         f"{k} {tuple(v.shape)} vs {tuple(current[k].shape)}" for k, v in state.items() if v.shape != current[k].shape
     ]
     if wrong:
-        raise ValueError(f"{weights}: tensor shapes do not match the config: {wrong[:5]}")
+        raise ValueError(f"{source}: tensor shapes do not match the config: {wrong[:5]}")
     model.load_state_dict(state, strict=False)
 
 
@@ -143,3 +146,32 @@ def load_lerobot_model(folder: Path) -> LeRobotSARM:
     model = LeRobotSARM(cfg)
     load_lerobot_weights(model, weights)
     return model.eval()
+
+
+class ImportedLeRobotSARM(nn.Module):
+    """An imported LeRobot SARM with its state normaliser inside: raw (B, T, state_dim) state in.
+
+    The normalisation ((x − mean) / (std + eps) in float32, then zero-padding or cutting to max_state_dim) is
+    LeRobot's preprocessor step; here it is part of the graph, so an ONNX export takes the robot's state as is.
+    """
+
+    def __init__(self, net: LeRobotSARM, mean: torch.Tensor | None, std: torch.Tensor | None, eps: float) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = net.cfg
+        self.normalize = mean is not None and std is not None
+        self.state_dim = int(mean.shape[0]) if mean is not None else None
+        self.register_buffer("state_mean", mean if mean is not None else torch.zeros(0), persistent=False)
+        self.register_buffer("state_std", std if std is not None else torch.zeros(0), persistent=False)
+        self.eps = eps
+
+    def prepare_state(self, state: torch.Tensor) -> torch.Tensor:
+        x = (state - self.state_mean) / (self.state_std + self.eps) if self.normalize else state
+        dim = self.cfg.max_state_dim
+        return x[..., :dim] if x.shape[-1] >= dim else F.pad(x, (0, dim - x.shape[-1]))
+
+    def forward(
+        self, frames: torch.Tensor, text: torch.Tensor, state: torch.Tensor, head: str = "sparse"
+    ) -> HeadOutput:
+        out: HeadOutput = self.net(frames, text, self.prepare_state(state), head)
+        return out

@@ -12,13 +12,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from sarm.model.configuration_sarm import SARMConfig
 from sarm.model.modeling_sarm import SARM
+
+if TYPE_CHECKING:
+    from sarm.lerobot.checkpoint import ImportedInfo
+    from sarm.lerobot.modeling import ImportedLeRobotSARM
 
 FORMAT = "sarm-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -29,6 +33,10 @@ def checkpoint_digest(path: Path) -> str:
     return hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
+# Absent in our own checkpoints; "lerobot-sarm" in those `sarm import lerobot` writes (see sarm.lerobot.checkpoint).
+ARCHITECTURE_KEY = "architecture"
+SARM_ARCHITECTURE = "sarm"
+LEROBOT_ARCHITECTURE = "lerobot-sarm"
 
 
 class CheckpointError(ValueError):
@@ -68,6 +76,10 @@ def load_info(path: Path) -> CheckpointInfo:
     data = json.loads(config_path.read_text())
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{config_path} has format {data.get('format')!r}; this version reads {FORMAT!r}")
+    if data.get(ARCHITECTURE_KEY, SARM_ARCHITECTURE) != SARM_ARCHITECTURE:
+        raise CheckpointError(
+            f"{path} holds an imported {data[ARCHITECTURE_KEY]!r} model, not a trained SARM: load it with load_model()"
+        )
     return CheckpointInfo(
         model=SARMConfig.from_dict(data["model"]),
         frame_encoder=data["frame_encoder"],
@@ -90,6 +102,24 @@ def load_checkpoint(path: Path) -> tuple[SARM, CheckpointInfo]:
         raise CheckpointError(f"{weights} does not match {path / CONFIG}: {error}") from error
     model.eval()
     return model, info
+
+
+def checkpoint_architecture(path: Path) -> str:
+    """The checkpoint's architecture: "sarm" for ours (no `architecture` field), "lerobot-sarm" if imported."""
+    config_path = path / CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} is not a SARM checkpoint: {CONFIG} is missing")
+    return str(json.loads(config_path.read_text()).get(ARCHITECTURE_KEY, SARM_ARCHITECTURE))
+
+
+def load_model(path: Path) -> tuple[SARM, CheckpointInfo] | tuple[ImportedLeRobotSARM, ImportedInfo]:
+    """Any checkpoint's model in eval mode and its info: ours (load_checkpoint) or an imported LeRobot SARM
+    (sarm.lerobot.checkpoint.load_imported_network; its info's `config` is the LeRobot config)."""
+    if checkpoint_architecture(path) == LEROBOT_ARCHITECTURE:
+        from sarm.lerobot.checkpoint import load_imported_network
+
+        return load_imported_network(path)
+    return load_checkpoint(path)
 
 
 def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
