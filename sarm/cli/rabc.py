@@ -13,7 +13,8 @@ from sarm.cli.progress import progress_bar
 from sarm.cli.train import USER_ERRORS
 from sarm.data.video import VideoError
 from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
-from sarm.rabc.weights import RabcSummary, Stats
+from sarm.rabc.progress import OnEpisode
+from sarm.rabc.weights import RabcParams, RabcSummary, Stats
 
 console = Console()
 HEALTHY_MEAN_WEIGHT = (0.3, 0.8)  # SARM.md, "RA-BC"
@@ -32,13 +33,20 @@ def rabc_command(
     stride: Annotated[int, typer.Option(help="Score every N-th frame (and the last); interpolate between.")] = 1,
     plot: Annotated[bool, typer.Option(help="Also write rabc_weights.png.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for the encoder and model.")] = 1,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="auto|ADDRESS",
+        help="Spread the episodes over the Ray cluster whose head is at HOST:PORT (`auto`: RAY_ADDRESS, else the "
+        "head started on this machine). Each worker needs the dataset and checkpoint at the same paths.",
+    )] = None,
+    ray_workers: Annotated[int | None, typer.Option(
+        min=1, help="Ray workers (each with --threads CPUs); default: as many as the cluster's CPUs hold.",
+    )] = None,
 ) -> None:
     """Score every frame with CKPT, then write RA-BC weights (paper eq. 8–9) and print their summary."""
     import torch
 
     from sarm.rabc.pipeline import run_rabc
     from sarm.rabc.plot import plot_rabc
-    from sarm.rabc.weights import RabcParams
 
     torch.set_num_threads(threads)
     try:
@@ -52,7 +60,10 @@ def rabc_command(
             bar.update(job, completed=done, total=total)
 
         try:
-            summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance)
+            if ray is None:
+                summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance)
+            else:
+                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, threads, advance)
         finally:
             if bar.live.is_started:
                 bar.stop()
@@ -64,6 +75,26 @@ def rabc_command(
         raise typer.Exit(2) from error
     print_summary(summary)
     console.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
+
+
+def _run_on_ray(
+    dataset: Path, checkpoint: Path, params: RabcParams, out: Path, stride: int, address: str,
+    workers: int | None, threads: int, advance: OnEpisode,
+) -> RabcSummary:
+    try:
+        from sarm.rabc.distributed import RayLabellingError, RayOptions, run_rabc_on_ray
+    except ImportError as error:  # ray is an extra, imported only when asked for
+        console.print(f"[red]error:[/red] --ray needs Ray: pip install 'sarm[ray]' ({error})", soft_wrap=True)
+        raise typer.Exit(2) from error
+    try:
+        summary, run = run_rabc_on_ray(
+            dataset, checkpoint, params, out, RayOptions(address, workers, threads), stride, on_episode=advance
+        )
+    except RayLabellingError as error:  # the cluster failed, not the input: exit 1, not 2
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from error
+    console.print(f"labelled on {run.workers} Ray worker(s) at {address}", soft_wrap=True)
+    return summary
 
 
 def print_summary(summary: RabcSummary) -> None:

@@ -36,6 +36,14 @@ def run_rabc(
     """Score every frame of `dataset_dir` with `checkpoint`, then write OUT/sarm_progress.parquet,
     rabc_weights.parquet and rabc_summary.json (see sarm.rabc.files). Raises Cancelled, before writing
     anything, when `should_stop()` turns true; see `dataset_progress` for the callbacks and encoders."""
+    ds = open_inputs(dataset_dir, checkpoint)
+    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, frame_encoder, text_encoder)
+    write_progress(progress, out_dir)
+    return weigh(progress, params, out_dir)
+
+
+def open_inputs(dataset_dir: Path, checkpoint: Path) -> LeRobotDataset:
+    """The dataset, once it and the checkpoint are known to exist and the dataset is valid (one clear error)."""
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset {dataset_dir} does not exist")
     if not checkpoint.is_dir():
@@ -45,6 +53,4 @@ def run_rabc(
     problems = find_problems(dataset_dir, require_annotations=False)
     if problems:
         raise InvalidDatasetError(dataset_dir, problems)
-    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, frame_encoder, text_encoder)
-    write_progress(progress, out_dir)
-    return weigh(progress, params, out_dir)
+    return ds
