@@ -43,9 +43,21 @@ def clip_pixels(images: np.ndarray, size: int = CROP) -> np.ndarray:
     for i, image in enumerate(images):
         resized = np.asarray(Image.fromarray(image).resize((rw, rh), resample=Image.Resampling.BICUBIC))
         out[i] = resized[top : top + size, left : left + size]
-    x = (out.astype(np.float64) * (1 / 255)).astype(np.float32)
-    x = (x - np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)) / np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    # Per-byte lookup of the same float arithmetic (bit-identical, and several times faster than doing it per pixel).
+    planes = np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.int32)
+    planes += (np.arange(3, dtype=np.int32) * 256).reshape(1, 3, 1, 1)
+    return np.take(_PIXEL_LUT, planes)
+
+
+def _pixel_lut() -> np.ndarray:
+    """(3 · 256,) float32: per channel and byte, rescale by 1/255 in doubles then float32, then (x − mean) / std
+    in float32, as the PIL image processor computes each pixel."""
+    x = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    mean, std = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32), np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
+    return np.concatenate([(x - mean[c]) / std[c] for c in range(3)]).astype(np.float32)
+
+
+_PIXEL_LUT = _pixel_lut()
 
 
 class LeRobotCLIP:
