@@ -16,7 +16,7 @@ import torch
 from sarm.data.annotations import EpisodeAnnotation, stage_proportions, stage_vocabulary
 from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import DatasetEmbeddings
-from sarm.model.labels import FrameLabels, frame_index_labels, stage_tau_labels
+from sarm.model.labels import FrameLabels, frame_index_labels, regress_labels, regress_start, stage_tau_labels
 from sarm.model.windows import MAX_REWIND, WINDOW_FRAMES, rewindable, sequence_indices, stride_frames
 
 LabelMode = Literal["stage", "frame-index"]
@@ -89,6 +89,7 @@ def episode_arrays(
     for meta in ds.episodes:
         if mode == "stage":
             labels = stage_tau_labels(ds.require_annotation(meta.index), meta.length, vocabulary)
+            labels = regress_labels(labels, regress_start(meta.row))
         else:
             labels = frame_index_labels(meta.length)
         episodes.append(EpisodeArrays(
@@ -115,7 +116,13 @@ def split_episodes(
 
 
 class WindowSampler:
-    """Draws training windows uniformly over frames, with SARM's augmentations (SARM.md, "Training")."""
+    """Draws training windows uniformly over frames, with SARM's augmentations (SARM.md, "Training").
+
+    Wrong instructions come from two sources: `distractors` (phrases unrelated to every task, see
+    training.negatives) and, when the episodes hold several tasks, the other tasks' own instructions
+    (share `cross_task_p` of the wrong-instruction windows): a pick-place video under the peg-insert
+    instruction is the negative the model meets in a multi-task deployment. Each window draws its own.
+    """
 
     def __init__(
         self,
@@ -125,15 +132,26 @@ class WindowSampler:
         wrong_instruction_p: float = 0.2,
         window_frames: int = WINDOW_FRAMES,
         max_rewind: int = MAX_REWIND,
+        cross_task_p: float = 0.5,
     ):
         if not episodes:
             raise ValueError("no training episodes")
+        if len(distractors) == 0:
+            raise ValueError("no distractor instructions for the wrong-instruction augmentation")
         self.episodes = episodes
-        self.distractors = distractors
-        self.rewind_p, self.wrong_instruction_p = rewind_p, wrong_instruction_p
+        self.rewind_p, self.wrong_instruction_p, self.cross_task_p = rewind_p, wrong_instruction_p, cross_task_p
         self.window_frames, self.max_rewind = window_frames, max_rewind
         lengths = np.array([e.length for e in episodes])
         self._episode_weights = lengths / lengths.sum()
+        # Negatives: the distractors, then one row per distinct instruction of the episodes.
+        instructions, self._task_of = np.unique(np.stack([e.text for e in episodes]), axis=0, return_inverse=True)
+        self._task_of = self._task_of.reshape(-1)
+        self.num_distractors = len(distractors)
+        self.negatives = np.concatenate([distractors, instructions.astype(distractors.dtype)])
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.negatives) - self.num_distractors
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         picks = rng.choice(len(self.episodes), size=batch_size, p=self._episode_weights)
@@ -144,12 +162,23 @@ class WindowSampler:
             rng.integers(1, self.max_rewind + 1, batch_size), 0,
         )
         wrong = rng.random(batch_size) < self.wrong_instruction_p
-        distractor = np.where(wrong, rng.integers(len(self.distractors), size=batch_size), -1)
+        distractor = np.where(wrong, rng.integers(self.num_distractors, size=batch_size), -1)
+        if self.num_tasks > 1:
+            # Another task's instruction: draw among the other tasks by skipping over the episode's own.
+            own = self._task_of[picks]
+            other = rng.integers(self.num_tasks - 1, size=batch_size)
+            other = other + (other >= own)
+            cross = wrong & (rng.random(batch_size) < self.cross_task_p)
+            distractor = np.where(cross, self.num_distractors + other, distractor)
         return self.batch(picks, t, rewinds, distractor)
 
     def batch(self, picks: np.ndarray, t: np.ndarray, rewinds: np.ndarray, distractor: np.ndarray) -> Batch:
-        """Windows ending at frame t[i] of episode picks[i]; distractor[i] ≥ 0 swaps in that unrelated
-        instruction and sets every target to 0, -1 keeps the episode's own instruction."""
+        """Windows ending at frame t[i] of episode picks[i]; distractor[i] ≥ 0 swaps in row distractor[i] of
+        `negatives` (a distractor, or another task's instruction) and sets every target to 0, -1 keeps the
+        episode's own instruction."""
+        own = self.num_distractors + self._task_of[np.asarray(picks, dtype=np.int64)]
+        if np.any(np.asarray(distractor) == own):
+            raise ValueError("a wrong-instruction window cannot use the episode's own instruction")
         frames, texts, stages, taus = [], [], [], []
         lengths = np.empty(len(picks), dtype=np.int64)
         for row, (i, ti, n, d) in enumerate(zip(picks, t, rewinds, distractor, strict=True)):
@@ -159,7 +188,7 @@ class WindowSampler:
             lengths[row] = seq.lengths[0]
             frames.append(ep.frames[index])
             if d >= 0:
-                texts.append(self.distractors[d])
+                texts.append(self.negatives[d])
                 stages.append(np.zeros(len(index), np.int64))
                 taus.append(np.zeros(len(index), np.float32))
             else:

@@ -30,6 +30,7 @@ from sarm.training.checkpoint import (
     save_checkpoint,
     save_trainer_state,
 )
+from sarm.training.negatives import training_distractors
 from sarm.training.samples import (
     Batch,
     EpisodeArrays,
@@ -64,6 +65,13 @@ class TrainConfig:
     resume: bool = False
     rewind_p: float = 0.8
     wrong_instruction_p: float = 0.2
+    # Window stride g in seconds (LeRobot's frame_gap, in frames there): the window spans 8 g, and episodes
+    # shorter than that use the evenly spaced layout (sarm.model.windows). Stored in the model config.
+    stride_seconds: float = 1.0
+    # Wrong instructions: generated phrases (training.negatives) on top of the stored 16, and in a
+    # multi-task run the other tasks' instructions for this share of the wrong-instruction windows.
+    distractor_pool: int = 512
+    cross_task_p: float = 0.5
     # Intra-op threads. The small preset's matrices are too small to split: measured on 2 busy cores,
     # 1 thread ran 4.4 steps/s and 2 threads 0.9 (OpenMP spin-waits). Raise it for the paper preset.
     threads: int = 1
@@ -73,6 +81,10 @@ class TrainConfig:
             raise ValueError("steps, batch_size, eval_every and threads must be positive")
         if self.labels not in ("stage", "frame-index"):
             raise ValueError(f"labels must be 'stage' or 'frame-index', got {self.labels!r}")
+        if not (math.isfinite(self.stride_seconds) and self.stride_seconds > 0):
+            raise ValueError(f"stride_seconds must be a positive number of seconds, got {self.stride_seconds}")
+        if self.distractor_pool < 0 or not 0 <= self.cross_task_p <= 1:
+            raise ValueError("distractor_pool must be >= 0 and cross_task_p a probability")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -143,18 +155,25 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     stage_names, tasks = label_vocabulary(datasets, config.labels)
     episodes: list[EpisodeArrays] = []
     for ds, emb in zip(datasets, embeddings, strict=True):
-        episodes += episode_arrays(ds, emb, stage_names, config.labels)
+        episodes += episode_arrays(ds, emb, stage_names, config.labels, config.stride_seconds)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     distractors = embeddings[0].distractors
+    if config.distractor_pool:
+        text_encoder = embeddings[0].text_encoder
+        generated = training_distractors(text_encoder["id"], text_encoder["version"],
+                                         tuple(t["instruction"] for t in tasks), config.distractor_pool, config.seed)
+        distractors = np.concatenate([distractors, generated])
     # Camera resolutions travel with the checkpoint: the exported encoder takes images of exactly this size.
     cameras = {key: datasets[0].info["features"][key]["shape"][:2] for key in datasets[0].camera_keys}
-    sampler = WindowSampler(train_eps, distractors, config.rewind_p, config.wrong_instruction_p)
+    sampler = WindowSampler(train_eps, distractors, config.rewind_p, config.wrong_instruction_p,
+                            cross_task_p=config.cross_task_p)
     val_batch = validation_batch(WindowSampler(val_eps or train_eps, distractors), np.random.default_rng(config.seed))
 
     sample = episodes[0].frames
     model_config = SARMConfig.from_preset(
         config.preset, stage_names, tasks=tasks,
         frame_dim=sample.shape[-1], text_dim=len(episodes[0].text), num_cameras=sample.shape[1],
+        stride_seconds=config.stride_seconds,
     )
     torch.manual_seed(config.seed)
     model = SARM(model_config)

@@ -127,3 +127,45 @@ def test_wrong_instruction_rate_follows_p(p: float) -> None:
     batch = sampler.sample(4000, np.random.default_rng(6))
     wrong = ~np.all(batch.text.numpy() == 1.0, axis=1)
     assert abs(wrong.mean() - p) < 0.03
+
+
+# --- wrong instructions: distractors and other tasks' instructions ------------------------------------
+
+
+def two_task_episodes() -> list[EpisodeArrays]:
+    lengths = np.random.default_rng(7).integers(80, 480, 20)
+    return [episode(int(length), i, text=1.0 + i % 2) for i, length in enumerate(lengths)]
+
+
+def test_other_tasks_instructions_are_negatives_of_a_multi_task_run() -> None:
+    eps = two_task_episodes()
+    sampler = WindowSampler(eps, distractors(), rewind_p=0.0, wrong_instruction_p=1.0, cross_task_p=1.0)
+    assert sampler.num_tasks == 2
+    batch = sampler.sample(512, np.random.default_rng(8))
+    owner = batch.frames[:, 0, 0, 1].numpy().astype(np.int64)
+    own_text = np.array([eps[o].text[0] for o in owner])
+    text = batch.text.numpy()[:, 0]
+    assert np.all(text == 3.0 - own_text)  # always the other task's instruction
+    assert np.all(batch.stage.numpy() == 0) and np.all(batch.tau.numpy() == 0)
+
+
+def test_wrong_instructions_mix_distractors_and_other_tasks_and_vary_per_window() -> None:
+    sampler = WindowSampler(two_task_episodes(), distractors(), rewind_p=0.0, wrong_instruction_p=1.0)
+    text = sampler.sample(2000, np.random.default_rng(9)).text.numpy()[:, 0]
+    cross = text > 0
+    assert 0.45 < cross.mean() < 0.55  # cross_task_p = 0.5
+    assert set(np.unique(text[~cross]).tolist()) == set(distractors()[:, 0].tolist())  # all 16 used
+
+
+def test_a_single_task_run_draws_only_distractors() -> None:
+    sampler = WindowSampler(short_episodes(10), distractors(), rewind_p=0.0, wrong_instruction_p=1.0, cross_task_p=1.0)
+    assert sampler.num_tasks == 1
+    assert np.all(sampler.sample(500, np.random.default_rng(10)).text.numpy() < 0)
+
+
+def test_a_window_cannot_be_its_own_negative() -> None:
+    sampler = WindowSampler(two_task_episodes(), distractors(), wrong_instruction_p=1.0)
+    own = sampler.num_distractors + 0  # episode 0 holds the first (smallest) instruction, 1.0
+    with pytest.raises(ValueError, match="own instruction"):
+        sampler.batch(np.array([0]), np.array([50]), np.array([0]), np.array([own]))
+    sampler.batch(np.array([0]), np.array([50]), np.array([0]), np.array([own + 1]))
