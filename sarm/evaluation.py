@@ -22,9 +22,9 @@ from scipy.stats import rankdata, spearmanr
 from sarm.data.lerobot import LeRobotDataset
 from sarm.data.validate import require_valid
 from sarm.embeddings import load_embeddings, require_same_encoders
-from sarm.model.labels import progress_from_stage_tau, stage_tau_labels
+from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.windows import stride_frames
-from sarm.scoring import EpisodeScores, score_embeddings
+from sarm.scoring.pytorch import EpisodeScores, score_embeddings
 from sarm.training.checkpoint import load_checkpoint
 
 
@@ -61,6 +61,7 @@ def ground_truth_progress(
     vocabulary = list(proportions)
     meta = ds.episode(episode)
     labels = stage_tau_labels(ds.require_annotation(episode), meta.length, vocabulary)
+    labels = regress_labels(labels, regress_start(meta.row))  # a give-up retreat falls back (labels.py)
     return progress_from_stage_tau(labels.stage, labels.tau, list(proportions.values())), labels.stage
 
 

@@ -9,8 +9,8 @@ same convention (progress = t / T).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +19,9 @@ from sarm.data.annotations import AnnotationError, EpisodeAnnotation, annotation
 
 # After the last subtask the stage is finished but not "k + 1": keeping τ < 1 keeps floor(y) = k.
 AFTER_LAST_TAU = 0.999
+# Episodes-table column: the frame from which an episode undoes its progress (-1 or absent: never).
+# Beside LeRobot's annotation columns, not in them: LeRobot reads the subtasks as they are and ignores it.
+REGRESS_COLUMN = "regress_from_frame"
 
 
 class FrameLabels(NamedTuple):
@@ -58,6 +61,41 @@ def stage_tau_labels(annotation: EpisodeAnnotation, episode_length: int, vocabul
         stage[sub.end : idle_end] = k
         tau[sub.end : idle_end] = AFTER_LAST_TAU if is_last else 1.0
     return FrameLabels(stage, tau)
+
+
+def regress_start(row: Mapping[str, Any]) -> int:
+    """The REGRESS_COLUMN value of an episodes-table row, -1 where the column is absent or null."""
+    value = row.get(REGRESS_COLUMN)
+    return -1 if value is None else int(value)
+
+
+def regress_labels(labels: FrameLabels, start: int) -> FrameLabels:
+    """Labels of an episode that undoes its progress from frame `start` on (a failed demo's give-up retreat).
+
+    Frame start + j takes the label of frame start − 1 − j (clamped at frame 0): the episode's own labels
+    played backwards from where the regress begins. This is the form rewind augmentation gives its targets
+    (a rewound frame carries an earlier frame's stage and τ), so progress falls back at the rate it rose,
+    instead of the last stage's τ rising on while the robot backs away. Played backwards, a drop earlier in
+    the episode would be undone (the label would jump back up to the carrying stage), so a frame keeps the
+    lowest label met so far on the way back: the label never rises during a regress. "Lowest" ranks stages
+    by the order in which the episode first reached them, then by τ. `start` = −1 means no regress.
+    """
+    length = len(labels.stage)
+    if start == -1:
+        return labels
+    if not 0 <= start < length:
+        raise AnnotationError(
+            f"regress_from_frame {start} is outside the episode's frames 0..{length - 1} (-1 = no regress)"
+        )
+    source = np.maximum(2 * start - 1 - np.arange(start, length), 0)
+    reached = list(dict.fromkeys(labels.stage[: max(start, 1)].tolist()))
+    rank = {stage: r for r, stage in enumerate(reached)}
+    key = np.array([rank.get(int(k), len(rank)) for k in labels.stage[source]]) + labels.tau[source]
+    # Carry forward the latest source that holds the running minimum of the key.
+    steps = np.arange(len(source))
+    lowest = np.maximum.accumulate(np.where(key <= np.minimum.accumulate(key), steps, 0))
+    frames = np.concatenate([np.arange(start), source[lowest]])
+    return FrameLabels(labels.stage[frames], labels.tau[frames])
 
 
 def frame_index_labels(episode_length: int) -> FrameLabels:

@@ -10,7 +10,11 @@ layout, and only then rendered from the recorded MuJoCo states, so rejected atte
   must still succeed; the annotation shows the regression (e.g. reach, grasp, lift, grasp, lift, place).
 - failed: the operator gives up at some stage (after a forced drop, for grasping tasks, half the time)
   and pulls the hand back with the gripper open; the episode ends RETREAT frames later without success.
-  Annotations cover every frame: the last stage reached runs to the end of the episode.
+  The sparse annotation covers every frame in LeRobot's schema (the last stage reached runs to the end),
+  and the episodes-table column `regress_from_frame` (sarm.model.labels.REGRESS_COLUMN; -1 for the other
+  demos) marks the first frame of the retreat. SARM's labels play the episode backwards from there (the
+  form rewind targets take), so the progress label falls back while the robot backs away instead of the
+  last stage's τ rising on; LeRobot ignores the extra column.
 
 Rendering is offscreen on the CPU: MUJOCO_GL defaults to EGL (Mesa's software EGL works headless; no
 display needed) and must be set before mujoco is first imported, which is why this module sets it
@@ -37,6 +41,7 @@ from metaworld.policies.policy import Policy
 from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
 from sarm.data.episode import EpisodeData
+from sarm.model.labels import REGRESS_COLUMN
 from sarm.sim.stages import TASK_INSTRUCTIONS, Scene, TaskStages, segment, task_stages
 
 METAWORLD_FPS = 80  # one recorded frame per env step: dt = frame_skip 5 x 2.5 ms
@@ -194,6 +199,7 @@ class Rollout:
     success: list[bool] = field(default_factory=list)
     level: list[int] = field(default_factory=list)
     sim_state: list[np.ndarray] = field(default_factory=list)  # what rendering needs to redraw s_t
+    give_up: int | None = None  # first frame of a failed demo's retreat
 
     @property
     def succeeded(self) -> bool:
@@ -234,6 +240,7 @@ class _Operator:
         self.rng = rng
         self.first_frame: dict[int, int] = {}  # stage -> first frame at which the episode reached it
         self.home: np.ndarray | None = None  # where a giving-up operator pulls the hand back to
+        self.give_up_frame: int | None = None  # when the retreat began
 
     def started(self, event: Event, t: int) -> int | None:
         """Frames since `event` began, or None when it is not running at frame t."""
@@ -259,6 +266,8 @@ class _Operator:
             elif event.kind == "drop":
                 action[3] = -1.0
             else:  # give_up: back towards the start pose, gripper open
+                if self.give_up_frame is None:
+                    self.give_up_frame = t
                 action[:3] = np.clip(10.0 * (self.home - obs[:3]), -1.0, 1.0)
                 action[3] = -1.0
         if self.plan.noise:
@@ -301,6 +310,7 @@ def _rollout(
             record.success.append(bool(info["success"]))
             if record.success[-1] and first_success is None:
                 first_success = t
+    record.give_up = operator.give_up_frame
     return record
 
 
@@ -365,6 +375,7 @@ def _episode(task: str, record: Rollout, frames: np.ndarray, plan: Plan, stages:
         "success": record.succeeded,
         "quality": plan.quality,
         "perturbations": plan.describe(),
+        REGRESS_COLUMN: -1 if record.give_up is None or record.succeeded else record.give_up,
     }
     return EpisodeData(
         task=TASK_INSTRUCTIONS[task],

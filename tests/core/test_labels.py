@@ -8,8 +8,11 @@ import pytest
 from sarm.data.annotations import AnnotationError, EpisodeAnnotation, Subtask, stage_proportions
 from sarm.model.labels import (
     AFTER_LAST_TAU,
+    REGRESS_COLUMN,
     frame_index_labels,
     progress_from_stage_tau,
+    regress_labels,
+    regress_start,
     stage_breakpoints,
     stage_tau_labels,
 )
@@ -80,6 +83,40 @@ def test_rewound_frames_carry_their_own_decreasing_targets() -> None:
     targets = labels.target[seq.indices[0, : seq.lengths[0]]]
     np.testing.assert_allclose(targets[8:], [1.995, 1.845, 1.695, 1.545, 1.395], rtol=1e-6)
     assert np.all(np.diff(targets[8:]) < 0)
+
+
+def test_regress_plays_the_labels_backwards_from_its_first_frame() -> None:
+    labels = stage_tau_labels(ann(("reach", 0, 10), ("grasp", 10, 20), ("lift", 20, 40)), 40, VOCAB)
+    regressed = regress_labels(labels, 30)
+    y, before = regressed.target, labels.target
+    np.testing.assert_array_equal(y[:30], before[:30])
+    # Frame 30 + j carries frame 29 − j's label: the rise of frames 10..29 undone over frames 30..39.
+    np.testing.assert_array_equal(y[30:], before[29:19:-1])
+    assert np.all(np.diff(y[30:]) < 0) and y[-1] == before[20]
+    # A regress longer than the history before it bottoms out at frame 0's label.
+    np.testing.assert_array_equal(regress_labels(labels, 5).target[10:], np.full(30, before[0]))
+    assert regress_labels(labels, -1) is labels
+
+
+def test_regress_never_undoes_an_earlier_drop() -> None:
+    # reach, grasp, lift, then a drop (reach again), a re-grasp, and the give-up from frame 40.
+    subtasks = (("reach", 0, 10), ("grasp", 10, 20), ("lift", 20, 30), ("reach", 30, 35), ("grasp", 35, 40))
+    labels = stage_tau_labels(ann(*subtasks), 60, VOCAB)
+    y = regress_labels(labels, 40).target
+    assert np.all(np.diff(y[40:]) <= 0)
+    np.testing.assert_array_equal(y[40:45], labels.target[39:34:-1])  # the re-grasp undone
+    np.testing.assert_array_equal(y[45:50], labels.target[34:29:-1])  # the reach after the drop undone
+    np.testing.assert_array_equal(y[50:], np.zeros(10))  # then it stays at τ = 0: the lift is not replayed
+
+
+def test_regress_start_is_read_from_the_episode_row_and_checked() -> None:
+    assert regress_start({REGRESS_COLUMN: 12}) == 12
+    assert regress_start({}) == -1 and regress_start({REGRESS_COLUMN: None}) == -1
+    labels = frame_index_labels(20)
+    with pytest.raises(AnnotationError, match="regress_from_frame 20 is outside"):
+        regress_labels(labels, 20)
+    with pytest.raises(AnnotationError, match="regress_from_frame -3"):
+        regress_labels(labels, -3)
 
 
 def test_frame_index_labels_are_a_single_stage_spanning_the_episode() -> None:

@@ -13,6 +13,7 @@ pytest.importorskip("sarm.sim.metaworld_demos")
 
 from sarm.data.annotations import annotation_problems
 from sarm.data.episode import EpisodeData
+from sarm.model.labels import REGRESS_COLUMN, regress_labels, stage_tau_labels
 from sarm.sim import metaworld_demos as md
 from sarm.sim.metaworld_demos import (
     CAMERA_KEY,
@@ -167,6 +168,27 @@ def test_failed_demos_end_in_a_stage_before_the_last(demos: list[EpisodeData]) -
     for ep in (ep for ep in demos if ep.episode_columns["quality"] == "failed"):
         assert ep.annotations["sparse"].names[-1] != stage_names(TASK)[-1]
         assert "give_up" in ep.episode_columns["perturbations"]
+
+
+@pytest.mark.slow
+def test_failed_demos_mark_their_retreat_and_its_labels_fall_back(demos: list[EpisodeData]) -> None:
+    failed = [ep for ep in demos if ep.episode_columns["quality"] == "failed"]
+    assert failed
+    for ep in demos:
+        start = ep.episode_columns[REGRESS_COLUMN]
+        if ep.episode_columns["quality"] != "failed":
+            assert start == -1
+            continue
+        # The retreat runs RETREAT_FRAMES to the end; the hand moves back towards where it started.
+        assert md.RETREAT_FRAMES[0] <= ep.length - start <= md.RETREAT_FRAMES[1]
+        hand = ep.state[:, :3]
+        home = hand[0]
+        assert np.linalg.norm(hand[-1] - home) < np.linalg.norm(hand[start] - home)
+        labels = stage_tau_labels(ep.annotations["sparse"], ep.length, stage_names(TASK))
+        y = regress_labels(labels, start).target
+        assert np.all(np.diff(y[start:]) <= 0) and y[-1] < y[start - 1]
+        # Without the column the last stage's τ would keep rising through the retreat.
+        assert labels.target[-1] > labels.target[start]
 
 
 @pytest.mark.slow
