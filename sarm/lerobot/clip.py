@@ -65,7 +65,7 @@ class LeRobotCLIP:
 
     def __init__(self, model_path: str | Path) -> None:
         path = str(model_path)
-        size = CLIPConfig.from_pretrained(path).vision_config.image_size
+        size = getattr(CLIPConfig.from_pretrained(path).vision_config, "image_size", None)
         if size != CROP:
             raise ValueError(f"{path}: CLIP input size {size}; LeRobot's CLIPProcessor crops to {CROP}")
         vision = CLIPFrameEncoder(path)

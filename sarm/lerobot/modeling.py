@@ -95,7 +95,9 @@ class LeRobotSARM(nn.Module):
         logits = self.stage_model(frames, text, state, head)
         probs = torch.softmax(logits, dim=-1)
         stage = probs.argmax(dim=-1)
-        onehot = F.one_hot(stage, spec.num_stages).to(frames.dtype)
+        # One-hot by comparison rather than F.one_hot: the same values, and it exports to ONNX.
+        classes = torch.arange(spec.num_stages, device=stage.device)
+        onehot = (stage.unsqueeze(-1) == classes).to(frames.dtype)
         tau = torch.sigmoid(self.subtask_model(frames, text, state, head, onehot)).squeeze(-1)
         return HeadOutput(probs, tau, self._progress(stage, tau, spec.name))
 
@@ -154,6 +156,9 @@ class ImportedLeRobotSARM(nn.Module):
     The normalisation ((x − mean) / (std + eps) in float32, then zero-padding or cutting to max_state_dim) is
     LeRobot's preprocessor step; here it is part of the graph, so an ONNX export takes the robot's state as is.
     """
+
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
 
     def __init__(self, net: LeRobotSARM, mean: torch.Tensor | None, std: torch.Tensor | None, eps: float) -> None:
         super().__init__()
