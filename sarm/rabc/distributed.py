@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,6 +63,7 @@ class RayRun:
     progress: DatasetProgress
     workers: int
     scored_by: dict[int, int]  # episode index -> pid of the worker process that scored it
+    seconds: dict[int, float]  # episode index -> seconds its worker took to score it
 
 
 class LabelWorker:
@@ -73,8 +75,10 @@ class LabelWorker:
     def provenance(self) -> dict[str, Any]:
         return self._labeller.provenance()  # builds the scorer: also the worker's readiness check
 
-    def label(self, episode_index: int) -> tuple[int, EpisodeProgress]:
-        return os.getpid(), self._labeller.label(episode_index)
+    def label(self, episode_index: int) -> tuple[int, float, EpisodeProgress]:
+        start = time.perf_counter()
+        progress = self._labeller.label(episode_index)
+        return os.getpid(), time.perf_counter() - start, progress
 
 
 def connect(address: str) -> bool:
@@ -160,6 +164,7 @@ class _Pool:
         ready: list[int] = []
         results: list[EpisodeProgress] = []
         scored_by: dict[int, int] = {}
+        seconds: dict[int, float] = {}
         total = len(expected)
         while len(results) < total:
             if should_stop is not None and should_stop():
@@ -190,13 +195,13 @@ class _Pool:
                 if answer is None:
                     queue.appendleft(episode)  # its worker is gone for good: another one scores it
                     continue
-                scored_by[episode], progress = answer
+                scored_by[episode], seconds[episode], progress = answer
                 results.append(progress)
                 if on_episode is not None:
                     on_episode(len(results), total)
         assert provenance is not None  # a result implies a ready worker
         provenance = {**provenance, "ray": {"workers": self.workers}}
-        return RayRun(self._labeller.assemble(results, provenance, expected), self.workers, scored_by)
+        return RayRun(self._labeller.assemble(results, provenance, expected), self.workers, scored_by, seconds)
 
     def _send(self, worker: int, episode: int) -> None:
         self._in_flight[self._actors[worker].label.remote(episode)] = (worker, episode)
