@@ -8,7 +8,7 @@ stages include the data's), and AUROC of final progress separating successful fr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from sarm.embeddings import load_embeddings, require_same_encoders
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.windows import stride_frames
 from sarm.scoring.pytorch import EpisodeScores, score_embeddings
-from sarm.training.checkpoint import load_checkpoint
+from sarm.training.checkpoint import load_checkpoint, load_info
+from sarm.training.data_identity import Overlap, dataset_identity, training_overlap
 
 
 @dataclass
@@ -141,14 +142,40 @@ def _plot_examples(path: Path, runs: dict[str, list[EpisodeResult]], fps: float)
     return written
 
 
-def evaluate(checkpoints: list[Path], data: Path, out: Path) -> dict[str, Any]:
-    """Evaluate checkpoints side by side; writes metrics.json, report.md and plots under `out`."""
+class InSampleError(ValueError):
+    """Evaluation data that overlaps a checkpoint's training data, without --allow-in-sample."""
+
+
+def check_held_out(checkpoints: list[Path], ds: LeRobotDataset, allow_in_sample: bool) -> dict[Path, Overlap]:
+    """Each checkpoint's overlap with `ds`; refuses any overlap unless `allow_in_sample`."""
+    identity = dataset_identity(ds)
+    overlaps = {c: training_overlap(load_info(c).training, ds, identity) for c in checkpoints}
+    clashes = [f"{c}: {o.describe()}" for c, o in overlaps.items() if o.in_sample]
+    if clashes and not allow_in_sample:
+        raise InSampleError(
+            f"--data {ds.root} overlaps the training data of " + "; ".join(clashes) + ". Evaluate on held-out "
+            "demos (e.g. `sarm data generate --seed` another seed), or pass --allow-in-sample to report in-sample "
+            "figures, marked as such"
+        )
+    return overlaps
+
+
+def evaluate(checkpoints: list[Path], data: Path, out: Path, allow_in_sample: bool = False) -> dict[str, Any]:
+    """Evaluate checkpoints side by side; writes metrics.json, report.md and plots under `out`.
+
+    Refuses data that overlaps a checkpoint's training data (InSampleError) unless `allow_in_sample`,
+    which marks those checkpoints' figures `in_sample` in every output.
+    """
     ds = require_valid(data)
+    overlaps = check_held_out(checkpoints, ds, allow_in_sample)
     out.mkdir(parents=True, exist_ok=True)
     names = [c.name if checkpoints.count(c) == 1 else str(c) for c in checkpoints]
     runs, metrics = {}, {}
     for name, checkpoint in zip(names, checkpoints, strict=True):
         metrics[name], runs[name] = evaluate_checkpoint(checkpoint, ds)
+        overlap = overlaps[checkpoint]
+        metrics[name]["in_sample"] = overlap.in_sample if overlap.checked != "none" else None
+        metrics[name]["held_out_check"] = {**asdict(overlap), "note": overlap.describe()}
     report = {"data": str(data), "episodes": len(ds.episodes), "checkpoints": metrics}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     plots = _plot_examples(out, runs, ds.fps)
@@ -161,15 +188,19 @@ def _fmt(value: Any) -> str:
 
 
 def _markdown(report: dict[str, Any], plots: list[str]) -> str:
+    in_sample = [name for name, m in report["checkpoints"].items() if m.get("in_sample")]
     lines = [
         f"# SARM evaluation on `{report['data']}` ({report['episodes']} episodes)", "",
-        "| checkpoint | labels | VOC (successful) | demo MSE | stage accuracy | success AUROC |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *([f"**In-sample**: this data overlaps the training data of {', '.join(in_sample)}; their figures do not "
+           "measure generalisation.", ""] if in_sample else []),
+        "| checkpoint | labels | data | VOC (successful) | demo MSE | stage accuracy | success AUROC |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in report["checkpoints"].items():
+        data = {True: "in-sample", False: "held out", None: "unknown"}[m.get("in_sample")]
         lines.append(
-            f"| {name} | {m['labels']} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | {_fmt(m['demo_mse'])} | "
-            f"{_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} |"
+            f"| {name} | {m['labels']} | {data} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | "
+            f"{_fmt(m['demo_mse'])} | {_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} |"
         )
     lines += ["", "Demo MSE by quality:", "", "| checkpoint | " + " | ".join(
         next(iter(report["checkpoints"].values()))["demo_mse_by_quality"]) + " |"]

@@ -18,20 +18,24 @@ def eval_command(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint directories to compare.")],
     data: Annotated[Path, typer.Option(help="Embedded, annotated dataset of held-out demos.")],
     out: Annotated[Path, typer.Option(help="Report directory (metrics.json, report.md, plots).")],
+    allow_in_sample: Annotated[bool, typer.Option(
+        help="Evaluate even when --data overlaps a checkpoint's training data; the results are marked in-sample."
+    )] = False,
 ) -> None:
     """Evaluate checkpoints on held-out demos; writes REPORT_DIR/metrics.json, report.md and PNG plots."""
     from sarm.evaluation import evaluate
 
     try:
-        report = evaluate(checkpoints, data, out)
+        report = evaluate(checkpoints, data, out, allow_in_sample)
     except USER_ERRORS as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
     table = Table(title=f"{data} ({report['episodes']} episodes)")
-    for column in ("checkpoint", "labels", "VOC", "demo MSE", "stage acc", "AUROC"):
+    for column in ("checkpoint", "labels", "data", "VOC", "demo MSE", "stage acc", "AUROC"):
         table.add_column(column)
     for name, m in report["checkpoints"].items():
         cells = [m["voc_mean"], m["demo_mse"], m["stage_accuracy"], m["success_auroc"]]
-        table.add_row(name, m["labels"], *("n/a" if v is None else f"{v:.3f}" for v in cells))
+        data_kind = {True: "[yellow]in-sample[/yellow]", False: "held out", None: "unknown"}[m["in_sample"]]
+        table.add_row(name, m["labels"], data_kind, *("n/a" if v is None else f"{v:.3f}" for v in cells))
     console.print(table)
     console.print(f"report: {out / 'report.md'}")

@@ -30,6 +30,7 @@ from sarm.training.checkpoint import (
     save_checkpoint,
     save_trainer_state,
 )
+from sarm.training.data_identity import dataset_identity
 from sarm.training.negatives import training_distractors
 from sarm.training.samples import (
     Batch,
@@ -157,6 +158,8 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     for ds, emb in zip(datasets, embeddings, strict=True):
         episodes += episode_arrays(ds, emb, stage_names, config.labels, config.stride_seconds)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
+    # Recorded so that `sarm eval` can refuse (or mark) evaluation data that overlaps the training data.
+    data_identity = [dataset_identity(ds).to_dict() for ds in datasets]
     distractors = embeddings[0].distractors
     if config.distractor_pool:
         text_encoder = embeddings[0].text_encoder
@@ -217,6 +220,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
             info.training = _provenance(config, lr, warmup, step, history, len(train_eps), len(val_eps))
             info.training["steps_per_s"] = (step - start_step) / elapsed
             info.training["cameras"] = cameras
+            info.training["data_identity"] = data_identity
             save_checkpoint(config.out, model, info)
             save_trainer_state(config.out, {
                 "step": step, "history": history, "optimizer": optimizer.state_dict(),
