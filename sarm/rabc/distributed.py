@@ -40,10 +40,12 @@ from sarm.rabc.progress import (
     ShouldStop,
 )
 from sarm.rabc.weights import RabcParams, RabcSummary
+from sarm.scoring.options import EngineOptions
 
 PREFETCH = 2  # calls queued on a worker: the next episode is there when one ends, without a round trip
 POLL_SECONDS = 0.5  # how often the driver checks should_stop while waiting
 CONNECT_SECONDS = 5.0
+NODE_WAIT_SECONDS = 120.0  # for a first node with CPUs, when --ray-workers is not given
 
 
 class RayLabellingError(RuntimeError):
@@ -120,6 +122,8 @@ def label_on_ray(
     `should_stop()` is polled while waiting; it raises Cancelled. The provenance records `ray: {workers: N}`.
     """
     metas = open_inputs(labeller.dataset, labeller.checkpoint).episodes
+    if not metas:
+        raise ValueError(f"{labeller.dataset} has no episode to label")
     labeller = replace(labeller, dataset=labeller.dataset.resolve(), checkpoint=labeller.checkpoint.resolve())
     expected = [meta.index for meta in metas]
     connected = connect(options.address)
@@ -140,10 +144,7 @@ class _Pool:
     def __init__(self, labeller: EpisodeLabeller, options: RayOptions, episodes: int) -> None:
         if options.threads < 1 or (options.workers is not None and options.workers < 1):
             raise ValueError("--ray-workers and --threads must be >= 1")
-        capacity = int(ray.cluster_resources().get("CPU", 0) // options.threads)
-        if capacity < 1 and options.workers is None:
-            raise RayLabellingError(f"the Ray cluster has no node with {options.threads} free CPU(s) for a worker")
-        self.workers = max(1, min(options.workers or capacity, episodes))
+        self.workers = min(options.workers or _capacity(options.threads), episodes)
         self._labeller, self._retries = labeller, options.retries
         actor = ray.remote(num_cpus=options.threads, max_restarts=options.retries, max_task_retries=options.retries)(
             LabelWorker
@@ -229,6 +230,19 @@ class _Pool:
             ray.kill(actor, no_restart=True)
 
 
+def _capacity(threads: int) -> int:
+    """Workers of `threads` CPUs the cluster holds; waits a while for a first worker node (a head that labels
+    nothing, as on KubeRay, may be up before its workers)."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while (capacity := int(ray.cluster_resources().get("CPU", 0) // threads)) < 1:
+        if time.monotonic() > deadline:
+            raise RayLabellingError(
+                f"the Ray cluster has no node with {threads} CPU(s) for a worker after {NODE_WAIT_SECONDS:.0f} s"
+            )
+        time.sleep(1)
+    return capacity
+
+
 def _disagreement(first: dict[str, Any], other: dict[str, Any]) -> str:
     keys = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
     details = "; ".join(f"{k}: {first.get(k)!r} vs {other.get(k)!r}" for k in keys)
@@ -244,8 +258,11 @@ def run_rabc_on_ray(
     stride: int = 1,
     on_episode: OnEpisode | None = None,
     should_stop: ShouldStop | None = None,
+    engine: EngineOptions | None = None,
 ) -> tuple[RabcSummary, RayRun]:
-    """`run_rabc` with the scoring spread over a Ray cluster: the same checks, the same files."""
-    run = label_on_ray(EpisodeLabeller(dataset_dir, checkpoint, stride), options, on_episode, should_stop)
+    """`run_rabc` with the scoring spread over a Ray cluster: the same checks, the same files. Each worker opens
+    its own engine with `engine` (ONNX Runtime in the worker, or a client of the Triton server it names)."""
+    labeller = EpisodeLabeller(dataset_dir, checkpoint, stride, options=engine or EngineOptions())
+    run = label_on_ray(labeller, options, on_episode, should_stop)
     write_progress(run.progress, out_dir)
     return weigh(run.progress, params, out_dir), run

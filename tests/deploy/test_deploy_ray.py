@@ -213,6 +213,9 @@ def test_every_node_reads_the_inputs_at_the_drivers_paths() -> None:
 def test_head_labels_nothing_and_workers_get_the_cpus_ray_counts() -> None:
     cluster = rayjob()["spec"]["rayClusterSpec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    params = entrypoint_params()
+    cpus = sum(g["replicas"] * int(g["rayStartParams"]["num-cpus"]) for g in cluster["workerGroupSpecs"])
+    assert params["ray_workers"] == cpus // params["threads"]  # one label worker per --threads CPUs, none idle
     for group in cluster["workerGroupSpecs"]:
         (container, *_) = group["template"]["spec"]["containers"]
         resources = container["resources"]
