@@ -51,29 +51,35 @@ class StreamTransformer(nn.Module):
         self.fusion_backbone = nn.Sequential(nn.LayerNorm(fused), nn.Linear(fused, d), nn.ReLU())
         self.heads = nn.ModuleDict({name: nn.Linear(d, width) for name, width in head_widths.items()})
 
-    def forward(
+    def fused(
         self,
         frames: torch.Tensor,  # (B, T, image_dim)
         text: torch.Tensor,  # (B, text_dim)
         state: torch.Tensor,  # (B, T, max_state_dim)
-        head: str,
-        stage_onehot: torch.Tensor | None = None,  # (B, T, C), subtask net only
+        stage_onehot: torch.Tensor | None = None,  # (B, T or upto + 1, C), subtask net only
+        upto: int | None = None,
     ) -> torch.Tensor:
+        """Fused features (B, P, D) of positions 0 … P − 1 (P = T, or upto + 1).
+
+        With `upto`, the last stream's tokens after position `upto` are left out. They come last in the causal
+        order, so no kept token attends to them: the outputs at positions ≤ upto are the same, for less work.
+        """
         b, t, _ = frames.shape
         d = self.d_model
+        p = t if upto is None else upto + 1
         vis = self.visual_proj(frames)
         vis = torch.cat([vis[:, :1] + self.first_pos, vis[:, 1:]], dim=1)  # the bias marks the first frame
         streams = [vis, self.lang_proj(text).unsqueeze(1).expand(b, t, d), self.state_proj(state)]
         if stage_onehot is not None:
             c = stage_onehot.shape[-1]
             streams.append(F.pad(stage_onehot, (0, d - c)) if c < d else stage_onehot[..., :d])
-        x = torch.stack(streams, dim=1)  # (B, S, T, D): stream-major token order
-        tokens = x.reshape(b, self.streams * t, d)
+        streams[-1] = streams[-1][:, :p]
+        tokens = torch.cat(streams, dim=1)  # stream-major token order
         n = tokens.shape[1]
         causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=tokens.device), diagonal=1)
         h = self.transformer(tokens, mask=causal, is_causal=True)
-        h = h.view(b, self.streams, t, d).permute(0, 2, 1, 3).reshape(b, t, self.streams * d)
-        out: torch.Tensor = self.heads[head](self.fusion_backbone(h))
+        per_step = torch.stack([h[:, k * t : k * t + p] for k in range(self.streams)], dim=2)  # (B, P, S, D)
+        out: torch.Tensor = self.fusion_backbone(per_step.reshape(b, p, self.streams * d))
         return out
 
 
@@ -91,15 +97,31 @@ class LeRobotSARM(nn.Module):
     def forward(
         self, frames: torch.Tensor, text: torch.Tensor, state: torch.Tensor, head: str = "sparse"
     ) -> HeadOutput:
-        spec = self.cfg.head(head)
-        logits = self.stage_model(frames, text, state, head)
-        probs = torch.softmax(logits, dim=-1)
-        stage = probs.argmax(dim=-1)
-        # One-hot by comparison rather than F.one_hot: the same values, and it exports to ONNX.
-        classes = torch.arange(spec.num_stages, device=stage.device)
-        onehot = (stage.unsqueeze(-1) == classes).to(frames.dtype)
-        tau = torch.sigmoid(self.subtask_model(frames, text, state, head, onehot)).squeeze(-1)
-        return HeadOutput(probs, tau, self._progress(stage, tau, spec.name))
+        return self.forward_heads(frames, text, state, (head,))[head]
+
+    def forward_heads(
+        self,
+        frames: torch.Tensor,
+        text: torch.Tensor,
+        state: torch.Tensor,
+        heads: tuple[str, ...],
+        upto: int | None = None,
+    ) -> dict[str, HeadOutput]:
+        """Outputs of several heads at positions 0 … upto (all by default). The stage network's trunk is
+        shared by its heads, so it runs once; the subtask network runs per head (its stage input differs)."""
+        trunk = self.stage_model.fused(frames, text, state, upto=upto)
+        outputs = {}
+        for head in heads:
+            spec = self.cfg.head(head)
+            probs = torch.softmax(self.stage_model.heads[head](trunk), dim=-1)
+            stage = probs.argmax(dim=-1)
+            # One-hot by comparison rather than F.one_hot: the same values, and it exports to ONNX.
+            classes = torch.arange(spec.num_stages, device=stage.device)
+            onehot = (stage.unsqueeze(-1) == classes).to(frames.dtype)
+            sub = self.subtask_model.fused(frames, text, state, onehot, upto=upto)
+            tau = torch.sigmoid(self.subtask_model.heads[head](sub)).squeeze(-1)
+            outputs[head] = HeadOutput(probs, tau, self._progress(stage, tau, spec.name))
+        return outputs
 
     def _progress(self, stage: torch.Tensor, tau: torch.Tensor, head: str) -> torch.Tensor:
         """LeRobot's normalize_stage_tau on x = stage + τ (float32): x in [i, i+1) maps to
@@ -180,3 +202,8 @@ class ImportedLeRobotSARM(nn.Module):
     ) -> HeadOutput:
         out: HeadOutput = self.net(frames, text, self.prepare_state(state), head)
         return out
+
+    def forward_heads(
+        self, frames: torch.Tensor, text: torch.Tensor, state: torch.Tensor, heads: tuple[str, ...], upto: int | None
+    ) -> dict[str, HeadOutput]:
+        return self.net.forward_heads(frames, text, self.prepare_state(state), heads, upto)

@@ -36,8 +36,7 @@ class CentreHeads(nn.Module):
     def forward(self, frames: Tensor, text: Tensor, state: Tensor) -> tuple[Tensor, ...]:
         c = self.center
         outputs: list[Tensor] = []
-        for head in self.heads:
-            out = self.model(frames, text, state, head)
+        for out in self.model.forward_heads(frames, text, state, self.heads, upto=c).values():
             outputs += [out.stage_probs[:, c], out.tau[:, c : c + 1], out.progress[:, c : c + 1]]
         return tuple(outputs)
 

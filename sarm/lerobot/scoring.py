@@ -79,22 +79,25 @@ class LeRobotScorer:
 
     @torch.inference_mode()
     def score_windows(
-        self, frame_features: np.ndarray, text: np.ndarray, state: np.ndarray, head: str
-    ) -> dict[str, np.ndarray]:
+        self, frame_features: np.ndarray, text: np.ndarray, state: np.ndarray, heads: tuple[str, ...]
+    ) -> dict[str, dict[str, np.ndarray]]:
         """Centre outputs of (N, T, image_dim) frame features, one (text_dim,) instruction and (N, T, max_state_dim)
-        normalised, padded state: stage_probs (N, K), tau (N,), progress (N,)."""
+        normalised, padded state, per head: stage_probs (N, K), tau (N,), progress (N,)."""
         c = self.model.cfg.center
-        parts: dict[str, list[np.ndarray]] = {"stage_probs": [], "tau": [], "progress": []}
+        parts: dict[str, dict[str, list[np.ndarray]]] = {
+            h: {"stage_probs": [], "tau": [], "progress": []} for h in heads
+        }
         for start in range(0, len(frame_features), self.batch_size):
             frames = torch.from_numpy(np.ascontiguousarray(frame_features[start : start + self.batch_size]))
             b = frames.shape[0]
             texts = torch.from_numpy(np.ascontiguousarray(text)).unsqueeze(0).expand(b, -1)
             states = torch.from_numpy(np.ascontiguousarray(state[start : start + self.batch_size]))
-            out = self.model(frames, texts, states, head)
-            parts["stage_probs"].append(out.stage_probs[:, c].numpy())
-            parts["tau"].append(out.tau[:, c].numpy())
-            parts["progress"].append(out.progress[:, c].numpy())
-        return {k: np.concatenate(v) for k, v in parts.items()}
+            # Only positions up to the centre are computed: the centre's outputs do not depend on later ones.
+            for head, out in self.model.forward_heads(frames, texts, states, heads, upto=c).items():
+                parts[head]["stage_probs"].append(out.stage_probs[:, c].numpy())
+                parts[head]["tau"].append(out.tau[:, c].numpy())
+                parts[head]["progress"].append(out.progress[:, c].numpy())
+        return {h: {k: np.concatenate(v) for k, v in p.items()} for h, p in parts.items()}
 
     def score_episode(
         self, ds: LeRobotDataset, episode: int, stride: int = 1, heads: tuple[str, ...] | None = None
@@ -114,9 +117,9 @@ class LeRobotScorer:
         task_index = int(ds.frame_rows(episode).column("task_index")[0].as_py())
         text = self.text_features(ds.tasks[task_index])
         result = EpisodeScores(meta.index, meta.dataset_from_index, meta.length, scored)
-        for head in heads or self.heads:
-            centre = self.score_windows(features[rows], text, state[windows], head)["progress"]
-            result.progress[head] = fill_frames(scored, centre, meta.length, stride)
+        centre = self.score_windows(features[rows], text, state[windows], heads or self.heads)
+        for head, outputs in centre.items():
+            result.progress[head] = fill_frames(scored, outputs["progress"], meta.length, stride)
         return result
 
     def score_dataset(
