@@ -51,10 +51,6 @@ class CornerCamera(gym.Wrapper[Any, Any, Any, Any]):
             self._renderer.scene.flags[flag] = 0
         self.metadata = {**env.metadata, "render_fps": FPS, "render_modes": ["rgb_array"]}
 
-    @property
-    def render_mode(self) -> str:
-        return "rgb_array"
-
     def render(self) -> np.ndarray:
         self._renderer.update_scene(self.env.unwrapped.data, camera=CAMERA)  # type: ignore[attr-defined]
         return np.ascontiguousarray(self._renderer.render()[::-1, ::-1])
@@ -69,12 +65,14 @@ def make_env(task: str = "pick-place-v3", max_steps: int = 300, size: int = 128)
     env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"]()
     env._freeze_rand_vec = False  # a new layout at every reset, drawn from env.np_random (the reset's seed)
     env.seeded_rand_vec = True
+    env.render_mode = "rgb_array"  # what CornerCamera.render returns (Meta-World's own renderer is never used)
     return CornerCamera(gym.wrappers.TimeLimit(env, max_steps), size)
 
 
 def expert(task: str) -> Callable[[np.ndarray], np.ndarray]:
     """Meta-World's scripted policy for `task`: observation → action."""
-    policy = ENV_POLICY_MAP[task]()
+    make: Callable[[], Any] = ENV_POLICY_MAP[task]
+    policy = make()
 
     def act(obs: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
@@ -91,8 +89,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", default="delta", choices=("delta", "progress", "success_bonus"))
     args = parser.parse_args()
-    env = SarmReward(make_env(args.task), args.target, INSTRUCTIONS[args.task],
-                     reward=RewardConfig(mode=args.mode, fallback=0.0))
+    env = SarmReward(
+        make_env(args.task), args.target, INSTRUCTIONS[args.task], reward=RewardConfig(mode=args.mode, fallback=0.0)
+    )
     act = expert(args.task)
     obs, info = env.reset(seed=args.seed)
     total, done, t = 0.0, False, 0
@@ -100,8 +99,10 @@ def main() -> None:
     while not done:
         obs, reward, terminated, truncated, info = env.step(act(obs))
         total, done, t = total + float(reward), terminated or truncated, t + 1
-        print(f"{t:>4} {float(reward):>8.4f} {info['sarm_progress']:>8.3f} {info['sarm_stage']:<8} "
-              f"{info['env_reward']:>10.3f} {bool(info['success'])}")
+        print(
+            f"{t:>4} {float(reward):>8.4f} {info['sarm_progress']:>8.3f} {info['sarm_stage']:<8} "
+            f"{info['env_reward']:>10.3f} {bool(info['success'])}"
+        )
     print(f"episode return {total:.3f}")
     env.close()
 

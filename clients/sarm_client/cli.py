@@ -4,9 +4,11 @@ RA-BC weights (the HTTP jobs API).
     sarm-client --target HOST:PORT health
     sarm-client --target HOST:PORT info [--json]
     sarm-client --target HOST:PORT score-video FILE --instruction TEXT [--fps F] [--json]
+    sarm-client --target HOST:PORT evaluate VIDEO... --instruction TEXT [--threshold P] [--json] [--out DIR]
     sarm-client rabc --http URL DATASET --chunk-size N [--kappa K] [--stride S] [--stats global|running] --out FILE
 
-Errors print one line on stderr and exit 1; `health` also exits 1 when the server is not SERVING.
+Errors print one line on stderr and exit 1; `health` also exits 1 when the server is not SERVING, `evaluate` when
+a video could not be scored (after reporting every video).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sarm_client import video
+from sarm_client import evaluate, plot, video
 from sarm_client.client import SarmClient
 from sarm_client.config import TLS, Timeout
 from sarm_client.errors import SarmError
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--score-every", type=int, default=1, metavar="N", help="score every N-th frame")
     score.add_argument("--smoothing", action="store_true", help="add confidence-weighted smoothed progress")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _evaluate_parser(commands)
     rabc = commands.add_parser("rabc", help="RA-BC weights of a dataset, computed by the service (a job over HTTP)")
     rabc.add_argument("dataset", help="the dataset folder, relative to the server's SARM_DATA_ROOT")
     rabc.add_argument("--http", required=True, metavar="URL", help="the gateway's HTTP API, e.g. http://HOST:8000")
@@ -69,10 +72,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(args: argparse.Namespace) -> SarmClient:
+def _evaluate_parser(commands: Any) -> None:
+    evaluation = commands.add_parser("evaluate", help="score policy rollout videos: progress, stage, success each")
+    evaluation.add_argument("videos", nargs="+", metavar="VIDEO", help="rollout videos of one task (one camera)")
+    evaluation.add_argument("--instruction", required=True, help="the task instruction")
+    evaluation.add_argument("--threshold", type=float, default=evaluate.DEFAULT_THRESHOLD, metavar="P",
+                            help=f"final progress for predicted success (default {evaluate.DEFAULT_THRESHOLD})")
+    evaluation.add_argument("--fps", type=float, default=None, help="frame rate (default: each file's)")
+    evaluation.add_argument("--concurrency", type=int, default=evaluate.DEFAULT_CONCURRENCY, metavar="N",
+                            help=f"videos scored at once (default {evaluate.DEFAULT_CONCURRENCY})")
+    evaluation.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluation.add_argument("--out", metavar="DIR", help="write summary.json, summary.csv and curves.png there")
+
+
+def _connection(args: argparse.Namespace) -> tuple[TLS | bool, Timeout]:
     files = (args.tls_ca, args.tls_cert, args.tls_key)
     tls: TLS | bool = TLS.from_files(*files) if any(files) else args.tls
-    timeout = Timeout() if args.timeout is None else Timeout(call=args.timeout, episode=args.timeout)
+    return tls, Timeout() if args.timeout is None else Timeout(call=args.timeout, episode=args.timeout)
+
+
+def _client(args: argparse.Namespace) -> SarmClient:
+    tls, timeout = _connection(args)
     return SarmClient(args.target, token=args.token, tls=tls, timeout=timeout)
 
 
@@ -122,6 +142,64 @@ def _score_video(client: SarmClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_evaluation(result: evaluate.Evaluation) -> None:
+    """A rich table when rich is installed (it is not a dependency), else plain columns."""
+    names = _short_names([e.video for e in result.episodes])
+    rows = [(name, str(e.frames), _number(e.final_progress), _number(e.max_progress), e.furthest_stage,
+             ("yes" if e.success else "no") if e.error is None else f"error: {e.error}")
+            for name, e in zip(names, result.episodes, strict=True)]
+    header = ("video", "frames", "final progress", "max progress", "furthest stage", "success")
+    summary = result.summary()
+    rate = "n/a" if summary["success_rate"] is None else f"{summary['success_rate']:.1%}"
+    footer = (f"{summary['succeeded']}/{summary['scored']} predicted successful ({rate}) at final progress >= "
+              f"{result.threshold:g}; stages {' > '.join(result.task_stages)}; model {result.model_version}"
+              + (f"; {summary['errors']} video(s) not scored" if summary["errors"] else ""))
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        for row in (header, *rows):
+            print("  ".join(f"{cell:<14}" if i else cell for i, cell in enumerate(row)))
+        print(footer)
+        return
+    table = Table(*header, title=result.instruction, caption=footer)
+    table.columns[0].overflow = "fold"  # a path is worth wrapping, never cutting
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _short_names(videos: list[str]) -> list[str]:
+    """The videos' paths relative to the folder they share (the JSON and summaries keep them whole)."""
+    parents = [os.path.dirname(os.path.abspath(v)) for v in videos]
+    common = os.path.commonpath(parents)
+    return [os.path.relpath(os.path.abspath(v), common) for v in videos]
+
+
+def _number(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"  # NaN: not scored
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    tls, timeout = _connection(args)
+    plotting = args.out is not None and plot.available()
+    if args.out is not None and not plotting:
+        print("sarm-client: curves.png skipped: it needs matplotlib (pip install 'sarm-client[plot]')",
+              file=sys.stderr)
+    with _progress(not args.json, "videos") as on_progress:
+        result = evaluate.evaluate_videos(args.target, args.videos, args.instruction, threshold=args.threshold,
+                                          fps=args.fps, concurrency=args.concurrency, token=args.token, tls=tls,
+                                          timeout=timeout, on_progress=on_progress)
+    if args.out is not None:
+        written = result.write(Path(args.out), plot=plotting)
+        print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        _print_evaluation(result)
+    return 1 if result.summary()["errors"] else 0
+
+
 def _job_progress(bar: Callable[[int, int | None], None] | None) -> Callable[[RabcJob], None]:
     """The bar, or else a line on stderr per change: a log of a batch job shows how far the job got."""
     def report(job: RabcJob) -> None:
@@ -153,6 +231,8 @@ def _rabc(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "rabc":  # HTTP: no gRPC channel
         return _rabc(args)
+    if args.command == "evaluate":  # its own asyncio client: many videos at once
+        return _evaluate(args)
     with _client(args) as client:
         if args.command == "health":
             status = client.health(args.service)
