@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 
-# Ray on loopback only, and no usage reports; read once by ray at import.
+# Ray on loopback only, no usage reports, and a token of this run's own (a local cluster turns token authentication
+# on and would otherwise write ~/.ray/auth_token, which later `ray start`s pick up); read once by ray at import.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 import tempfile
 import time

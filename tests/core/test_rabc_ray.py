@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,13 +30,19 @@ from typer.testing import CliRunner
 
 from sarm.cli import app
 from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE, read_progress
-from sarm.rabc.progress import EpisodeLabeller
+from sarm.rabc.progress import EpisodeLabeller, EpisodeProgress
 from sarm.triton import free_ports
 from tests.conftest import synthetic_episode, write_dataset
 
-# Ray on loopback only (it would otherwise resolve 127.0.0.1 to the machine's outward address), and no usage
-# reports. Set before ray is imported: it reads them once, and this process is a Ray driver too.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray on loopback only (it would otherwise resolve 127.0.0.1 to the machine's outward address), no usage reports,
+# and token authentication with a token of this module's own (not ~/.ray/auth_token): the cluster and every driver
+# get it from the environment. Set before ray is imported: it reads them once, and this process is a driver too.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
+}
 os.environ.update(RAY_ENV)
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 from sarm.rabc.distributed import RayOptions, label_on_ray  # noqa: E402 (needs ray)
@@ -67,6 +75,16 @@ class Cluster:
 
     def label_workers(self) -> list[int]:
         return sorted(pid for pid, cmd in self.processes().items() if cmd.startswith("ray::LabelWorker"))
+
+    def busy_worker(self, seconds: float = 60) -> int:
+        """A label worker in the middle of an episode (Ray titles it `ray::LabelWorker.label` meanwhile)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            busy = [pid for pid, cmd in self.processes().items() if cmd == "ray::LabelWorker.label"]
+            if busy:
+                return busy[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no label worker was busy within {seconds} s: {self.processes()}")
 
     def workers_left(self, seconds: float = 30) -> list[int]:
         """The label workers still alive after up to `seconds` (killing an actor takes Ray a moment)."""
@@ -219,11 +237,11 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_output_is_complete(
     def kill_one_after_the_first_episode(done: int, total: int) -> None:
         calls.append((done, total))
         if done == 1:
-            workers = cluster.label_workers()
-            assert len(workers) == WORKERS, workers
-            before.extend(workers)
-            os.kill(workers[0], signal.SIGKILL)  # a real process death, not an exception
-            killed.append(workers[0])
+            before.extend(cluster.label_workers())
+            assert len(before) == WORKERS, before
+            victim = cluster.busy_worker()  # one scoring an episode now: it has calls in flight
+            os.kill(victim, signal.SIGKILL)  # a real process death, not an exception
+            killed.append(victim)
 
     run = label_on_ray(
         EpisodeLabeller(ds_root, sarm_checkpoint, 1),
@@ -233,7 +251,8 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_output_is_complete(
     assert killed and killed[0] not in cluster.label_workers()
     assert calls == [(done, len(LENGTHS)) for done in range(len(LENGTHS) + 1)]
     assert sorted(run.scored_by) == list(range(len(LENGTHS)))
-    # The restarted worker, a process that did not exist at the kill, scored what the killed one had been sent.
+    # The restarted worker, a process that did not exist at the kill, scored what the killed one had been sent
+    # (Ray re-sends an actor's unanswered calls to its restart).
     restarted = set(run.scored_by.values()) - set(before)
     assert len(restarted) == 1 and killed[0] not in restarted
     reference = read_progress(single / PROGRESS_FILE)
@@ -243,6 +262,39 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_output_is_complete(
         np.testing.assert_allclose(got.progress, want.progress, atol=1e-6)
     assert run.progress.provenance["ray"] == {"workers": WORKERS}
     assert not cluster.workers_left()
+
+
+def test_a_driver_without_the_clusters_token_is_told_so(
+    cluster: Cluster, ds_root: Path, sarm_checkpoint: Path, tmp_path: Path
+) -> None:
+    # No token anywhere: not in the environment, not in ~/.ray (HOME is empty).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"} | {
+        "RAY_AUTH_MODE": "disabled",
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [
+            str(BIN / "sarm"),
+            "rabc",
+            str(ds_root),
+            "--checkpoint",
+            str(sarm_checkpoint),
+            "--chunk-size",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+            "--ray",
+            cluster.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"the Ray cluster at '{cluster.address}' refused this driver's token" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_unreachable_head_fails_in_one_line(ds_root: Path, sarm_checkpoint: Path, tmp_path: Path) -> None:
@@ -289,3 +341,28 @@ def test_bad_input_is_refused_before_the_cluster_is_asked(sarm_checkpoint: Path,
     )
     assert result.exit_code == 2, result.output
     assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_the_labeller_travels_without_its_scorer() -> None:
+    labeller = EpisodeLabeller(Path("/data/ds"), Path("/ckpt"), 2, threads=1)
+    labeller.__dict__["_scorer"] = object()  # what the first label() caches in a worker
+    back = pickle.loads(pickle.dumps(labeller))
+    assert back == labeller and "_scorer" not in back.__dict__
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        EpisodeLabeller(Path("/data/ds"), Path("/ckpt"), 0)
+
+
+def test_assemble_orders_episodes_and_refuses_missing_or_repeated_ones() -> None:
+    labeller = EpisodeLabeller(Path("/data/ds"), Path("/ckpt"))
+
+    def episode(i: int) -> EpisodeProgress:
+        return EpisodeProgress(i, np.arange(2, dtype=np.int64) + 2 * i, np.full(2, i, np.float32))
+
+    progress = labeller.assemble([episode(2), episode(0), episode(1)], {"a": 1}, [0, 1, 2])
+    assert [e.episode_index for e in progress.episodes] == [0, 1, 2] and progress.provenance == {"a": 1}
+    with pytest.raises(ValueError, match=r"missing episodes \[1\], unexpected \[\]"):
+        labeller.assemble([episode(0), episode(2)], {}, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"unexpected \[7\]"):
+        labeller.assemble([episode(0), episode(7)], {}, [0])
+    with pytest.raises(ValueError, match="episode 0 was labelled twice"):
+        labeller.assemble([episode(0), episode(0)], {}, [0])
