@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from sarm.data.lerobot import LeRobotDataset
@@ -137,3 +138,19 @@ class LeRobotScorer:
             if on_episode is not None:
                 on_episode(scores)
         return results
+
+
+def progress_table(results: list[EpisodeScores], heads: tuple[str, ...], model_path: str) -> pa.Table:
+    """LeRobot's sarm_progress.parquet: index, episode_index, frame_index (int64), progress_<head> (float32),
+    and the model path in the schema metadata (`reward_model_path`, as compute_sarm_progress writes it)."""
+    if not results:
+        raise ValueError("no episode to write")
+    columns: dict[str, np.ndarray] = {
+        "index": np.concatenate([r.index for r in results]),
+        "episode_index": np.concatenate([np.full(r.length, r.episode_index, np.int64) for r in results]),
+        "frame_index": np.concatenate([np.arange(r.length, dtype=np.int64) for r in results]),
+    }
+    for head in heads:
+        columns[f"progress_{head}"] = np.concatenate([r.progress[head] for r in results]).astype(np.float32)
+    table = pa.table(columns)
+    return table.replace_schema_metadata({"reward_model_path": model_path})

@@ -24,7 +24,7 @@ from sarm.lerobot.checkpoint import load_imported, load_imported_info
 from sarm.lerobot.config import LeRobotConfigError, parse_config, read_config
 from sarm.lerobot.modeling import ImportedLeRobotSARM, load_lerobot_model
 from sarm.lerobot.normalizer import read_normalizer
-from sarm.lerobot.scoring import fill_frames, scored_frames
+from sarm.lerobot.scoring import fill_frames, progress_table, scored_frames
 from sarm.lerobot.windows import centered_windows
 from sarm.training.checkpoint import CheckpointError, load_checkpoint, load_model
 
@@ -88,8 +88,12 @@ def test_imported_checkpoint_reproduces_lerobots_progress(
     np.testing.assert_array_equal(index, np.asarray(ref["index"]))
     scored = _scored_mask(np.asarray(ref["episode_index"]), np.asarray(ref["frame_index"]))
     assert scored.sum() == sum(len(r.scored) for r in results) > 400
+    table = progress_table(results, expected_heads, str(ckpt))
+    assert table.column_names == ["index", "episode_index", "frame_index", *(f"progress_{h}" for h in expected_heads)]
+    assert table.column("frame_index").to_pylist() == ref["frame_index"]
+    assert table.column("episode_index").to_pylist() == ref["episode_index"]
     for head in expected_heads:
-        ours = np.concatenate([r.progress[head] for r in results])
+        ours = table.column(f"progress_{head}").to_numpy()
         theirs = np.asarray(ref[f"progress_{head}"])
         diff = np.abs(ours - theirs)[scored]
         assert diff.max() <= TOLERANCE, f"{head}: max |ours − LeRobot| {diff.max():.2e} on scored frames"
@@ -214,6 +218,20 @@ def test_single_stage_mode_uses_one_task_stage_whatever_the_file_says(single: Pa
     assert cfg.annotation_mode == "single_stage" and cfg.dense is None
     assert cfg.sparse.stage_names == ("task",) and cfg.sparse.proportions == (1.0,)
     assert cfg.num_dense_classes == 1  # LeRobot still builds (and saves) a one-class dense stage head
+
+
+def test_dense_only_mode_has_a_one_stage_sparse_head_and_the_dense_subtasks(dual: Path) -> None:
+    data = _lerobot_config(dual) | {"annotation_mode": "dense_only", "sparse_subtask_names": ["a", "b"]}
+    cfg = parse_config(data)
+    assert [h.name for h in cfg.heads] == ["sparse", "dense"]
+    assert cfg.sparse.stage_names == ("task",) and cfg.dense is not None and cfg.dense.num_stages == 5
+
+
+def test_breakpoints_follow_lerobot() -> None:
+    data = json.loads((FIXTURES / "lerobot_sarm_insertion" / "checkpoint" / "config.json").read_text())
+    data |= {"sparse_subtask_names": ["a", "b", "c"], "sparse_temporal_proportions": [1, 1, 2], "num_sparse_stages": 3}
+    # Proportions not summing to 1 are rescaled; the last breakpoint is exactly 1.
+    assert parse_config(data).sparse.breakpoints() == (0.0, 0.25, 0.5, 1.0)
 
 
 def test_weights_are_checked_strictly(dual: Path, tmp_path: Path) -> None:
