@@ -194,16 +194,6 @@ class ImportedInfo:
         return str(self.data["frame_encoder"]["digest"])
 
 
-def is_imported(path: Path) -> bool:
-    config = path / CONFIG_FILE
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("architecture") == ARCHITECTURE
-    except (json.JSONDecodeError, AttributeError):
-        return False
-
-
 def load_imported_info(path: Path) -> ImportedInfo:
     config = path / CONFIG_FILE
     if not config.is_file():
