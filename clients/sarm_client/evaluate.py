@@ -34,7 +34,7 @@ from sarm_client.errors import SarmError
 from sarm_client.models import FrameScore, ModelInfo
 from sarm_client.rewards import one_line
 
-DEFAULT_THRESHOLD = 0.9  # final progress at or above it: predicted success (bench/evaluate_quality.py measures it)
+DEFAULT_THRESHOLD = 0.5  # final progress at or above it: predicted success (chosen in bench/evaluate_quality.py)
 DEFAULT_CONCURRENCY = 4
 # Scoring a whole video again is always safe (nothing is kept between tries), so a busy server is waited for longer
 # than a single call would be.
