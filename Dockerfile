@@ -40,7 +40,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     SARM_MODEL_REPO=/opt/sarm/model_repo \
-    SARM_RABC_CHECKPOINT=/opt/sarm/checkpoint \
     SARM_GRPC_PORT=50051 \
     SARM_HTTP_PORT=8080
 USER 10001:10001

@@ -31,9 +31,9 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from sarm.export.model_repo import read_manifest
-from sarm.model.windows import sequence_indices, stride_frames
-from sarm_gateway.backends import LocalBackend
+from sarm.manifest import read_manifest
+from sarm.model.windows import sequence_indices
+from sarm.scoring.backends import LocalBackend
 from sarm_gateway.settings import DEFAULT_MODEL_REPO
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -207,18 +207,17 @@ async def timed_curve(stub: pb_grpc.RewardServiceStub, frames: Sequence[pb.Frame
 # ---- the direct path: the gateway's own local backend, in this process ---------------------------------------------
 
 class Direct:
-    """The repository's encoder and heads through `sarm_gateway.backends.LocalBackend`, called directly (no gRPC,
+    """The repository's encoder and heads through `sarm.scoring.backends.LocalBackend`, called directly (no gRPC,
     no cache, no micro-batching), with the instruction embedded by the encoder the gateway uses."""
 
     def __init__(self, repo: Path, threads: int) -> None:
         self.manifest = read_manifest(repo)
         self.backend = LocalBackend(repo, self.manifest, intra_op_threads=threads, workers=1)
-        self.window_frames: int = self.manifest["window"]["frames"]
-        self.max_rewind: int = self.manifest["window"]["max_rewind"]
-        self.stride_seconds: float = self.manifest["window"]["stride_seconds"]
+        self.window_frames = self.manifest.window.frames
+        self.max_rewind = self.manifest.window.max_rewind
         from sarm.encoders.registry import load_text_encoder  # torch: once per run, outside any timing
 
-        text_encoder = load_text_encoder(self.manifest["text_encoder"]["id"])
+        text_encoder = load_text_encoder(self.manifest.text_encoder.id)
         self.text = np.asarray(text_encoder.encode([INSTRUCTION]), dtype=np.float32)
 
     async def encode(self, images: np.ndarray) -> np.ndarray:
@@ -233,7 +232,7 @@ class Direct:
 
     def window(self, t: int, fps: float) -> tuple[np.ndarray, int]:
         """Frame indices (L,) of frame t's causal window (padded) and its number of valid positions."""
-        seq = sequence_indices(t, stride_frames(fps, self.stride_seconds), 0, 0, self.window_frames, self.max_rewind)
+        seq = sequence_indices(t, self.manifest.window.stride(fps), 0, 0, self.window_frames, self.max_rewind)
         return seq.indices[0], int(seq.lengths[0])
 
 

@@ -50,7 +50,7 @@ TARGETED = ("memory", "redis")  # the embeddings gateway is the reference: what 
 
 async def heads_floor(direct: Direct, length: int, fps: float) -> float:
     """Seconds for the heads alone on an episode's `length` windows, in the gateway's batch size."""
-    embeddings = np.random.default_rng(0).normal(size=(length, direct.manifest["frame_encoder"]["dim"]))
+    embeddings = np.random.default_rng(0).normal(size=(length, direct.manifest.frame_encoder.dim))
     batch = int(Settings.model_fields["max_batch_size"].default)
     start = time.perf_counter()
     for first in range(0, length, batch):
@@ -61,7 +61,7 @@ async def heads_floor(direct: Direct, length: int, fps: float) -> float:
 
 async def measure(args: argparse.Namespace, addresses: dict[str, str], redis: RedisProcess,
                   direct: Direct) -> list[dict[str, Any]]:
-    height, width = direct.manifest["image"]["height"], direct.manifest["image"]["width"]
+    height, width = direct.manifest.image_size
     source = DistinctFrames(height, width, args.seed)
     length = round(args.seconds * args.fps)
     rounds = []

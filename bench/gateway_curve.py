@@ -56,7 +56,7 @@ async def naive_curve(direct: Direct, images: np.ndarray, frames: np.ndarray, fp
 
 
 async def measure(args: argparse.Namespace, address: str, direct: Direct) -> list[dict[str, Any]]:
-    height, width = direct.manifest["image"]["height"], direct.manifest["image"]["width"]
+    height, width = direct.manifest.image_size
     source = DistinctFrames(height, width, args.seed)
     length = round(args.seconds * args.fps)
     naive_frames = np.unique(np.linspace(0, length - 1, min(args.naive_frames, length)).round().astype(int))

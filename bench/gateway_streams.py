@@ -122,7 +122,7 @@ async def reference_round(direct: Direct, frames: DistinctFrames, samples: int) 
 
 async def measure(args: argparse.Namespace, address: str, direct: Direct) -> tuple[list[dict[str, Any]],
                                                                                      dict[str, dict[str, float]]]:
-    height, width = direct.manifest["image"]["height"], direct.manifest["image"]["width"]
+    height, width = direct.manifest.image_size
     frames = DistinctFrames(height, width, args.seed)
     rounds: list[dict[str, Any]] = []
     reference: dict[str, list[float]] = {}

@@ -51,13 +51,13 @@ def main() -> None:
     export_model_repository(checkpoint, repo, "cpu")
     manifest = read_manifest(repo)
     rng = np.random.default_rng(0)
-    h, w = manifest["image"]["height"], manifest["image"]["width"]
-    length, dim = manifest["window"]["sequence_length"], manifest["frame_encoder"]["dim"]
+    h, w = manifest.image_size
+    length, dim = manifest.window.sequence_length, manifest.frame_encoder.dim
     cases = {
         (ENCODER_MODEL, 1): {"images": rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)},
         (ENCODER_MODEL, 8): {"images": rng.integers(0, 256, (8, h, w, 3), dtype=np.uint8)},
         (HEADS_MODEL, 1): {"frames": rng.normal(size=(1, length, 1, dim)).astype(np.float32),
-                           "text": rng.normal(size=(1, manifest["text_encoder"]["dim"])).astype(np.float32),
+                           "text": rng.normal(size=(1, manifest.text_encoder.dim)).astype(np.float32),
                            "lengths": np.full((1, 1), 9, np.int64)},
     }
     options = ort.SessionOptions()

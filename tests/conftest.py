@@ -6,6 +6,12 @@ import os
 
 # MuJoCo picks its GL backend once, at import: headless tests render through Mesa's software EGL.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Model repositories that `sarm rabc` exports from checkpoints go to a folder of this test run, not ~/.cache (the
+# CLI's subprocesses inherit it).
+if "SARM_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SARM_CACHE"] = tempfile.mkdtemp(prefix="sarm-test-cache-")
 
 import shutil
 from collections.abc import Iterator
@@ -27,10 +33,11 @@ CAMERA = "observation.images.top"
 LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_aloha_insertion"
 
 
-def synthetic_episode(length: int, seed: int, stages: tuple[str, ...] = ("reach", "grasp", "lift")) -> EpisodeData:
-    """An episode whose frames encode time (a moving bar) so decoding errors are visible."""
+def synthetic_episode(length: int, seed: int, stages: tuple[str, ...] = ("reach", "grasp", "lift"),
+                      size: tuple[int, int] = (32, 48)) -> EpisodeData:
+    """An episode whose frames (`size` = height, width) encode time (a moving bar) so decoding errors are visible."""
     rng = np.random.default_rng(seed)
-    frames = np.full((length, 32, 48, 3), 40, np.uint8)
+    frames = np.full((length, *size, 3), 40, np.uint8)
     for t in range(length):
         column = int(t / max(length - 1, 1) * 40)
         frames[t, 8:24, column : column + 8] = (220, 120, 30)

@@ -16,9 +16,9 @@ from PIL import Image
 
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
+from sarm.scoring.backends import Backend, HeadsOutput, make_backend
 from sarm.triton import free_ports
-from sarm_gateway.backends import Backend, HeadsOutput, make_backend
-from sarm_gateway.engine import Engine
+from sarm_gateway.deps import build_deps
 from sarm_gateway.server import Gateway
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
@@ -77,8 +77,9 @@ class RunningGateway:
 
     async def _start(self, text_encoder: TextEncoder, gated: bool) -> Gateway:
         manifest = read_manifest(self.settings.model_repo)
-        self.backend = CountingBackend(make_backend(self.settings, self.settings.model_repo, manifest), gated)
-        gateway = Gateway(Engine(manifest, self.backend, text_encoder, self.settings), self.settings)
+        inner = make_backend(self.settings.engine_options(), self.settings.model_repo, manifest)
+        self.backend = CountingBackend(inner, gated)
+        gateway = Gateway(build_deps(self.settings, self.backend, text_encoder))
         await gateway.start()
         return gateway
 
@@ -91,8 +92,8 @@ class RunningGateway:
 
     def wait_in_flight(self, n: int) -> None:
         deadline = time.monotonic() + TIMEOUT
-        while self.gateway.engine.work.in_flight != n:
-            assert time.monotonic() < deadline, f"in flight: {self.gateway.engine.work.in_flight}, expected {n}"
+        while self.gateway.deps.work.in_flight != n:
+            assert time.monotonic() < deadline, f"in flight: {self.gateway.deps.work.in_flight}, expected {n}"
             time.sleep(0.01)
 
     def close(self) -> None:

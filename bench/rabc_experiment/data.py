@@ -17,7 +17,7 @@ from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
 from sarm.embeddings import embed_dataset, load_embeddings, require_same_encoders
 from sarm.encoders.registry import DEFAULT_FRAME_ENCODER, DEFAULT_TEXT_ENCODER, load_frame_encoder, load_text_encoder
 from sarm.model.windows import stride_frames
-from sarm.scoring import score_embeddings
+from sarm.scoring.pytorch import score_embeddings
 from sarm.sim.metaworld_demos import METAWORLD_FPS, QualityMix, generate_episodes
 from sarm.training.checkpoint import CONFIG, load_checkpoint
 from sarm.training.trainer import TrainConfig, train

@@ -54,7 +54,9 @@ def decode(path: str | Path, info: ModelInfo) -> np.ndarray:
         if not container.streams.video:
             raise InvalidArgument(f"{path}: no video stream")
         try:
-            frames = [f.to_ndarray(format="rgb24", width=width, height=height)
+            # AREA: the gateway's and the core's filter (sarm.data.video.RESIZE_INTERPOLATION), so a video scores
+            # the same whoever decodes it.
+            frames = [f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
                       for f in container.decode(container.streams.video[0])]
         except av.FFmpegError as error:
             raise InvalidArgument(f"{path}: cannot decode: {error}") from error

@@ -15,6 +15,8 @@ from sarm.data.video import VideoError
 from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from sarm.rabc.progress import OnEpisode
 from sarm.rabc.weights import RabcParams, RabcSummary, Stats
+from sarm.scoring.errors import BackendUnavailable
+from sarm.scoring.options import BackendKind, EngineOptions
 
 console = Console()
 HEALTHY_MEAN_WEIGHT = (0.3, 0.8)  # SARM.md, "RA-BC"
@@ -33,6 +35,13 @@ def rabc_command(
     stride: Annotated[int, typer.Option(help="Score every N-th frame (and the last); interpolate between.")] = 1,
     plot: Annotated[bool, typer.Option(help="Also write rabc_weights.png.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for the encoder and model.")] = 1,
+    backend: Annotated[BackendKind, typer.Option(
+        help="Where the exported graphs run: local (ONNX Runtime in this process) or triton (a Triton server that "
+        "serves this checkpoint's repository, at --triton-url).",
+    )] = "local",
+    triton_url: Annotated[str, typer.Option(help="Triton gRPC HOST:PORT (with --backend triton).")] = (
+        "127.0.0.1:8001"
+    ),
     ray: Annotated[str | None, typer.Option(
         "--ray", metavar="auto|ADDRESS",
         help="Spread the episodes over the Ray cluster whose head is at HOST:PORT (`auto`: RAY_ADDRESS, else the "
@@ -43,12 +52,11 @@ def rabc_command(
     )] = None,
 ) -> None:
     """Score every frame with CKPT, then write RA-BC weights (paper eq. 8–9) and print their summary."""
-    import torch
-
     from sarm.rabc.pipeline import run_rabc
     from sarm.rabc.plot import plot_rabc
+    from sarm.scoring.options import EngineOptions
 
-    torch.set_num_threads(threads)
+    engine = EngineOptions(backend=backend, triton_url=triton_url, intra_op_threads=threads)
     try:
         params = RabcParams(chunk_size, kappa, eps, stats)
         # The bar appears once the inputs are checked (the first call, done = 0), so errors print alone.
@@ -61,16 +69,16 @@ def rabc_command(
 
         try:
             if ray is None:
-                summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance)
+                summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance, options=engine)
             else:
-                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, threads, advance)
+                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, engine, advance)
         finally:
             if bar.live.is_started:
                 bar.stop()
         written = [out / name for name in (PROGRESS_FILE, WEIGHTS_FILE, SUMMARY_FILE)]
         if plot:
             written.append(plot_rabc(out, summary))
-    except (*USER_ERRORS, VideoError) as error:
+    except (*USER_ERRORS, VideoError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
     print_summary(summary)
@@ -79,7 +87,7 @@ def rabc_command(
 
 def _run_on_ray(
     dataset: Path, checkpoint: Path, params: RabcParams, out: Path, stride: int, address: str,
-    workers: int | None, threads: int, advance: OnEpisode,
+    workers: int | None, engine: EngineOptions, advance: OnEpisode,
 ) -> RabcSummary:
     try:
         from sarm.rabc.distributed import RayLabellingError, RayOptions, run_rabc_on_ray
@@ -88,7 +96,8 @@ def _run_on_ray(
         raise typer.Exit(2) from error
     try:
         summary, run = run_rabc_on_ray(
-            dataset, checkpoint, params, out, RayOptions(address, workers, threads), stride, on_episode=advance
+            dataset, checkpoint, params, out, RayOptions(address, workers, engine.intra_op_threads), stride,
+            on_episode=advance, engine=engine,
         )
     except RayLabellingError as error:  # the cluster failed, not the input: exit 1, not 2
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)

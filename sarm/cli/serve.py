@@ -1,10 +1,11 @@
-"""`sarm serve`: the reward gateway (gRPC, and HTTP with --http-port) on a model repository. Settings not given here
-come from SARM_* env."""
+"""`sarm serve`: the reward gateway (gRPC, and HTTP with --http-port) on a model repository. The gateway is its own
+package (`sarm-gateway`); it is found through the `sarm.gateway` entry point, so the core never imports it."""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -25,36 +26,10 @@ def serve_command(
     )] = None,
 ) -> None:
     """Serve SARM rewards over gRPC and HTTP until SIGTERM/SIGINT (then not ready, drain both, stop)."""
-    import asyncio
-
-    from pydantic import ValidationError
-
-    from sarm.encoders.base import EncoderMismatchError
-    from sarm_gateway.backends import BackendNotAvailable
-    from sarm_gateway.server import Gateway, serve
-    from sarm_gateway.settings import DEFAULT_MODEL_REPO, Settings
-
-    given: dict[str, Any] = {"model_repo": model_repo, "backend": backend, "triton_url": triton_url,
-                             "grpc_port": grpc_port, "http_port": http_port}
-    try:
-        settings = Settings(**{key: value for key, value in given.items() if value is not None})
-    except ValidationError as error:
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
-        raise typer.Exit(2) from error
-    if settings.model_repo == DEFAULT_MODEL_REPO and not DEFAULT_MODEL_REPO.is_dir():
-        console.print(f"[red]error:[/red] the default model is not built at {DEFAULT_MODEL_REPO}: run `make setup`, "
-                      "or pass --model-repo DIR (a repository from `sarm export`)", soft_wrap=True)
+    found = entry_points(group="sarm.gateway", name="run")
+    if not found:
+        console.print("[red]error:[/red] the gateway is not installed: `pip install -e .` (it provides sarm-gateway)")
         raise typer.Exit(2)
-
-    def started(gateway: Gateway) -> None:
-        http = "HTTP API" if settings.http_port is not None else "metrics"
-        console.print(f"serving {settings.model_repo} ({settings.backend}) on gRPC {settings.grpc_host}:"
-                      f"{gateway.port}, {http} {settings.http_host}:{gateway.http_port}", soft_wrap=True)
-
-    try:
-        asyncio.run(serve(settings, started))
-    except (FileNotFoundError, ValueError, EncoderMismatchError, BackendNotAvailable, OSError) as error:
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
-        raise typer.Exit(2) from error
-
-
+    run = next(iter(found)).load()
+    raise typer.Exit(run({"model_repo": model_repo, "backend": backend, "triton_url": triton_url,
+                          "grpc_port": grpc_port, "http_port": http_port}))

@@ -141,3 +141,23 @@ def read_frames(
             f"video (first missing: episode frame {missing[0]}); the video is shorter than the dataset says"
         )
     return np.stack([found[int(i)] for i in wanted])
+
+
+# The one resize filter of every path that fits frames to a model's image size (uploads, datasets, the client):
+# AREA averages the pixels it shrinks, as the encoders' antialiased resize does. libswscale does the work.
+RESIZE_INTERPOLATION = "AREA"
+
+
+def to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
+    """A decoded frame as (height, width, 3) uint8 RGB, resized by libswscale with the one filter."""
+    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation=RESIZE_INTERPOLATION)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames at (N, height, width, 3), by the same filter; unchanged when already that size."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    out = np.empty((len(frames), height, width, 3), np.uint8)
+    for i, image in enumerate(frames):
+        out[i] = to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"), height, width)
+    return out

@@ -18,20 +18,22 @@ Instruction embeddings are not a Triton model: the gateway computes each instruc
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from sarm.encoders.base import check_encoder
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_encoder
 from sarm.encoders.registry import load_frame_encoder
 from sarm.export.onnx_heads import export_heads
+from sarm.export.quantize import CalibrationError, calibration_frames, quantize_in_place
+from sarm.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, read_manifest
 from sarm.training.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
 from sarm.triton.repository import Batching, TensorSpec, model_config_pbtxt, write_onnx_python_model
 
+__all__ = ["MANIFEST", "Manifest", "export_model_repository", "onnx_path", "read_manifest"]
+
 Target = Literal["cpu", "gpu"]
-MANIFEST = "sarm_manifest.json"
-MANIFEST_FORMAT = "sarm-model-repo/1"
 ENCODER_MODEL = "sarm_frame_encoder"
 HEADS_MODEL = "sarm_heads"
 MODELS = {"encoder": ENCODER_MODEL, "heads": HEADS_MODEL}  # role in the manifest -> Triton model name
@@ -43,11 +45,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def tensor_specs(manifest: dict[str, Any]) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+def tensor_specs(manifest: Manifest) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Inputs and outputs of both models, per item (Triton adds the batch dimension)."""
-    h, w = manifest["image"]["height"], manifest["image"]["width"]
-    window, k = manifest["window"], len(manifest["stage_names"])
-    frame_dim, text_dim = manifest["frame_encoder"]["dim"], manifest["text_encoder"]["dim"]
+    h, w = manifest.image_size
+    k = len(manifest.stage_names)
+    frame_dim, text_dim = manifest.frame_encoder.dim, manifest.text_encoder.dim
     scalar = [1]
     return {
         ENCODER_MODEL: (
@@ -56,7 +58,7 @@ def tensor_specs(manifest: dict[str, Any]) -> dict[str, tuple[list[TensorSpec], 
         ),
         HEADS_MODEL: (
             [
-                TensorSpec("frames", "TYPE_FP32", [window["sequence_length"], manifest["num_cameras"], frame_dim]),
+                TensorSpec("frames", "TYPE_FP32", [manifest.window.sequence_length, manifest.num_cameras, frame_dim]),
                 TensorSpec("text", "TYPE_FP32", [text_dim]),
                 TensorSpec("lengths", "TYPE_INT64", scalar),
             ],
@@ -71,9 +73,11 @@ def tensor_specs(manifest: dict[str, Any]) -> dict[str, tuple[list[TensorSpec], 
 
 
 def export_model_repository(
-    checkpoint: Path, out: Path, target: Target = "cpu", image_size: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    """Write the repository and return its manifest."""
+    checkpoint: Path, out: Path, target: Target = "cpu", image_size: tuple[int, int] | None = None,
+    calibration: Sequence[Path] = (),
+) -> Manifest:
+    """Write the repository and return its manifest. With `calibration` datasets the frame encoder is INT8
+    (sarm.export.quantize), and frame_encoder.quantization in the manifest says how it was made."""
     model, info = load_checkpoint(checkpoint)
     encoder = load_frame_encoder(info.frame_encoder["id"])
     try:
@@ -81,37 +85,49 @@ def export_model_repository(
     except ValueError as error:
         message = f"{checkpoint} was trained on embeddings this encoder no longer gives: {error}"
         raise CheckpointError(message) from error
+    if model.config.state_dim:
+        raise CheckpointError(f"{checkpoint} reads joint state ({model.config.state_dim}-d), which the exported heads "
+                              "cannot take yet: export a checkpoint trained without state")
     cameras = info.training.get("cameras", {})
     if image_size is None and not cameras:
         raise CheckpointError(f"{checkpoint} does not record its camera resolution: pass --image-size HxW")
     height, width = image_size or next(iter(cameras.values()))
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new directory")
+    if calibration and target != "cpu":
+        raise CalibrationError("--quantize int8 is for --target cpu: TensorRT builds its own engines (FP16) on the GPU")
+    frames = calibration_frames(calibration, image_size=(height, width)) if calibration else None
     sources = {name: out / name / ("1" if target == "cpu" else "") / "model.onnx" for name in MODELS.values()}
     for path in sources.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     encoder_onnx = export_frame_encoder(encoder, sources[ENCODER_MODEL], height=height, width=width)
+    quantization = quantize_in_place(encoder_onnx, frames) if frames is not None else None
     heads_onnx = export_heads(model, sources[HEADS_MODEL])
     config = model.config
-    manifest: dict[str, Any] = {
+    manifest = Manifest.from_dict({
         "format": MANIFEST_FORMAT,
         "target": target,
         "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_digest(checkpoint), "labels": info.labels},
-        "frame_encoder": info.frame_encoder,
+        # What this repository's graph is (float unless quantized here), not what the training embeddings were.
+        "frame_encoder": {**{k: v for k, v in info.frame_encoder.items() if k != "quantization"},
+                          **({"quantization": quantization} if quantization else {})},
         "text_encoder": info.text_encoder,
         "stage_names": config.stage_names,
         "proportions": config.proportions,
         "tasks": config.tasks,
         "window": {
-            "frames": config.window_frames, "max_rewind": config.max_rewind,
+            "mode": "causal", "frames": config.window_frames, "max_rewind": config.max_rewind,
             "stride_seconds": config.stride_seconds, "sequence_length": config.sequence_length,
         },
+        "heads": ["sparse"],
+        "state_dim": 0,  # the exported heads take no state input (state models are refused above)
         "num_cameras": config.num_cameras,
         "image": {"height": height, "width": width},
-        "models": {role: name for role, name in MODELS.items()},
+        "max_batch": BATCHING.max_batch_size,
+        "models": dict(MODELS),
         "onnx": {role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
         "onnx_sha256": {"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
-    }
+    })
     specs = tensor_specs(manifest)
     for name, onnx_path in ((ENCODER_MODEL, encoder_onnx), (HEADS_MODEL, heads_onnx)):
         inputs, outputs = specs[name]
@@ -125,7 +141,7 @@ def export_model_repository(
             (out / name / "config.pbtxt").write_text(pbtxt)
     if target == "gpu":
         _write_engine_build_script(out, specs)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest.write(out)
     return manifest
 
 
@@ -153,24 +169,13 @@ def _write_engine_build_script(out: Path, specs: dict[str, tuple[list[TensorSpec
     script.chmod(0o755)
 
 
-def read_manifest(repo: Path) -> dict[str, Any]:
-    path = repo / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{repo} is not a SARM model repository: {MANIFEST} is missing (run `sarm export`)")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} has format {manifest.get('format')!r}; this version reads {MANIFEST_FORMAT!r}")
-    return manifest
-
-
-
-def onnx_path(repo: Path, manifest: dict[str, Any], role: str) -> Path:
+def onnx_path(repo: Path, manifest: Manifest, role: str) -> Path:
     """The ONNX graph of `role` ("encoder" or "heads"), refused unless it is the one the manifest describes
     (a graph swapped or re-exported on its own would score with stage names and ᾱ of another model)."""
-    path = repo / manifest["onnx"][role]
+    path = repo / manifest.onnx[role]
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: re-export the repository with `sarm export`")
-    if _sha256(path) != manifest["onnx_sha256"][role]:
+    if _sha256(path) != manifest.onnx_sha256[role]:
         raise ValueError(f"{path} does not match {repo / MANIFEST} (sha256 differs): re-export the repository "
                          "with `sarm export` instead of replacing files in it")
     return path

@@ -91,11 +91,26 @@ def connect(address: str) -> bool:
         _check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (OSError, ValueError, RuntimeError) as error:  # ConnectionError is an OSError
+        if _refused_token(error):
+            raise RayLabellingError(
+                f"the Ray cluster at {address!r} refused this driver's token: it uses token authentication; set "
+                "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too"
+            ) from error
         raise RayLabellingError(
             f"cannot reach a Ray cluster at {address!r} ({error}); start one with `ray start --head` and give its "
             "HOST:PORT, or `auto` where RAY_ADDRESS is set or a head runs on this machine"
         ) from error
     return True
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    """Whether Ray's token authentication is behind `error` (Ray wraps it in its connection errors)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if type(error).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def _check_reachable(address: str) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from sarm.data.lerobot import LeRobotDataset
 from sarm.data.validate import InvalidDatasetError, find_problems
-from sarm.encoders.base import FrameEncoder, TextEncoder
 from sarm.rabc.files import write_progress, write_summary, write_weights
-from sarm.rabc.progress import DatasetProgress, OnEpisode, ShouldStop, dataset_progress
+from sarm.rabc.progress import DatasetProgress, EngineHandle, OnEpisode, ShouldStop, dataset_progress
 from sarm.rabc.weights import RabcParams, RabcSummary, compute, summarize
+from sarm.scoring.options import EngineOptions
 from sarm.training.checkpoint import CheckpointError
 
 
@@ -30,23 +30,24 @@ def run_rabc(
     stride: int = 1,
     on_episode: OnEpisode | None = None,
     should_stop: ShouldStop | None = None,
-    frame_encoder: FrameEncoder | None = None,
-    text_encoder: TextEncoder | None = None,
+    options: EngineOptions | None = None,
+    engine: EngineHandle | None = None,
 ) -> RabcSummary:
     """Score every frame of `dataset_dir` with `checkpoint`, then write OUT/sarm_progress.parquet,
     rabc_weights.parquet and rabc_summary.json (see sarm.rabc.files). Raises Cancelled, before writing
-    anything, when `should_stop()` turns true; see `dataset_progress` for the callbacks and encoders."""
-    ds = open_inputs(dataset_dir, checkpoint)
-    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, frame_encoder, text_encoder)
+    anything, when `should_stop()` turns true; see `dataset_progress` for the callbacks and the engine."""
+    ds = open_inputs(dataset_dir, checkpoint if engine is None else None)
+    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, options, engine)
     write_progress(progress, out_dir)
     return weigh(progress, params, out_dir)
 
 
-def open_inputs(dataset_dir: Path, checkpoint: Path) -> LeRobotDataset:
-    """The dataset, once it and the checkpoint are known to exist and the dataset is valid (one clear error)."""
+def open_inputs(dataset_dir: Path, checkpoint: Path | None) -> LeRobotDataset:
+    """The dataset, once it and the checkpoint (unless an engine already holds the model: None) are known to exist and
+    the dataset is valid (one clear error)."""
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset {dataset_dir} does not exist")
-    if not checkpoint.is_dir():
+    if checkpoint is not None and not checkpoint.is_dir():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist")
     ds = LeRobotDataset(dataset_dir)  # not a LeRobot dataset at all: one clear line
     # Annotations are not needed: RA-BC only reads frames, and the checkpoint brings the stages.

@@ -1,31 +1,34 @@
-"""Per-frame progress φ of every episode of a dataset, scored by a checkpoint with causal windows.
+"""Per-frame progress φ of every episode of a dataset, scored through the scoring engine (sarm.scoring) on the
+checkpoint's exported graphs: ONNX Runtime in this process, or Triton.
 
-Embeddings come from the dataset's store when `sarm embed` has filled it for the checkpoint's frame encoder
-(no video, no encoder), else from the videos, encoding only the frames some scored window holds, each
-once. With `stride` N every N-th frame and the last are scored and the frames between are interpolated
-linearly: the windows of neighbouring frames overlap in all but one frame, so the curve is smooth at the
-scale of a second and N-fold fewer windows (and, from video, fewer encoded frames) cost little accuracy.
+Embeddings come from the dataset's store when `sarm embed` has filled it for the model's frame encoder (no video,
+no encoder), else from the videos, encoding only the frames some scored window holds, each once. Which frames are
+scored, and the interpolation between them, is the one rule of sarm.scoring.curve.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import asyncio
+import hashlib
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
 
 from sarm.data.lerobot import EpisodeMeta, LeRobotDataset
-from sarm.embeddings import load_embeddings, require_same_encoders, store_path
-from sarm.encoders.base import FrameEncoder, TextEncoder, check_encoder
-from sarm.encoders.registry import load_frame_encoder, load_text_encoder
-from sarm.model.modeling_sarm import SARM
-from sarm.model.windows import sequence_indices, stride_frames
-from sarm.scoring import score_embeddings
-from sarm.training.checkpoint import CheckpointInfo, checkpoint_digest, load_checkpoint
+from sarm.data.video import resize_frames
+from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders, store_path
+from sarm.encoders.base import TextEncoder
+from sarm.manifest import Manifest
+from sarm.model.windows import sequence_indices
+from sarm.scoring.curve import interpolate, scored_frames
+from sarm.scoring.engine import Encoded, Engine, Instruction
+from sarm.scoring.images import FrameData
+from sarm.scoring.options import EngineOptions
+from sarm.scoring.repository import repository_for
 
 OnEpisode = Callable[[int, int], None]  # (episodes done, episodes in total)
 ShouldStop = Callable[[], bool]
@@ -52,76 +55,42 @@ class DatasetProgress:
     provenance: dict[str, Any] = field(default_factory=dict)  # which model, encoders, window, stride
 
 
-def scored_frames(length: int, stride: int) -> np.ndarray:
-    """Every `stride`-th frame from 0, and the last frame, so the curve's end is scored, never extrapolated."""
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1 frame, got {stride}")
-    frames = np.arange(0, length, stride, dtype=np.int64)
-    return frames if length == 0 or frames[-1] == length - 1 else np.append(frames, length - 1)
+class EngineHandle:
+    """A scoring engine and the way to run its coroutines from this (synchronous) thread: on a loop of its own
+    (`EngineHandle.open`, a CLI run or a Ray worker), or on the loop the engine lives on (a gateway's jobs thread)."""
+
+    def __init__(self, engine: Engine, run: Callable[[Coroutine[Any, Any, Any]], Any],
+                 close: Callable[[], None] | None = None) -> None:
+        self.engine, self.run, self._close = engine, run, close
+
+    @classmethod
+    def open(cls, checkpoint: Path, options: EngineOptions, text_encoder: TextEncoder | None = None) -> EngineHandle:
+        """An engine over the checkpoint's exported repository (exported once, cached) on a loop of its own. Labelling
+        reads each frame once, so only the instruction cache is kept."""
+        loop = asyncio.new_event_loop()
+        options = replace(options, frame_cache_entries=0, score_cache_entries=0, redis_url=None)
+        engine = Engine.open(repository_for(checkpoint), options, text_encoder=text_encoder)
+
+        def close() -> None:
+            loop.run_until_complete(engine.close())
+            loop.close()
+
+        return cls(engine, loop.run_until_complete, close)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
 
 
-def interpolate(frames: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
-    """Values at every frame 0..length-1 from those at the sorted `frames` (linear in between)."""
-    return np.interp(np.arange(length), frames, values).astype(np.float32)
-
-
-class _Embeddings(Protocol):
-    """Per-episode (T, cameras, D) frame embeddings (at least the `needed` rows) and instruction embeddings."""
-
-    source: str  # recorded in the provenance
-    cameras: list[str]
-
-    def frames(self, meta: EpisodeMeta, needed: np.ndarray) -> np.ndarray: ...
-
-    def text(self, task: str) -> np.ndarray: ...
-
-
-class _StoredEmbeddings:
-    source = "embedding-store"
-
-    def __init__(self, ds: LeRobotDataset, info: CheckpointInfo) -> None:
-        self._store = load_embeddings(ds, info.frame_encoder["id"])
-        require_same_encoders(self._store, info.frame_encoder, info.text_encoder)
-        self.cameras = list(self._store.manifest["cameras"])
-
-    def frames(self, meta: EpisodeMeta, needed: np.ndarray) -> np.ndarray:
-        return self._store.frames[meta.index]
-
-    def text(self, task: str) -> np.ndarray:
-        return self._store.text[task]
-
-
-class _VideoEmbeddings:
-    source = "video"
-
-    def __init__(self, ds: LeRobotDataset, frame_encoder: FrameEncoder, text_encoder: TextEncoder) -> None:
-        self._ds, self._frame_encoder, self._text_encoder = ds, frame_encoder, text_encoder
-        self.cameras = ds.camera_keys
-        self._texts: dict[str, np.ndarray] = {}
-
-    def frames(self, meta: EpisodeMeta, needed: np.ndarray) -> np.ndarray:
-        # Rows no window reads stay zero: they are never looked at, so they are never decoded or encoded.
-        out = np.zeros((meta.length, len(self.cameras), self._frame_encoder.dim), np.float32)
-        for c, camera in enumerate(self.cameras):
-            out[needed, c] = self._frame_encoder.encode_frames(self._ds.frames(meta.index, camera, needed))
-        return out
-
-    def text(self, task: str) -> np.ndarray:
-        if task not in self._texts:
-            self._texts[task] = self._text_encoder.encode([task])[0]
-        return self._texts[task]
-
-
-def _embeddings(
-    ds: LeRobotDataset, info: CheckpointInfo, frame_encoder: FrameEncoder | None, text_encoder: TextEncoder | None
-) -> _Embeddings:
-    if (store_path(ds.root, info.frame_encoder["id"]) / "manifest.json").is_file():
-        return _StoredEmbeddings(ds, info)
-    frame_encoder = frame_encoder or load_frame_encoder(info.frame_encoder["id"])
-    text_encoder = text_encoder or load_text_encoder(info.text_encoder["id"])
-    check_encoder(frame_encoder, info.frame_encoder["id"], info.frame_encoder["version"])
-    check_encoder(text_encoder, info.text_encoder["id"], info.text_encoder["version"])
-    return _VideoEmbeddings(ds, frame_encoder, text_encoder)
+def _stored_source(ds: LeRobotDataset, manifest: Manifest) -> DatasetEmbeddings | None:
+    """The dataset's embedding store when `sarm embed` filled it with the model's encoders, else None (video)."""
+    frame, text = manifest.frame_encoder, manifest.text_encoder
+    if not (store_path(ds.root, frame.id) / "manifest.json").is_file():
+        return None
+    store = load_embeddings(ds, frame.id)
+    require_same_encoders(store, {"id": frame.id, "version": frame.version},
+                          {"id": text.id, "version": text.version})
+    return store
 
 
 def dataset_progress(
@@ -130,29 +99,33 @@ def dataset_progress(
     stride: int = 1,
     on_episode: OnEpisode | None = None,
     should_stop: ShouldStop | None = None,
-    frame_encoder: FrameEncoder | None = None,
-    text_encoder: TextEncoder | None = None,
+    options: EngineOptions | None = None,
+    engine: EngineHandle | None = None,
 ) -> DatasetProgress:
     """φ per frame of every episode, in episode order.
 
     `on_episode(done, total)` is called once the inputs are checked and loaded (done = 0), then after each
-    episode; `should_stop()` is checked before each episode and raises Cancelled when true. Encoders are
-    loaded from the registry by the checkpoint's ids unless given (a service passes the ones it holds); they
-    are only needed when the dataset has no embedding store.
+    episode; `should_stop()` is checked before each episode and raises Cancelled when true. Scores come from
+    `engine` (a gateway's jobs pass the one it serves with) or else from an engine this call opens on the
+    checkpoint's exported repository with `options` (backend local or triton).
     """
-    labeller = EpisodeLabeller(ds.root, checkpoint, stride)
-    scorer = labeller.scorer(frame_encoder, text_encoder, ds)
-    total = len(scorer.episodes)
-    if on_episode is not None:
-        on_episode(0, total)
-    episodes = []
-    for done, episode_index in enumerate(scorer.episodes):
-        if should_stop is not None and should_stop():
-            raise Cancelled(f"stopped after {done} of {total} episodes")
-        episodes.append(scorer.label(episode_index))
+    labeller = EpisodeLabeller(ds.root, checkpoint, stride, options=options or EngineOptions())
+    scorer = labeller.scorer(ds, engine)
+    try:
+        total = len(scorer.episodes)
         if on_episode is not None:
-            on_episode(done + 1, total)
-    return labeller.assemble(episodes, scorer.provenance, scorer.episodes)
+            on_episode(0, total)
+        episodes = []
+        for done, episode_index in enumerate(scorer.episodes):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after {done} of {total} episodes")
+            episodes.append(scorer.label(episode_index))
+            if on_episode is not None:
+                on_episode(done + 1, total)
+        return labeller.assemble(episodes, scorer.provenance, scorer.episodes)
+    finally:
+        if engine is None:
+            scorer.close()
 
 
 @dataclass(frozen=True)
@@ -164,20 +137,17 @@ class EpisodeLabeller:
     dataset: Path
     checkpoint: Path
     stride: int = 1  # score every N-th frame (and the last), interpolate between
-    threads: int | None = None  # torch intra-op threads of the process that builds the scorer; None keeps them
+    threads: int | None = None  # inference threads of the process that builds the scorer; None: the options'
+    options: EngineOptions = field(default_factory=EngineOptions)  # backend (local or triton) and its settings
 
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1 frame, got {self.stride}")
 
-    def scorer(
-        self,
-        frame_encoder: FrameEncoder | None = None,
-        text_encoder: TextEncoder | None = None,
-        ds: LeRobotDataset | None = None,
-    ) -> EpisodeScorer:
-        """A new scorer (checkpoint, embeddings source, encoders loaded and checked); `ds` if already open."""
-        return EpisodeScorer(self, frame_encoder, text_encoder, ds)
+    def scorer(self, ds: LeRobotDataset | None = None, engine: EngineHandle | None = None) -> EpisodeScorer:
+        """A new scorer (an engine on the checkpoint's repository unless given, the embeddings source); `ds` if
+        already open."""
+        return EpisodeScorer(self, ds, engine)
 
     @cached_property
     def _scorer(self) -> EpisodeScorer:  # cached_property writes __dict__ directly: fine on a frozen dataclass
@@ -210,45 +180,45 @@ class EpisodeLabeller:
 
 
 class EpisodeScorer:
-    """One process's means to score episodes: the model, the dataset and its embeddings source, loaded once."""
+    """One process's means to score episodes: the engine, the dataset and its embeddings source, loaded once."""
 
-    def __init__(
-        self,
-        spec: EpisodeLabeller,
-        frame_encoder: FrameEncoder | None,
-        text_encoder: TextEncoder | None,
-        ds: LeRobotDataset | None,
-    ) -> None:
-        if spec.threads is not None:
-            torch.set_num_threads(spec.threads)
+    def __init__(self, spec: EpisodeLabeller, ds: LeRobotDataset | None, engine: EngineHandle | None) -> None:
         ds = ds if ds is not None else LeRobotDataset(spec.dataset)
-        model, info = load_checkpoint(spec.checkpoint)
-        source = _embeddings(ds, info, frame_encoder, text_encoder)
-        if len(source.cameras) != model.config.num_cameras:
-            raise ValueError(
-                f"{ds.root} has {len(source.cameras)} camera(s) {source.cameras}; the checkpoint was trained on "
-                f"{model.config.num_cameras}"
-            )
-        if model.config.state_dim:
-            raise ValueError("the checkpoint reads joint state; scoring datasets with state is not supported yet")
-        self._model, self._source, self._stride = model, source, spec.stride
-        self._window_stride = stride_frames(ds.fps, model.config.stride_seconds)
+        if engine is None:
+            options = spec.options
+            if spec.threads is not None:
+                options = replace(options, intra_op_threads=spec.threads)
+            engine = EngineHandle.open(spec.checkpoint, options)
+            self._owned: EngineHandle | None = engine
+        else:
+            self._owned = None
+        self._handle = engine
+        manifest = engine.engine.manifest
+        self._store = _stored_source(ds, manifest)
+        cameras = list(self._store.manifest["cameras"]) if self._store is not None else ds.camera_keys
+        if len(cameras) != manifest.num_cameras:
+            raise ValueError(f"{ds.root} has {len(cameras)} camera(s) {cameras}; the model takes "
+                             f"{manifest.num_cameras}")
+        if manifest.state_dim:
+            raise ValueError("the model reads joint state; scoring datasets with state is not supported yet")
+        self._ds, self._cameras, self._stride = ds, cameras, spec.stride
+        self._window_stride = manifest.window.stride(ds.fps)
         self._meta = {meta.index: meta for meta in ds.episodes}
         self.episodes = list(self._meta)  # in dataset order
         self.provenance = {
             "dataset": str(ds.root),
             "checkpoint": str(spec.checkpoint),
             # The same digest as the checkpoint's in an exported model repository's manifest.
-            "checkpoint_sha256": checkpoint_digest(spec.checkpoint),
-            "labels": info.labels,
-            "frame_encoder": {k: info.frame_encoder[k] for k in ("id", "version")},
-            "text_encoder": {k: info.text_encoder[k] for k in ("id", "version")},
-            "embeddings": source.source,
-            "cameras": source.cameras,
+            "checkpoint_sha256": manifest.checkpoint.sha256,
+            "labels": manifest.checkpoint.labels,
+            "frame_encoder": {"id": manifest.frame_encoder.id, "version": manifest.frame_encoder.version},
+            "text_encoder": {"id": manifest.text_encoder.id, "version": manifest.text_encoder.version},
+            "embeddings": "video" if self._store is None else "embedding-store",
+            "cameras": cameras,
             "window": {
-                "mode": "causal",
-                "frames": model.config.window_frames,
-                "stride_seconds": model.config.stride_seconds,
+                "mode": manifest.window.mode,
+                "frames": manifest.window.frames,
+                "stride_seconds": manifest.window.stride_seconds,
                 "stride_frames": self._window_stride,
             },
             "fps": ds.fps,
@@ -259,18 +229,42 @@ class EpisodeScorer:
     def label(self, episode_index: int) -> EpisodeProgress:
         if episode_index not in self._meta:
             raise ValueError(f"the dataset has no episode {episode_index}")
-        meta = self._meta[episode_index]
-        return _episode_progress(self._model, self._source, meta, self._window_stride, self._stride)
+        progress: EpisodeProgress = self._handle.run(self._label(self._meta[episode_index]))
+        return progress
 
+    def close(self) -> None:
+        if self._owned is not None:
+            self._owned.close()
 
-def _episode_progress(
-    model: SARM, source: _Embeddings, meta: EpisodeMeta, window_stride: int, stride: int
-) -> EpisodeProgress:
-    index = meta.dataset_from_index + np.arange(meta.length, dtype=np.int64)
-    if meta.length == 0:
-        return EpisodeProgress(meta.index, index, np.zeros(0, np.float32))
-    scored = scored_frames(meta.length, stride)
-    windows = sequence_indices(scored, window_stride, 0, 0, model.config.window_frames, model.config.max_rewind)
-    frames = source.frames(meta, np.unique(windows.indices))
-    scores = score_embeddings(model, frames, source.text(meta.task), window_stride, scored)
-    return EpisodeProgress(meta.index, index, interpolate(scored, scores.progress, meta.length))
+    async def _label(self, meta: EpisodeMeta) -> EpisodeProgress:
+        index = meta.dataset_from_index + np.arange(meta.length, dtype=np.int64)
+        if meta.length == 0:
+            return EpisodeProgress(meta.index, index, np.zeros(0, np.float32))
+        engine = self._handle.engine
+        scored = scored_frames(meta.length, self._stride)
+        windows = sequence_indices(scored, self._window_stride, 0, 0, engine.window_frames, engine.max_rewind)
+        frames, instruction = await self._inputs(meta, np.unique(windows.indices))
+        scores = await engine.score_at(frames, scored.tolist(), self._window_stride, instruction)
+        return EpisodeProgress(meta.index, index, interpolate(scored, np.array([s.progress for s in scores]),
+                                                              meta.length))
+
+    async def _inputs(self, meta: EpisodeMeta, needed: np.ndarray) -> tuple[Encoded, Instruction]:
+        """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames, and its instruction."""
+        engine, cameras = self._handle.engine, len(self._cameras)
+        if self._store is not None:
+            text = self._store.text[meta.task]
+            key = hashlib.sha256(f"{self._store.manifest['text_encoder']}|{meta.task}".encode()).hexdigest()
+            # Keys name the stored rows: the store is per dataset and encoder, so they are unique where they meet.
+            keys = np.array([[f"{self._ds.root}|{meta.index}|{t}|{c}" for c in range(cameras)]
+                             for t in range(meta.length)], dtype=object)
+            return Encoded(self._store.frames[meta.index], keys), Instruction(text, key)
+        height, width = engine.image_size
+        images = np.stack([resize_frames(self._ds.frames(meta.index, camera, needed), height, width)
+                           for camera in self._cameras], axis=1)
+        encoded = await engine.encode([FrameData(image.tobytes(), image.shape) for image in images.reshape(
+            -1, *images.shape[2:])])
+        embeddings = np.zeros((meta.length, cameras, engine.frame_dim), np.float32)
+        keys = np.full((meta.length, cameras), "", dtype=object)  # rows no window reads are never looked at
+        embeddings[needed] = encoded.embeddings.reshape(len(needed), cameras, -1)
+        keys[needed] = encoded.keys.reshape(len(needed), cameras)
+        return Encoded(embeddings, keys), await engine.embed_instruction(meta.task)

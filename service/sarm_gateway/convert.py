@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sarm_gateway.engine import Engine
-from sarm_gateway.episode import FrameResult, ScoringOptions
-from sarm_gateway.images import FrameData
-from sarm_gateway.score_cache import WindowScore
+from sarm.scoring.curve import FrameResult, ScoringOptions
+from sarm.scoring.engine import Engine
+from sarm.scoring.images import FrameData
+from sarm.scoring.score_cache import WindowScore
 from sarm_gateway.v1 import sarm_pb2 as pb
 
 
@@ -64,14 +64,14 @@ def model_info(engine: Engine) -> pb.ModelInfo:
     m = engine.manifest
     return pb.ModelInfo(
         model_version=engine.version,
-        stage_names=m["stage_names"],
-        tasks=[pb.Task(instruction=t["instruction"], stage_names=t["stage_names"], proportions=t["proportions"])
-               for t in m["tasks"]],
-        window=pb.Window(frames=m["window"]["frames"], stride_seconds=m["window"]["stride_seconds"],
-                         max_rewind=m["window"]["max_rewind"], sequence_length=m["window"]["sequence_length"]),
-        num_cameras=m["num_cameras"],
-        image=pb.ImageSize(height=m["image"]["height"], width=m["image"]["width"]),
-        frame_encoder=pb.Encoder(**m["frame_encoder"]),
-        text_encoder=pb.Encoder(**m["text_encoder"]),
+        stage_names=m.stage_names,
+        tasks=[pb.Task(instruction=t.instruction, stage_names=t.stage_names, proportions=t.proportions)
+               for t in m.tasks],
+        window=pb.Window(frames=m.window.frames, stride_seconds=m.window.stride_seconds or 0.0,
+                         max_rewind=m.window.max_rewind, sequence_length=m.window.sequence_length),
+        num_cameras=m.num_cameras,
+        image=pb.ImageSize(height=m.image_height, width=m.image_width),
+        frame_encoder=pb.Encoder(id=m.frame_encoder.id, version=m.frame_encoder.version, dim=m.frame_encoder.dim),
+        text_encoder=pb.Encoder(id=m.text_encoder.id, version=m.text_encoder.version, dim=m.text_encoder.dim),
         backend=engine.backend.name,
     )

@@ -9,69 +9,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from sarm.model.progress import ConfidenceSmoother
-from sarm.model.windows import sequence_indices, stride_frames
-from sarm_gateway.engine import Encoded, Engine, Instruction
+from sarm.manifest import Window
+from sarm.model.windows import sequence_indices
+from sarm.scoring.curve import FrameResult, ScoringOptions, frame_results, scored_live
+from sarm.scoring.engine import Encoded, Engine, Instruction
+from sarm.scoring.images import FrameData
 from sarm_gateway.errors import InvalidInput
-from sarm_gateway.images import FrameData
-from sarm_gateway.score_cache import WindowScore
 
 MAX_FPS = 1000.0
 
 
-@dataclass(frozen=True)
-class FrameResult:
-    frame_index: int
-    score: WindowScore
-    smoothed_progress: float | None
-
-
-@dataclass(frozen=True)
-class ScoringOptions:
-    score_every: int = 1
-    smoothing: bool = False
-    smoothing_history: int = 10
-    smoothing_min_confidence: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.score_every < 1 or self.smoothing_history < 1:
-            raise InvalidInput(f"score_every and smoothing_history must be >= 1, got {self.score_every}, "
-                               f"{self.smoothing_history}")
-        if not 0.0 < self.smoothing_min_confidence <= 1.0:
-            raise InvalidInput(f"smoothing_min_confidence must be in (0, 1], got {self.smoothing_min_confidence}")
-
-    def smoother(self) -> ConfidenceSmoother | None:
-        return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence) if self.smoothing else None
-
-
-def frame_results(
-    frames: list[int], scores: list[WindowScore], smoother: ConfidenceSmoother | None
-) -> list[FrameResult]:
-    """Pair scored frames with their scores, smoothing progress in frame order when asked to."""
-    return [
-        FrameResult(t, s, None if smoother is None else smoother.update(s.progress, s.confidence))
-        for t, s in zip(frames, scores, strict=True)
-    ]
-
-
-async def score_curve(
-    engine: Engine, frames: Encoded, stride: int, instruction: Instruction, options: ScoringOptions
-) -> list[FrameResult]:
-    """A whole episode's curve from its encoded time steps (`frames.steps`): the causal window of every
-    `score_every`-th frame, smoothed in frame order when asked to (ScoreFrames and uploaded videos)."""
-    scored = list(range(0, len(frames.keys), options.score_every))
-    scores = await engine.score_at(frames, scored, stride, instruction)
-    return frame_results(scored, scores, options.smoother())
-
-
-def window_stride(fps: float, stride_seconds: float) -> int:
+def window_stride(fps: float, window: Window) -> int:
     if not math.isfinite(fps) or not 0.0 < fps <= MAX_FPS:
         raise InvalidInput(f"fps must be a frame rate in (0, {MAX_FPS:g}], got {fps}: set the camera's fps")
-    return stride_frames(fps, stride_seconds)
+    return window.stride(fps)
 
 
 class Episode:
@@ -80,7 +34,7 @@ class Episode:
     def __init__(self, engine: Engine, instruction: Instruction, fps: float, options: ScoringOptions) -> None:
         self.engine = engine
         self.instruction = instruction
-        self.stride = window_stride(fps, engine.stride_seconds)
+        self.stride = window_stride(fps, engine.manifest.window)
         self.options = options
         self._smoother = options.smoother()
         self._history: dict[int, Encoded] = {}  # frame index -> its cameras' embeddings (C, D) and keys (C,)
@@ -106,7 +60,7 @@ class Episode:
         for i in range(steps):
             self._history[start + i] = Encoded(encoded.embeddings[i], encoded.keys[i])
         self.frames_seen += steps
-        scored = [t for t in range(start, self.frames_seen) if t % self.options.score_every == 0]
+        scored = scored_live(start, self.frames_seen, self.options.score_every)
         scores = await self.engine.score_at(self, scored, self.stride, self.instruction)
         self._forget()
         return frame_results(scored, scores, self._smoother)

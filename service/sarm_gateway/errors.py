@@ -1,26 +1,12 @@
-"""What the engine and auth raise; the front ends map each to a status code (INVALID_ARGUMENT, UNAUTHENTICATED, …)."""
+"""What the engine and auth raise; the front ends map each to a status code (INVALID_ARGUMENT, UNAUTHENTICATED, …).
+The scoring errors are the core's (sarm.scoring.errors); authentication is the gateway's own."""
 
 from __future__ import annotations
 
+from sarm.scoring.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
 
-class InvalidInput(ValueError):
-    """The request cannot be served as sent; the message says what to change."""
-
-
-class Overloaded(RuntimeError):
-    """Too much work in flight: the caller should retry after `retry_after_ms`."""
-
-    def __init__(self, message: str, retry_after_ms: int) -> None:
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
-
-
-class DeadlineExceeded(TimeoutError):
-    """The caller's deadline passed before the work was done (the work has been cancelled)."""
-
-
-class BackendUnavailable(RuntimeError):
-    """The model server cannot be reached or failed; the call may succeed once it is back."""
+__all__ = ["BackendUnavailable", "DeadlineExceeded", "InvalidInput", "Overloaded", "PermissionDenied",
+           "Unauthenticated"]
 
 
 class Unauthenticated(PermissionError):

@@ -17,6 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sarm.scoring.curve import score_curve
+from sarm.scoring.deadlines import budget
 from sarm_gateway.admission import Admission
 from sarm_gateway.auth import Authenticator, Operation
 from sarm_gateway.convert import (
@@ -27,9 +29,8 @@ from sarm_gateway.convert import (
     request_bytes,
     score_to_proto,
 )
-from sarm_gateway.deadlines import budget
-from sarm_gateway.engine import Engine
-from sarm_gateway.episode import Episode, score_curve, window_stride
+from sarm_gateway.deps import Deps, build_deps
+from sarm_gateway.episode import Episode, window_stride
 from sarm_gateway.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -40,10 +41,7 @@ from sarm_gateway.errors import (
 )
 from sarm_gateway.grpc_metrics import MetricsInterceptor
 from sarm_gateway.http import HttpServer, create_app
-from sarm_gateway.jobs.runner import JobRunner
-from sarm_gateway.jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from sarm_gateway.readiness import Readiness
-from sarm_gateway.redis_cache import connect
 from sarm_gateway.settings import Settings
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
@@ -60,9 +58,11 @@ Request = pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.StreamEpisodeReques
 
 
 class RewardService(pb_grpc.RewardServiceServicer):
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.engine = engine
-        self.settings = settings
+    def __init__(self, deps: Deps) -> None:
+        self.engine = deps.engine
+        self.settings = settings = deps.settings
+        self.work = deps.work
+        self.metrics = deps.metrics
         self.streams = Admission(settings.max_streams, settings.retry_after_ms, "streams")
         self.auth = Authenticator(settings.auth_tokens)
 
@@ -95,8 +95,8 @@ class RewardService(pb_grpc.RewardServiceServicer):
         of an admitted stream), the size check, and the caller's remaining deadline."""
         if operation is not None:
             self._authorize(context, operation)
-        with (self.engine.work.slot() if operation is not None else nullcontext(),
-              self.engine.metrics.stage["total"].time()):
+        with (self.work.slot() if operation is not None else nullcontext(),
+              self.metrics.stage["total"].time()):
             self._check_size(request)
             left = context.time_remaining()
             deadline = asyncio.timeout(left)
@@ -127,11 +127,11 @@ class RewardService(pb_grpc.RewardServiceServicer):
         engine = self.engine
         async with self._errors(context), self._unit(context, request, Operation.SCORE):
             options = options_from_proto(request.options)
-            stride = window_stride(request.fps, engine.stride_seconds)
-            engine.time_steps(len(request.frames), "the episode")  # whole time steps, or InvalidInput
+            stride = window_stride(request.fps, engine.manifest.window)
+            steps = engine.time_steps(len(request.frames), "the episode")  # whole time steps, or InvalidInput
             instruction = await engine.embed_instruction(request.instruction)
             encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
-            results = await score_curve(engine, encoded, stride, instruction, options)
+            results = await score_curve(engine, encoded, steps, stride, instruction, options)
         for result in results:
             yield frame_score_to_proto(result, engine.version)
 
@@ -184,14 +184,6 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-def job_store(settings: Settings) -> JobStore:
-    """Redis when configured (any replica answers for any job), else this process's memory."""
-    client = connect(settings, settings.job_redis_timeout_ms)
-    if client is None:
-        return MemoryJobStore(settings.job_ttl_s)
-    return RedisJobStore(client, settings.job_ttl_s)
-
-
 class Gateway:
     """Both front ends and their lifecycle: start, then on SIGTERM report NOT_SERVING (gRPC health) and not ready
     (/readyz), drain in-flight calls of both for up to drain_seconds, stop.
@@ -199,17 +191,18 @@ class Gateway:
     HTTP serves the API, /metrics, /livez and /readyz on http_port; without an http_port, the operational endpoints
     alone are served on metrics_port, so a gRPC-only gateway can still be scraped and probed."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.service = RewardService(engine, settings)
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.engine = deps.engine
+        self.settings = settings = deps.settings
+        self.service = RewardService(deps)
         self.health = health.aio.HealthServicer()
         self.readiness = Readiness()
-        engine.metrics.ready.set_function(lambda: self.readiness.ready)
-        engine.metrics.active_streams.set_function(lambda: self.service.streams.in_flight)
+        deps.metrics.ready.set_function(lambda: self.readiness.ready)
+        deps.metrics.active_streams.set_function(lambda: self.service.streams.in_flight)
         # grpc's own limit sits above ours so that a too-large message gets our INVALID_ARGUMENT and advice.
         transport_limit = 2 * settings.max_message_bytes
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(engine.metrics)], options=[
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(deps.metrics)], options=[
             ("grpc.max_receive_message_length", transport_limit),
             ("grpc.max_send_message_length", transport_limit),
             ("grpc.so_reuseport", 0),
@@ -220,9 +213,9 @@ class Gateway:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
-        self.jobs = JobRunner(settings, job_store(settings), engine.manifest, engine.text_encoder)
+        self.jobs = deps.jobs
         api = settings.http_port is not None
-        self.http = HttpServer(create_app(engine, settings, self.readiness, self.jobs, api_routes=api),
+        self.http = HttpServer(create_app(deps, self.readiness, api_routes=api),
                                settings.http_host,
                                settings.metrics_port if settings.http_port is None else settings.http_port,
                                settings.drain_seconds)
@@ -285,12 +278,11 @@ class Gateway:
 
 async def serve(settings: Settings, on_started: Callable[[Gateway], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT. `on_started(gateway)` is called once both front ends listen."""
-    engine = Engine.from_settings(settings)
-    gateway = Gateway(engine, settings)
+    gateway = Gateway(build_deps(settings))
     try:
         await gateway.start()
     except BaseException:
-        await engine.close()
+        await gateway.engine.close()
         raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sarm.scoring.options import EngineOptions
 from sarm_gateway.auth import check_tokens
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -74,17 +75,20 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = None
 
     # RA-BC jobs over datasets (HTTP /v1/rabc/jobs): off until a data root is set. Jobs may read only datasets
-    # under it. They score with the served model's PyTorch checkpoint (default: the path in the repository's
-    # manifest, verified against its digest). State and results live in Redis when SARM_REDIS_URL is set (any
+    # under it. They score on the served model through the gateway's engine and backend (local or Triton). State
+    # and results live in Redis when SARM_REDIS_URL is set (any
     # replica answers, and they outlive the replica that ran the job), else in this process's memory.
     data_root: Path | None = None
-    rabc_checkpoint: Path | None = None
     rabc_workers: int = Field(1, ge=1)  # jobs computed at once; the rest wait, queued
     rabc_max_jobs: int = Field(8, ge=1)  # jobs queued or running on this replica; beyond it: 429
     job_ttl_s: float = Field(24 * 3600.0, gt=0)  # how long a job's state and results are kept
     job_heartbeat_s: float = Field(1.0, gt=0)  # how often a running job's state is saved
     job_lease_s: float = Field(30.0, gt=0)  # a job not heard of for this long died with its replica
     job_redis_timeout_ms: float = Field(2000.0, gt=0)  # job state must be written, so it waits longer than caches
+
+    def engine_options(self) -> EngineOptions:
+        """The scoring engine's part of these settings."""
+        return EngineOptions(**{name: getattr(self, name) for name in EngineOptions.__dataclass_fields__})
 
     @field_validator("auth_tokens")
     @classmethod

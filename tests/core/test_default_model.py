@@ -1,7 +1,9 @@
-"""The shipped default model: it loads, fits the installed encoders, and scores fresh demos sensibly."""
+"""The shipped default model: it loads, fits the installed encoders, and scores fresh demos sensibly through the
+serving path (its exported repository in the scoring engine)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,17 @@ from scipy.stats import spearmanr
 
 from sarm.encoders.base import check_encoder
 from sarm.encoders.registry import load_frame_encoder, load_text_encoder
-from sarm.scoring import score_frames
+from sarm.scoring.curve import ScoringOptions, score_curve
+from sarm.scoring.engine import Engine
+from sarm.scoring.images import FrameData
+from sarm.scoring.options import EngineOptions
 from sarm.sim.metaworld_demos import METAWORLD_FPS, QualityMix, generate_episodes
 from sarm.sim.stages import TASK_INSTRUCTIONS
 from sarm.training.checkpoint import load_checkpoint
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "model_repo" / "default" / "checkpoint"
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = ROOT / "model_repo" / "default" / "checkpoint"
+DEFAULT_REPO = ROOT / ".cache" / "model_repo" / "default"  # built from it by `make setup`
 DEVELOPMENT_TASKS = ("pick-place-v3", "assembly-v3", "peg-insert-side-v3")
 
 
@@ -30,13 +37,23 @@ def test_default_checkpoint_matches_the_code_and_the_installed_encoders() -> Non
 
 @pytest.mark.parametrize("task", DEVELOPMENT_TASKS)
 def test_progress_rises_through_a_fresh_successful_demo(task: str) -> None:
-    model, info = load_checkpoint(DEFAULT_CHECKPOINT)
     # A seed far from the ones the model was trained and evaluated on.
     episode = next(generate_episodes(task, 1, image_size=128, seed=987_654, mix=QualityMix(1.0, 0.0, 0.0)))
     assert episode.episode_columns["success"]
     frames = next(iter(episode.frames.values()))
-    scores = score_frames(model, info, load_frame_encoder(), load_text_encoder(), frames, episode.task,
-                          METAWORLD_FPS)
-    progress = scores.progress
+
+    async def curve() -> np.ndarray:
+        engine = Engine.open(DEFAULT_REPO, EngineOptions())
+        try:
+            encoded = (await engine.encode([FrameData(f.tobytes(), f.shape) for f in frames])).steps(1)
+            instruction = await engine.embed_instruction(episode.task)
+            stride = engine.manifest.window.stride(METAWORLD_FPS)
+            results = await score_curve(engine, encoded, len(frames), stride, instruction, ScoringOptions())
+        finally:
+            await engine.close()
+        return np.array([r.score.progress for r in results])
+
+    progress = asyncio.run(curve())
+    assert len(progress) == len(frames)
     assert spearmanr(progress, np.arange(len(progress))).statistic > 0.8
     assert progress[-1] - progress[0] > 0.5, f"progress only went from {progress[0]:.2f} to {progress[-1]:.2f}"

@@ -21,11 +21,14 @@ runner = CliRunner()
 
 def test_cpu_repository_layout_and_manifest(cpu_model_repo: Path) -> None:
     repo = cpu_model_repo
-    manifest = read_manifest(repo)
+    manifest = read_manifest(repo).to_dict()
+    assert manifest == json.loads((repo / "sarm_manifest.json").read_text())  # parsing loses nothing
     assert manifest["stage_names"] == ["reach", "grasp", "lift"] and manifest["image"] == {"height": 48, "width": 64}
     assert manifest["tasks"] == [{"instruction": "", "stage_names": ["reach", "grasp", "lift"],
                                   "proportions": [0.5, 0.2, 0.3]}]
-    assert manifest["window"] == {"frames": 9, "max_rewind": 4, "stride_seconds": 1.0, "sequence_length": 13}
+    assert manifest["window"] == {"mode": "causal", "frames": 9, "max_rewind": 4, "stride_seconds": 1.0,
+                                  "sequence_length": 13}
+    assert manifest["heads"] == ["sparse"] and manifest["state_dim"] == 0 and manifest["max_batch"] == 64
     assert manifest["frame_encoder"]["id"] == "efficientnet-lite0" and manifest["checkpoint"]["labels"] == "stage"
     for name in (ENCODER_MODEL, HEADS_MODEL):
         config = (repo / name / "config.pbtxt").read_text()
@@ -87,7 +90,7 @@ def test_export_refuses_an_encoder_mismatch_and_a_used_directory(sarm_checkpoint
 
 def test_a_replaced_onnx_file_is_refused(cpu_model_repo: Path, tmp_path: Path) -> None:
     from sarm.export.model_repo import onnx_path
-    from sarm_gateway.backends import LocalBackend
+    from sarm.scoring.backends import LocalBackend
 
     repo = Path(shutil.copytree(cpu_model_repo, tmp_path / "repo"))
     manifest = read_manifest(repo)

@@ -23,7 +23,7 @@ from sarm.export.onnx_heads import export_heads
 from sarm.model.configuration_sarm import SARMConfig
 from sarm.model.labels import stage_breakpoints
 from sarm.model.modeling_sarm import SARM
-from sarm.scoring import score_embeddings
+from sarm.scoring.pytorch import score_embeddings
 from sarm.training.checkpoint import load_checkpoint
 from sarm.training.samples import WindowSampler, episode_arrays, label_vocabulary
 from sarm.training.trainer import TrainConfig, evaluate_batch, train, validation_batch

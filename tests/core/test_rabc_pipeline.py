@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -20,29 +21,43 @@ from sarm.data.lerobot import LeRobotDataset
 from sarm.embeddings import embed_dataset
 from sarm.encoders.base import FrameEncoder, TextEncoder
 from sarm.encoders.registry import load_frame_encoder
-from sarm.model.windows import sequence_indices
+from sarm.model.windows import sequence_indices, stride_frames
 from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE, read_progress, write_progress
 from sarm.rabc.pipeline import run_rabc, weigh
-from sarm.rabc.progress import Cancelled, DatasetProgress, dataset_progress, scored_frames
+from sarm.rabc.progress import Cancelled, DatasetProgress, EngineHandle, dataset_progress
 from sarm.rabc.weights import RabcParams, rabc_weights
-from sarm.scoring import score_frames
+from sarm.scoring.curve import scored_frames
+from sarm.scoring.engine import Engine
+from sarm.scoring.options import EngineOptions
+from sarm.scoring.pytorch import score_embeddings
+from sarm.scoring.repository import repository_for
 from sarm.training.checkpoint import load_checkpoint
 from tests.conftest import synthetic_episode, write_dataset
+from tests.gateway_harness import CountingBackend
 
 runner = CliRunner()
 LENGTHS = (30, 21, 44)  # 10 fps: the window stride is 10 frames
+SIZE = (48, 64)  # the checkpoint's camera size: frames reach the encoder as they are
 
 
-class CountingEncoder:
-    """Passes frames through to the real encoder and counts them."""
+def distinct_frames(ds: LeRobotDataset, episode: int, indices: np.ndarray | None = None) -> int:
+    """Frames of an episode (at `indices`) with distinct pixels: what the engine encodes, once each."""
+    return len({frame.tobytes() for frame in ds.frames(episode, indices=indices)})
 
-    def __init__(self, inner: FrameEncoder) -> None:
-        self.inner, self.encoder_id, self.version, self.dim = inner, inner.encoder_id, inner.version, inner.dim
-        self.encoded = 0
 
-    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
-        self.encoded += len(frames)
-        return self.inner.encode_frames(frames)
+def counting_engine(checkpoint: Path, text_encoder: TextEncoder) -> tuple[EngineHandle, CountingBackend]:
+    """The engine `sarm rabc` opens on the checkpoint, with its backend counting what it encodes."""
+    loop = asyncio.new_event_loop()
+    engine = Engine.open(repository_for(checkpoint), EngineOptions(frame_cache_entries=0, score_cache_entries=0),
+                         text_encoder=text_encoder)
+    backend = CountingBackend(engine.backend, gated=False)
+    engine.backend = backend
+
+    def close() -> None:
+        loop.run_until_complete(engine.close())
+        loop.close()
+
+    return EngineHandle(engine, loop.run_until_complete, close), backend
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +69,7 @@ def frame_encoder() -> FrameEncoder:
 @pytest.fixture(scope="module")
 def ds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rabc") / "dataset"
-    return write_dataset(root, [synthetic_episode(n, seed) for seed, n in enumerate(LENGTHS)]).root
+    return write_dataset(root, [synthetic_episode(n, seed, size=SIZE) for seed, n in enumerate(LENGTHS)]).root
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +77,14 @@ def full(
     ds_root: Path, sarm_checkpoint: Path, frame_encoder: FrameEncoder, text_encoder: TextEncoder
 ) -> dict[str, Any]:
     """Every frame scored from video, once for the module: the progress, the callback calls, frames encoded."""
-    counting, calls = CountingEncoder(frame_encoder), []
-    progress = dataset_progress(
-        LeRobotDataset(ds_root), sarm_checkpoint, 1, on_episode=lambda done, total: calls.append((done, total)),
-        frame_encoder=counting, text_encoder=text_encoder,
-    )
+    (handle, counting), calls = counting_engine(sarm_checkpoint, text_encoder), []
+    try:
+        progress = dataset_progress(
+            LeRobotDataset(ds_root), sarm_checkpoint, 1, on_episode=lambda done, total: calls.append((done, total)),
+            engine=handle,
+        )
+    finally:
+        handle.close()
     return {"progress": progress, "calls": calls, "encoded": counting.encoded}
 
 
@@ -78,11 +96,13 @@ def test_progress_is_the_causal_score_of_every_frame(
     assert [e.episode_index for e in progress.episodes] == [0, 1, 2]
     assert [len(e.progress) for e in progress.episodes] == list(LENGTHS)
     model, info = load_checkpoint(sarm_checkpoint)
-    direct = score_frames(model, info, frame_encoder, text_encoder, ds.frames(1), ds.episode(1).task, ds.fps)
+    direct = score_embeddings(model, frame_encoder.encode_frames(ds.frames(1)),
+                              text_encoder.encode([ds.episode(1).task])[0], stride_frames(ds.fps))
     np.testing.assert_allclose(progress.episodes[1].progress, direct.progress, atol=1e-5)
     index = ds.frames_table.column("index").to_numpy()
     np.testing.assert_array_equal(np.concatenate([e.index for e in progress.episodes]), index)
-    assert full["encoded"] == sum(LENGTHS)  # each frame once, though up to 9 windows hold it
+    # Each distinct frame once, though up to 9 windows hold it (the moving bar repeats a frame now and then).
+    assert full["encoded"] == sum(distinct_frames(ds, e) for e in range(len(LENGTHS))) <= sum(LENGTHS)
     assert full["calls"] == [(0, 3), (1, 3), (2, 3), (3, 3)]
     provenance = progress.provenance
     assert provenance["embeddings"] == "video"
@@ -95,9 +115,11 @@ def test_progress_is_the_causal_score_of_every_frame(
 def test_stride_scores_every_nth_and_the_last_frame_and_interpolates_between(
     full: dict[str, Any], ds_root: Path, sarm_checkpoint: Path, frame_encoder: FrameEncoder, text_encoder: TextEncoder
 ) -> None:
-    counting = CountingEncoder(frame_encoder)
-    strided = dataset_progress(LeRobotDataset(ds_root), sarm_checkpoint, 4, frame_encoder=counting,
-                               text_encoder=text_encoder)
+    handle, counting = counting_engine(sarm_checkpoint, text_encoder)
+    try:
+        strided = dataset_progress(LeRobotDataset(ds_root), sarm_checkpoint, 4, engine=handle)
+    finally:
+        handle.close()
     assert (strided.provenance["score_stride"], strided.provenance["interpolation"]) == (4, "linear")
     np.testing.assert_array_equal(scored_frames(21, 4), [0, 4, 8, 12, 16, 20])
     np.testing.assert_array_equal(scored_frames(30, 4), [0, 4, 8, 12, 16, 20, 24, 28, 29])
@@ -111,7 +133,8 @@ def test_stride_scores_every_nth_and_the_last_frame_and_interpolates_between(
         p = strided_ep.progress
         assert p[2] == pytest.approx((p[0] + p[4]) / 2, abs=1e-6)
         assert p[9] == pytest.approx(0.75 * p[8] + 0.25 * p[12], abs=1e-6)
-        needed += len(np.unique(sequence_indices(scored, 10).indices))
+        needed += distinct_frames(LeRobotDataset(ds_root), every.episode_index,
+                                  np.unique(sequence_indices(scored, 10).indices))
     # Only frames some scored window reads are encoded (fewer than all of them), each once.
     assert counting.encoded == needed < sum(LENGTHS)
 

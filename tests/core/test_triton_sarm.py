@@ -73,7 +73,7 @@ def test_triton_matches_in_process_onnxruntime(triton: TritonServer, cpu_model_r
     infer = grpc_infer if transport == "grpc" else http_infer
     url = triton.endpoints.grpc if transport == "grpc" else triton.endpoints.http
     manifest = read_manifest(cpu_model_repo)
-    images = RNG.integers(0, 256, size=(3, manifest["image"]["height"], manifest["image"]["width"], 3), dtype=np.uint8)
+    images = RNG.integers(0, 256, size=(3, *manifest.image_size, 3), dtype=np.uint8)
     served = infer(url, ENCODER_MODEL, {"images": images}, ["embeddings"])[0]
     np.testing.assert_allclose(served, local(cpu_model_repo, ENCODER_MODEL, {"images": images})[0], atol=1e-5)
     inputs = heads_inputs(5)

@@ -188,8 +188,7 @@ def test_gateway_image() -> None:
     assert re.fullmatch(r"\d+:\d+", keywords["USER"]) and not keywords["USER"].startswith("0:")
     assert keywords["EXPOSE"].split() == ["50051", "8080"]
     env = " ".join(args for keyword, args in stage if keyword == "ENV")
-    for setting in ("SARM_GRPC_PORT=50051", "SARM_HTTP_PORT=8080", "SARM_MODEL_REPO=/opt/sarm/model_repo",
-                    "SARM_RABC_CHECKPOINT=/opt/sarm/checkpoint"):
+    for setting in ("SARM_GRPC_PORT=50051", "SARM_HTTP_PORT=8080", "SARM_MODEL_REPO=/opt/sarm/model_repo"):
         assert setting in env
     assert ("COPY", "--from=build /src/model_repo/default/checkpoint /opt/sarm/checkpoint") in stage
     assert "/readyz" in keywords["HEALTHCHECK"]

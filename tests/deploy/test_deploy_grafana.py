@@ -10,7 +10,13 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.test_deploy_prometheus import METRICS, check_promql, metric_family, promql_metric_names, unknown_metrics
+from tests.deploy.test_deploy_prometheus import (
+    METRICS,
+    check_promql,
+    metric_family,
+    promql_metric_names,
+    unknown_metrics,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"

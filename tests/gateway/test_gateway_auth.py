@@ -83,7 +83,7 @@ def test_calls_without_a_good_token_are_unauthenticated(guarded: RunningGateway)
     opening = pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction=INSTRUCTION, fps=10))
     code, _ = code_of(lambda: list(stub.StreamEpisode(iter([opening]), timeout=TIMEOUT)))
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    assert guarded.gateway.engine.work.in_flight == 0  # refused before taking a slot
+    assert guarded.gateway.deps.work.in_flight == 0  # refused before taking a slot
 
 
 def test_each_role_calls_what_it_may(guarded: RunningGateway) -> None:

@@ -17,14 +17,17 @@ from PIL import Image
 
 from sarm.encoders.base import EncoderMismatchError
 from sarm.export.model_repo import read_manifest
+from sarm.manifest import Window
 from sarm.model.windows import sequence_indices
-from sarm_gateway.batcher import MicroBatcher
-from sarm_gateway.cache import TTLCache
-from sarm_gateway.engine import Encoded, Engine, Instruction
-from sarm_gateway.episode import Episode, ScoringOptions
+from sarm.scoring.batcher import MicroBatcher
+from sarm.scoring.cache import TTLCache
+from sarm.scoring.curve import ScoringOptions
+from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction
+from sarm.scoring.images import FrameData, content_key, decode
+from sarm.scoring.metrics import EngineMetrics
+from sarm.scoring.options import EngineOptions
+from sarm_gateway.episode import Episode
 from sarm_gateway.errors import InvalidInput
-from sarm_gateway.images import FrameData, content_key, decode
-from sarm_gateway.settings import Settings
 
 
 def test_batcher_coalesces_concurrent_calls_and_returns_each_its_rows() -> None:
@@ -126,13 +129,15 @@ def test_batcher_without_delay_batches_what_arrives_while_a_batch_runs() -> None
 
 def test_engine_refuses_a_text_encoder_other_than_the_repository_s(cpu_model_repo: Path) -> None:
     manifest = read_manifest(cpu_model_repo)
-    other = SimpleNamespace(encoder_id=manifest["text_encoder"]["id"], version="0.0.0+different", dim=384)
+    other = SimpleNamespace(encoder_id=manifest.text_encoder.id, version="0.0.0+different", dim=384)
     with pytest.raises(EncoderMismatchError, match="different"):
-        Engine(manifest, SimpleNamespace(batches_itself=True), other, Settings(model_repo=cpu_model_repo))
+        Engine(manifest, SimpleNamespace(batches_itself=True), other, EngineOptions(),
+               EngineCaches.build(EngineOptions(), manifest, "minilm-l6@different"), EngineMetrics())
 
 
 def test_the_core_imports_without_the_gateway() -> None:
-    code = "import sys, sarm.cli, sarm.scoring; assert 'sarm_gateway' not in sys.modules, 'core imports the gateway'"
+    code = ("import sys, sarm.cli, sarm.scoring.engine, sarm.scoring.curve, sarm.rabc.pipeline; "
+            "assert 'sarm_gateway' not in sys.modules, 'core imports the gateway'")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -148,8 +153,9 @@ def test_episode_memory_stays_within_one_window_span() -> None:
         frames.keys_at(indices), frames.embeddings_at(indices)  # raise KeyError if a frame was dropped
         return [SimpleNamespace(progress=0.5, confidence=1.0) for _ in t]
 
-    engine = SimpleNamespace(stride_seconds=1.0, num_cameras=1, window_frames=9, max_rewind=4, encode=encode,
-                             score_at=score_at, time_steps=lambda n, what: n)
+    window = Window("causal", frames=9, max_rewind=4, sequence_length=13, stride_seconds=1.0, stride_frames=None)
+    engine = SimpleNamespace(manifest=SimpleNamespace(window=window), num_cameras=1, window_frames=9, max_rewind=4,
+                             encode=encode, score_at=score_at, time_steps=lambda n, what: n)
     episode = Episode(engine, Instruction(np.zeros(3), "i"), fps=3, options=ScoringOptions())
 
     async def run() -> list[int]:

@@ -59,15 +59,16 @@ def test_replicas_share_embeddings_and_scores_through_redis_with_a_ttl_and_the_e
     assert second.backend.heads_rows == 0  # and the window's score too
     assert got == expected  # bit for bit: float32 in Redis, as the heads returned it
     engine = second.gateway.engine
-    scores = engine.score_cache.redis
-    assert engine.frame_redis is not None and engine.instruction_redis is not None and scores is not None
-    assert (engine.frame_redis.hits, engine.frame_redis.errors) == (9, 0)
-    assert (engine.instruction_redis.hits, engine.instruction_redis.errors) == (1, 0)
+    scores = engine.caches.scores.redis
+    assert engine.caches.frames.redis is not None and engine.caches.instructions.redis is not None
+    assert scores is not None
+    assert (engine.caches.frames.redis.hits, engine.caches.frames.redis.errors) == (9, 0)
+    assert (engine.caches.instructions.redis.hits, engine.caches.instructions.redis.errors) == (1, 0)
     assert (scores.hits, scores.errors) == (1, 0)
     # Redis hits fill the in-process tiers: a repeat does not ask Redis
-    assert len(engine.frame_cache) == 9 and len(engine.score_cache.memory) == 1
+    assert len(engine.caches.frames.memory) == 9 and len(engine.caches.scores.memory) == 1
     score(second, frames)
-    assert engine.frame_redis.hits == 9 and scores.hits == 1 and second.backend.encoded == 0
+    assert engine.caches.frames.redis.hits == 9 and scores.hits == 1 and second.backend.encoded == 0
     exposition = engine.metrics.exposition().decode()  # the tier's counts, as Prometheus sees them
     assert 'sarm_cache_hits_total{kind="frame",tier="redis"} 9.0' in exposition
     assert 'sarm_cache_errors_total{kind="frame",tier="redis"} 0.0' in exposition
@@ -75,8 +76,8 @@ def test_replicas_share_embeddings_and_scores_through_redis_with_a_ttl_and_the_e
     assert 'sarm_cache_hits_total{kind="score",tier="memory"} 1.0' in exposition
 
     manifest = read_manifest(cpu_model_repo)
-    frame_encoder = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
-    text_encoder_id = f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}"
+    frame_encoder = f"{manifest.frame_encoder.id}@{manifest.frame_encoder.version}"
+    text_encoder_id = f"{manifest.text_encoder.id}@{manifest.text_encoder.version}"
     keys = [key.decode() for key in redis_server.client.keys("*")]
     frame_keys = [key for key in keys if key.startswith(f"sarm:frame:{frame_encoder}:")]
     instruction_keys = [key for key in keys if key.startswith(f"sarm:instruction:{text_encoder_id}:")]
@@ -84,8 +85,8 @@ def test_replicas_share_embeddings_and_scores_through_redis_with_a_ttl_and_the_e
     assert len(frame_keys) == 9 and len(instruction_keys) == 1 and len(score_keys) == 1 and len(keys) == 11
     for key in keys:
         assert 0 < redis_server.client.ttl(key) <= 120
-    assert len(redis_server.client.get(frame_keys[0]) or b"") == 4 * manifest["frame_encoder"]["dim"]
-    assert len(redis_server.client.get(score_keys[0]) or b"") == 4 * (len(manifest["stage_names"]) + 3)
+    assert len(redis_server.client.get(frame_keys[0]) or b"") == 4 * manifest.frame_encoder.dim
+    assert len(redis_server.client.get(score_keys[0]) or b"") == 4 * (len(manifest.stage_names) + 3)
 
 
 def test_redis_killed_during_a_run_fails_no_request(
@@ -95,7 +96,7 @@ def test_redis_killed_during_a_run_fails_no_request(
     gateways.append(local)
     shared = RunningGateway(cpu_model_repo, text_encoder, redis_url=redis_server.url, redis_backoff_s=0)
     gateways.append(shared)
-    tier = shared.gateway.engine.frame_redis
+    tier = shared.gateway.engine.caches.frames.redis
     assert tier is not None
     windows = [episode_frames(9, seed=100 + i) for i in range(8)]
     for i, frames in enumerate(windows):
@@ -107,7 +108,7 @@ def test_redis_killed_during_a_run_fails_no_request(
         assert time.monotonic() - started < 1.0  # a dead Redis costs a refused connection, not a wait
         assert_same(got, score(local, frames))
     assert tier.errors >= 5  # every request after the kill asked Redis (no backoff here) and counted the failure
-    scores = shared.gateway.engine.score_cache.redis
+    scores = shared.gateway.engine.caches.scores.redis
     assert scores is not None and scores.errors >= 5
     assert shared.backend.encoded == 9 * len(windows) and shared.backend.heads_rows == len(windows)
 
@@ -128,9 +129,9 @@ def test_unreachable_redis_at_startup_still_serves(
         for _ in range(2):  # each within its deadline (score() sets it): a stalled Redis would exceed it
             score(running, frames)
         engine = running.gateway.engine
-        assert engine.frame_redis is not None and engine.instruction_redis is not None
+        assert engine.caches.frames.redis is not None and engine.caches.instructions.redis is not None
         # The first call looks up and fails to store (frames and instruction); the repeat is served in-process.
-        assert engine.frame_redis.errors == 2 and engine.instruction_redis.errors == 2
+        assert engine.caches.frames.redis.errors == 2 and engine.caches.instructions.redis.errors == 2
         assert running.backend.encoded == 9
 
 
@@ -143,7 +144,7 @@ def test_after_a_redis_error_the_tier_stands_aside_for_the_backoff(
     gateways.append(running)
     for seed in range(3):
         score(running, episode_frames(9, seed=200 + seed))
-    tier = running.gateway.engine.frame_redis
+    tier = running.gateway.engine.caches.frames.redis
     assert tier is not None
     assert tier.errors == 1 and tier.misses == 27 and tier.hits == 0  # lookups while aside count as misses
     assert running.backend.encoded == 27

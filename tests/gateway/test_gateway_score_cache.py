@@ -111,7 +111,7 @@ def test_the_in_process_tier_keeps_to_its_size_and_ttl(
     small = start(gateways, cpu_model_repo, text_encoder, score_cache_entries=5)
     frames = episode_frames(12, seed=64)
     curve(small, frames)
-    assert len(small.gateway.engine.score_cache.memory) == 5  # the last 5 windows
+    assert len(small.gateway.engine.caches.scores.memory) == 5  # the last 5 windows
     assert heads_rows(small, lambda: curve(small, frames)) == 12 - 5
 
     short = start(gateways, cpu_model_repo, text_encoder, cache_ttl_s=0.2)

@@ -120,7 +120,8 @@ def test_score_every_fps_override_and_resizing(client: httpx.Client, videos: dic
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["fps"] == 5 and body["stride_frames"] == 5
-    assert [f["frame_index"] for f in body["frames"]] == [0, 4, 8, 12, 16, 20, 24, 28]
+    # Every 4th frame and the last (sarm.scoring.curve).
+    assert [f["frame_index"] for f in body["frames"]] == [0, 4, 8, 12, 16, 20, 24, 28, 29]
     assert body["frames"][1]["timestamp"] == pytest.approx(0.8)
     large = score(client, videos["large"])  # 96x128, resized to the model's 48x64
     assert large.status_code == 200 and large.json()["num_frames"] == 12
@@ -151,8 +152,17 @@ def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[
     np.testing.assert_allclose(episode.progress, [f["progress"] for f in as_json["frames"]], atol=1e-6)
     assert progress.provenance["model_version"] == as_json["model_version"]
     assert progress.provenance["window"] == {"mode": "causal", "frames": 9, "stride_frames": 10}
+    # Every 2nd frame and the last scored, the others interpolated: the one rule `sarm rabc --stride` uses.
     gapped = score(client, videos["episode"], score_every="2", format="parquet")
-    assert gapped.status_code == 422 and "leave score_every at 1" in gapped.text
+    assert gapped.status_code == 200, gapped.text
+    (tmp_path / "gapped.parquet").write_bytes(gapped.content)
+    interpolated = read_progress(tmp_path / "gapped.parquet")
+    [sparse] = interpolated.episodes
+    assert len(sparse.progress) == 30 and interpolated.provenance["interpolation"] == "linear"
+    np.testing.assert_allclose(sparse.progress[::2], episode.progress[::2], atol=1e-6)  # the scored frames
+    np.testing.assert_allclose(sparse.progress[29], episode.progress[29], atol=1e-6)  # and the last
+    np.testing.assert_allclose(sparse.progress[1:28:2], (sparse.progress[0:27:2] + sparse.progress[2:29:2]) / 2,
+                               atol=1e-6)
 
 
 def test_format_in_query_and_form_must_agree(client: httpx.Client, videos: dict[str, Path]) -> None:

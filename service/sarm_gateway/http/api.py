@@ -10,7 +10,7 @@ from google.protobuf.json_format import MessageToDict
 from sarm_gateway.auth import Operation
 from sarm_gateway.convert import model_info
 from sarm_gateway.errors import InvalidInput
-from sarm_gateway.http.deps import EngineDep, SettingsDep, authorized
+from sarm_gateway.http.deps import DepsDep, EngineDep, authorized
 from sarm_gateway.http.render import render
 from sarm_gateway.http.schemas import MEDIA_TYPES, ModelInfo, OutputFormat, ScoreForm, VideoScores, problems
 from sarm_gateway.http.scoring import score_video, video_limits
@@ -39,21 +39,19 @@ async def get_model_info(engine: EngineDep) -> ModelInfo:
     openapi_extra={"requestBody": ScoreForm.request_body()},
 )
 async def score_video_upload(
-    request: Request, engine: EngineDep, settings: SettingsDep,
+    request: Request, deps: DepsDep,
     format: Annotated[OutputFormat | None, Query(description="json (default), png or parquet")] = None,
 ) -> Response:
     """Upload a video (multipart field `video`) with its `instruction`; get every scored frame's stage, τ and
     progress. Frames are resized to the model's image size; the window stride comes from the video's fps."""
-    with engine.work.slot():  # before reading the body: a refused upload costs the client nothing to send
+    engine, settings = deps.engine, deps.settings
+    with deps.work.slot():  # before reading the body: a refused upload costs the client nothing to send
         async with receive_upload(request, ScoreForm.model_fields.keys(), settings.max_upload_bytes,
                                   settings.upload_timeout_s, settings.upload_dir) as upload:
             form = ScoreForm.parse(upload.fields)
             if format is not None and form.format is not None and format != form.format:
                 raise InvalidInput(f"format is '{format}' in the query but '{form.format}' in the form: give one")
             output = format or form.format or "json"
-            if output == "parquet" and form.score_every != 1:
-                raise InvalidInput("format=parquet writes every frame (sarm_progress.parquet has no gaps): "
-                                   "leave score_every at 1")
             curve = await score_video(engine, upload.video, form, video_limits(settings))
         body, headers = await engine.offload(render, curve, output, engine)
     return Response(body, media_type=MEDIA_TYPES[output], headers=headers)

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from sarm_gateway.auth import Authenticator
-from sarm_gateway.engine import Engine
+from sarm_gateway.deps import Deps
 from sarm_gateway.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -20,9 +20,8 @@ from sarm_gateway.errors import (
 from sarm_gateway.http import api, ops, rabc
 from sarm_gateway.http.instrument import RequestMetrics
 from sarm_gateway.jobs.paths import OutsideDataRoot
-from sarm_gateway.jobs.runner import JobNotFinished, JobNotFound, JobRunner, JobsDisabled
+from sarm_gateway.jobs.runner import JobNotFinished, JobNotFound, JobsDisabled
 from sarm_gateway.readiness import Readiness
-from sarm_gateway.settings import Settings
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS: dict[type[Exception], int] = {
@@ -41,8 +40,7 @@ async def _engine_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status, headers)
 
 
-def create_app(engine: Engine, settings: Settings, readiness: Readiness, jobs: JobRunner,
-               api_routes: bool = True) -> FastAPI:
+def create_app(deps: Deps, readiness: Readiness, api_routes: bool = True) -> FastAPI:
     """The whole HTTP API, or (`api_routes` False) only /livez, /readyz and /metrics."""
     app = FastAPI(
         title="SARM reward service", version="1",
@@ -50,11 +48,11 @@ def create_app(engine: Engine, settings: Settings, readiness: Readiness, jobs: J
         openapi_url="/openapi.json" if api_routes else None, docs_url="/docs" if api_routes else None,
         redoc_url=None,
     )
-    app.state.engine, app.state.settings, app.state.readiness, app.state.jobs = engine, settings, readiness, jobs
-    app.state.auth = Authenticator(settings.auth_tokens)
+    app.state.deps, app.state.readiness = deps, readiness
+    app.state.auth = Authenticator(deps.settings.auth_tokens)
     for kind in STATUS:
         app.add_exception_handler(kind, _engine_error)
-    app.add_middleware(RequestMetrics, metrics=engine.metrics)
+    app.add_middleware(RequestMetrics, metrics=deps.metrics)
     app.include_router(ops.router)
     if api_routes:
         app.include_router(api.router)

@@ -8,24 +8,30 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from sarm.scoring.engine import Engine
 from sarm_gateway.auth import Authenticator, Operation
-from sarm_gateway.engine import Engine
+from sarm_gateway.deps import Deps
 from sarm_gateway.readiness import Readiness
 from sarm_gateway.settings import Settings
 
 
+async def _deps(request: Request) -> Deps:
+    return request.app.state.deps
+
+
 async def _engine(request: Request) -> Engine:
-    return request.app.state.engine
+    return request.app.state.deps.engine
 
 
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return request.app.state.deps.settings
 
 
 async def _readiness(request: Request) -> Readiness:
     return request.app.state.readiness
 
 
+DepsDep = Annotated[Deps, Depends(_deps)]
 EngineDep = Annotated[Engine, Depends(_engine)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ReadinessDep = Annotated[Readiness, Depends(_readiness)]

@@ -26,7 +26,7 @@ ResultName = Literal["progress", "weights"]  # the keys of RESULT_FILES
 
 
 async def _runner(request: Request) -> JobRunner:
-    jobs: JobRunner = request.app.state.jobs
+    jobs: JobRunner = request.app.state.deps.jobs
     return jobs
 
 

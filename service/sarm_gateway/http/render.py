@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from sarm.rabc.files import PROGRESS_FILE, progress_table
 from sarm.rabc.progress import DatasetProgress, EpisodeProgress
-from sarm_gateway.engine import Engine
+from sarm.scoring.curve import progress_of_every_frame
+from sarm.scoring.engine import Engine
 from sarm_gateway.http.schemas import FrameScore, OutputFormat, VideoScores
 from sarm_gateway.http.scoring import VideoCurve
 
@@ -55,13 +56,16 @@ def plot(curve: VideoCurve, stage_names: list[str], model_version: str) -> bytes
 
 
 def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) -> bytes:
-    """The video as episode 0, every frame scored (the schema has no gaps); progress_sparse is the smoothed value
-    when smoothing is on. Provenance as `sarm rabc` writes it, in the schema metadata."""
-    progress = [r.score.progress if r.smoothed_progress is None else r.smoothed_progress for r in curve.results]
-    episode = EpisodeProgress(0, np.arange(len(progress), dtype=np.int64), np.asarray(progress, np.float32))
+    """The video as episode 0 with a value for every frame (the schema has no gaps): the scored frames' progress (the
+    smoothed value when smoothing is on), interpolated between them as `sarm rabc --stride` does. Provenance as
+    `sarm rabc` writes it, in the schema metadata."""
+    progress = progress_of_every_frame(curve.results, curve.num_frames)
+    episode = EpisodeProgress(0, np.arange(len(progress), dtype=np.int64), progress)
+    every = curve.options.score_every
     provenance = {"source": "POST /v1/videos:score", "model_version": model_version,
                   "instruction": curve.instruction, "fps": curve.fps, "smoothing": curve.options.smoothing,
-                  "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride}}
+                  "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride},
+                  "score_stride": every, "interpolation": "linear" if every > 1 else "none"}
     buffer = io.BytesIO()
     pq.write_table(progress_table(DatasetProgress([episode], provenance)), buffer)
     return buffer.getvalue()

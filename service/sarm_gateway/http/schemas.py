@@ -8,7 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from sarm_gateway.episode import MAX_FPS, ScoringOptions
+from sarm.scoring.curve import ScoringOptions
+from sarm_gateway.episode import MAX_FPS
 from sarm_gateway.http.upload import FILE_FIELD
 
 OutputFormat = Literal["json", "png", "parquet"]

@@ -1,5 +1,5 @@
 """An uploaded video → its per-frame curve, by the path ScoreFrames takes: each frame encoded once (through the
-frame cache), causal windows at the stride of the video's fps, optional smoothing (episode.score_curve)."""
+frame cache), causal windows at the stride of the video's fps, optional smoothing (sarm.scoring.curve)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sarm_gateway.engine import Encoded, Engine
-from sarm_gateway.episode import FrameResult, ScoringOptions, score_curve, window_stride
+from sarm.scoring.curve import FrameResult, ScoringOptions, score_curve
+from sarm.scoring.engine import Encoded, Engine
+from sarm.scoring.images import FrameData
+from sarm_gateway.episode import window_stride
 from sarm_gateway.errors import InvalidInput
 from sarm_gateway.http.schemas import ScoreForm
 from sarm_gateway.http.video import VideoLimits, VideoReader
-from sarm_gateway.images import FrameData
 from sarm_gateway.settings import Settings
 
 CHUNK_FRAMES = 64  # decoded and encoded at a time: memory holds two chunks of pixels, not the whole video
@@ -64,9 +65,9 @@ async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: Vide
     height, width = engine.image_size
     reader = await engine.offload(VideoReader, video, height, width, limits, form.fps)
     try:
-        stride = window_stride(reader.fps, engine.stride_seconds)
+        stride = window_stride(reader.fps, engine.manifest.window)
         encoded = await _embed(engine, reader)
     finally:
         await engine.offload(reader.close)
-    results = await score_curve(engine, encoded, stride, instruction, options)
+    results = await score_curve(engine, encoded, reader.decoded, stride, instruction, options)
     return VideoCurve(form.instruction, reader.fps, stride, reader.decoded, options, results)

@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from sarm.data.video import to_rgb
 from sarm_gateway.errors import InvalidInput
 
 CONTAINERS = "mov,matroska,avi,mpegts,ivf,h264,hevc,gif"  # demuxer names: mp4/mov, mkv/webm, AVI, MPEG-TS, raw streams
@@ -92,8 +93,7 @@ class VideoReader:
                 self._check_resolution(frame.width, frame.height)  # the size may change mid-stream
                 self._check_frames(self.decoded + 1, "the video has at least")
                 self._check_duration(self.decoded / self.fps, "the video lasts at least")
-                # AREA averages the pixels it shrinks, as the encoders' antialiased resize does.
-                out[k] = frame.to_ndarray(width=self.width, height=self.height, format="rgb24", interpolation="AREA")
+                out[k] = to_rgb(frame, self.height, self.width)
                 self.decoded += 1
                 k += 1
         if self.decoded == 0:

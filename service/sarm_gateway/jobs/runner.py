@@ -1,6 +1,7 @@
 """Runs RA-BC jobs in the background of the gateway process.
 
-Each job computes in a worker thread (`sarm.rabc.pipeline.run_rabc`: per-frame progress, weights, files) while
+Each job computes in a worker thread (`sarm.rabc.pipeline.run_rabc`: per-frame progress, weights, files) that scores
+on the gateway's own engine (its backend, local ONNX Runtime or Triton, its batching and instruction cache), while
 a coroutine beside it saves its progress every heartbeat and watches for a cancel request (which may come
 through another replica, via the store). At most `rabc_workers` jobs compute at once; the rest wait, queued.
 A job whose heartbeat stops while it is active, and which no thread here works on, died with its replica.
@@ -15,21 +16,23 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sarm.data.validate import InvalidDatasetError
-from sarm.encoders.base import EncoderMismatchError, TextEncoder
+from sarm.encoders.base import EncoderMismatchError
 from sarm.rabc.pipeline import run_rabc
-from sarm.rabc.progress import Cancelled
+from sarm.rabc.progress import Cancelled, EngineHandle
 from sarm.rabc.weights import RabcParams, RabcSummary
-from sarm.training.checkpoint import WEIGHTS, CheckpointError, checkpoint_digest
+from sarm.scoring.engine import Engine
+from sarm.training.checkpoint import CheckpointError
 from sarm_gateway.errors import InvalidInput, Overloaded
 from sarm_gateway.jobs.paths import dataset_dir
 from sarm_gateway.jobs.records import ACTIVE, RESULT_FILES, Job, JobState
 from sarm_gateway.jobs.store import JobStore
-from sarm_gateway.settings import PROJECT_ROOT, Settings
+from sarm_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ EXPECTED_FAILURES = (ValueError, FileNotFoundError, CheckpointError, InvalidData
 
 
 class JobsDisabled(RuntimeError):
-    """This replica runs no jobs (no data root, or no checkpoint of the served model); the message says why."""
+    """This replica runs no jobs (no data root); the message says why."""
 
 
 class JobNotFound(LookupError):
@@ -49,39 +52,14 @@ class JobNotFinished(RuntimeError):
     """Results were asked of a job that has not succeeded."""
 
 
-def served_checkpoint(settings: Settings, manifest: dict[str, Any]) -> Path:
-    """The PyTorch checkpoint of the served model: SARM_RABC_CHECKPOINT, else the manifest's path (as written, or
-    under the project). Its digest must match the manifest's, so that jobs score with the model the service
-    serves. JobsDisabled if there is none."""
-    expected = manifest["checkpoint"]["sha256"]
-    recorded = Path(manifest["checkpoint"]["path"])
-    candidates = [recorded, PROJECT_ROOT / recorded] if settings.rabc_checkpoint is None else [settings.rabc_checkpoint]
-    for path in candidates:
-        if (path / WEIGHTS).is_file():
-            if checkpoint_digest(path) != expected:
-                raise JobsDisabled(f"the checkpoint at {path} is not the served model (its digest differs from the "
-                                   "model repository's manifest): set SARM_RABC_CHECKPOINT to the checkpoint it "
-                                   "was exported from")
-            return path
-    raise JobsDisabled(f"RA-BC jobs need the served model's checkpoint, which is not at {recorded}: set "
-                       "SARM_RABC_CHECKPOINT to the checkpoint the model repository was exported from")
-
-
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, manifest: dict[str, Any],
-                 text_encoder: TextEncoder) -> None:
+    def __init__(self, settings: Settings, store: JobStore, engine: Engine) -> None:
         self.settings = settings
         self.store = store
-        self._text_encoder = text_encoder
+        self._engine = engine
         self.disabled_reason: str | None = None
-        self._checkpoint: Path | None = None
         if settings.data_root is None:
             self.disabled_reason = "RA-BC jobs are off on this server: set SARM_DATA_ROOT to the datasets' folder"
-        else:
-            try:
-                self._checkpoint = served_checkpoint(settings, manifest)
-            except JobsDisabled as error:
-                self.disabled_reason = str(error)
         self._pool = ThreadPoolExecutor(settings.rabc_workers, thread_name_prefix="sarm-rabc")
         self._slots = asyncio.Semaphore(settings.rabc_workers)
         self._stops: dict[str, threading.Event] = {}  # jobs of this replica, queued or running
@@ -154,7 +132,7 @@ class JobRunner:
                 job.state = JobState.RUNNING
                 await self._save(job)
                 summary = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._compute, job, folder, params, stride, out_dir, stop)
+                    self._pool, self._compute, job, folder, params, stride, out_dir, stop, asyncio.get_running_loop())
             for name in RESULT_FILES.values():
                 await self.store.put_file(job.id, name, (out_dir / name).read_bytes())
             job.summary = summary.to_dict()
@@ -173,14 +151,16 @@ class JobRunner:
             await self._save(job)
 
     def _compute(self, job: Job, folder: Path, params: RabcParams, stride: int, out_dir: Path,
-                 stop: threading.Event) -> RabcSummary:
-        assert self._checkpoint is not None  # submit() refused jobs without one
-
+                 stop: threading.Event, loop: asyncio.AbstractEventLoop) -> RabcSummary:
         def on_episode(done: int, total: int) -> None:  # from this thread; the heartbeat saves it
             job.episodes_done, job.episodes_total = done, total
 
-        return run_rabc(folder, self._checkpoint, params, out_dir, stride, on_episode, stop.is_set,
-                        text_encoder=self._text_encoder)
+        def run(coroutine: Coroutine[Any, Any, Any]) -> Any:  # the engine lives on the gateway's loop
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+        checkpoint = Path(self._engine.manifest.checkpoint.path)  # provenance only: the engine holds the model
+        return run_rabc(folder, checkpoint, params, out_dir, stride, on_episode, stop.is_set,
+                        engine=EngineHandle(self._engine, run))
 
     async def _beat(self, job: Job, stop: threading.Event) -> None:
         while True:

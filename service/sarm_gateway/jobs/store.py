@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sarm_gateway.cache import TTLCache
+from sarm.scoring.cache import TTLCache
 from sarm_gateway.errors import BackendUnavailable
 from sarm_gateway.jobs.records import Job
 

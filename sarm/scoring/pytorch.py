@@ -1,8 +1,6 @@
-"""In-process scoring: frames (or stored embeddings) + instruction → per-frame stage, τ, progress, confidence.
-
-Each frame is encoded exactly once, however many windows hold it; windows are then assembled from the
-embeddings by index and scored in batches.
-"""
+"""The PyTorch heads over one episode's embeddings, for training-time evaluation (`sarm eval`): causal windows are
+assembled from the embeddings by index and scored in batches. Serving and labelling run the exported graphs through
+the engine (sarm.scoring.engine) instead."""
 
 from __future__ import annotations
 
@@ -11,10 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sarm.encoders.base import FrameEncoder, TextEncoder, check_encoder
 from sarm.model.modeling_sarm import SARM
-from sarm.model.windows import sequence_indices, stride_frames
-from sarm.training.checkpoint import CheckpointInfo
+from sarm.model.windows import sequence_indices
 
 
 @dataclass
@@ -56,16 +52,3 @@ def score_embeddings(
         progress=torch.cat([p.progress for p in parts]).numpy(),
         confidence=torch.cat([p.confidence for p in parts]).numpy(),
     )
-
-
-def score_frames(
-    model: SARM, info: CheckpointInfo, frame_encoder: FrameEncoder, text_encoder: TextEncoder,
-    frames: np.ndarray, instruction: str, fps: float, every: int = 1,
-) -> EpisodeScores:
-    """Score raw frames (T, H, W, 3) uint8 of one camera; every `every`-th frame gets a score."""
-    check_encoder(frame_encoder, info.frame_encoder["id"], info.frame_encoder["version"])
-    check_encoder(text_encoder, info.text_encoder["id"], info.text_encoder["version"])
-    embeddings = frame_encoder.encode_frames(frames)
-    text = text_encoder.encode([instruction])[0]
-    stride = stride_frames(fps, model.config.stride_seconds)
-    return score_embeddings(model, embeddings, text, stride, np.arange(0, len(frames), every))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sarm_gateway.metrics import BatcherMetrics
+from sarm.scoring.metrics import BatcherMetrics
 
 Arrays = tuple[np.ndarray, ...]
 
@@ -50,7 +50,6 @@ class MicroBatcher:
         self._metrics = metrics
         if metrics is not None:
             metrics.queue_depth.set_function(lambda: self.queued_rows)
-        self.batches = 0  # batches run so far (tests)
 
     @property
     def queued_rows(self) -> int:
@@ -99,7 +98,6 @@ class MicroBatcher:
     async def _execute(self, batch: list[_Call]) -> None:
         try:
             inputs = tuple(np.concatenate(parts) for parts in zip(*(c.inputs for c in batch), strict=True))
-            self.batches += 1
             if self._metrics is not None:
                 started = time.perf_counter()
                 for call in batch:

@@ -17,10 +17,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sarm_gateway.settings import Settings
+from sarm.scoring.options import EngineOptions
 
 
-def connect(settings: Settings, timeout_ms: float | None = None) -> Redis | None:
+def connect(settings: EngineOptions, timeout_ms: float | None = None) -> Redis | None:
     """A client over a bounded pool, or None without a Redis URL. Connects lazily: an unreachable server does not
     stop the gateway from starting. `timeout_ms` overrides the cache's short timeout (job state can wait longer)."""
     if settings.redis_url is None:

@@ -7,20 +7,19 @@ at the models' max batch size. Each request carries what is left of the caller's
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME
-from sarm.export.model_repo import BATCHING
 from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
 from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
+from sarm.manifest import Manifest
+from sarm.scoring.backends import HeadsOutput
+from sarm.scoring.deadlines import remaining
+from sarm.scoring.errors import BackendUnavailable, DeadlineExceeded
 from sarm.triton.client import infer_inputs
-from sarm_gateway.backends import HeadsOutput
-from sarm_gateway.deadlines import remaining
-from sarm_gateway.errors import BackendUnavailable, DeadlineExceeded
 
 READY_TIMEOUT_S = 2.0  # a readiness probe that takes longer than this counts as not ready
 
@@ -29,10 +28,11 @@ class TritonBackend:
     name = "triton"
     batches_itself = True
 
-    def __init__(self, url: str, manifest: dict[str, Any], timeout_s: float) -> None:
+    def __init__(self, url: str, manifest: Manifest, timeout_s: float) -> None:
         self.url = url
         self.timeout_s = timeout_s  # for calls without a deadline
-        self.models = manifest["models"]
+        self.models = dict(manifest.models)
+        self.max_batch = manifest.max_batch
         self._client = triton.InferenceServerClient(url)
 
     async def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
@@ -48,7 +48,7 @@ class TritonBackend:
         return [result.as_numpy(name) for name in outputs]
 
     async def _batched(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
-        rows, size = len(next(iter(inputs.values()))), BATCHING.max_batch_size
+        rows, size = len(next(iter(inputs.values()))), self.max_batch
         parts = await asyncio.gather(*(
             self._infer(model, {k: v[i : i + size] for k, v in inputs.items()}, outputs) for i in range(0, rows, size)
         ))

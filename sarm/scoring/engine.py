@@ -1,5 +1,5 @@
-"""The scoring engine shared by every front end: frames → embeddings (cached, micro-batched) → windows → scores
-(cached, micro-batched).
+"""The scoring engine shared by every front end (gRPC, HTTP, RA-BC jobs, `sarm rabc`, Ray workers): frames →
+embeddings (cached, micro-batched) → windows → scores (cached, micro-batched), on a pluggable backend.
 
 Every frame is encoded at most once per cache lifetime: frames are keyed by content, looked up, and only the
 misses (deduplicated) go to the encoder. Windows are assembled from embeddings by `sequence_indices`, keyed by
@@ -16,23 +16,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import NamedTuple, ParamSpec, Protocol, TypeVar
 
 import numpy as np
+from redis.asyncio import Redis
 
 from sarm.encoders.base import TextEncoder, check_encoder, fingerprint
-from sarm.export.model_repo import read_manifest
+from sarm.manifest import Manifest, read_manifest
 from sarm.model.windows import SequenceIndices, sequence_indices
-from sarm_gateway.admission import Admission
-from sarm_gateway.backends import Backend, HeadsOutput, make_backend
-from sarm_gateway.batcher import MicroBatcher
-from sarm_gateway.cache import TTLCache
-from sarm_gateway.errors import InvalidInput
-from sarm_gateway.images import FrameData, content_key, decode
-from sarm_gateway.metrics import Metrics
-from sarm_gateway.redis_cache import RedisTier, connect
-from sarm_gateway.score_cache import ScoreCache, WindowScore
-from sarm_gateway.settings import Settings
+from sarm.scoring.backends import Backend, HeadsOutput, make_backend
+from sarm.scoring.batcher import MicroBatcher
+from sarm.scoring.cache import Tiered, TTLCache
+from sarm.scoring.errors import InvalidInput
+from sarm.scoring.images import FrameData, content_key, decode
+from sarm.scoring.metrics import EngineMetrics
+from sarm.scoring.options import EngineOptions
+from sarm.scoring.redis_cache import RedisTier, connect
+from sarm.scoring.score_cache import WindowScore, window_keys
 
 # Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
 # thread. Larger inputs, and every JPEG/PNG decode, leave the loop.
@@ -85,52 +85,68 @@ class FrameSource(Protocol):
     def embeddings_at(self, indices: np.ndarray) -> np.ndarray: ...
 
 
-def model_version(manifest: dict[str, Any]) -> str:
-    """The trained weights' identity: the checkpoint digest (encoder identities are reported beside it)."""
-    return str(manifest["checkpoint"]["sha256"][:12])
+@dataclass
+class EngineCaches:
+    """The engine's three caches, each an in-process tier with Redis behind it when configured."""
+
+    frames: Tiered[np.ndarray]  # embeddings by frame content key
+    instructions: Tiered[np.ndarray]  # embeddings by instruction
+    scores: Tiered[WindowScore]  # window scores by window key
+    redis: Redis | None  # the client the Redis tiers share; the engine closes it
+
+    @classmethod
+    def build(cls, options: EngineOptions, manifest: Manifest, text_encoder: str) -> EngineCaches:
+        """Redis prefixes name what made the values (frame encoder, text encoder, model version), so replicas
+        serving other models never read each other's entries."""
+        ttl, client = options.cache_ttl_s, connect(options)
+
+        def shared(prefix: str, dim: int) -> RedisTier | None:
+            if client is None:
+                return None
+            return RedisTier(client, prefix, dim, options.redis_ttl_s, options.redis_backoff_s)
+
+        def vector(value: np.ndarray) -> np.ndarray:
+            return value
+
+        stages = list(manifest.stage_names)
+        return cls(
+            Tiered(TTLCache(options.frame_cache_entries, ttl),
+                   shared(f"sarm:frame:{manifest.frame_encoder.fingerprint}:", manifest.frame_encoder.dim),
+                   vector, vector),
+            Tiered(TTLCache(options.instruction_cache_entries, ttl),
+                   shared(f"sarm:instruction:{text_encoder}:", manifest.text_encoder.dim), vector, vector),
+            Tiered(TTLCache(options.score_cache_entries, ttl),
+                   shared(f"sarm:score:{manifest.version}:", len(stages) + 3), WindowScore.to_vector,
+                   lambda v: WindowScore.from_vector(v, stages)),
+            client,
+        )
 
 
 class Engine:
-    def __init__(self, manifest: dict[str, Any], backend: Backend, text_encoder: TextEncoder, settings: Settings):
-        check_encoder(text_encoder, manifest["text_encoder"]["id"], manifest["text_encoder"]["version"])
+    def __init__(self, manifest: Manifest, backend: Backend, text_encoder: TextEncoder, options: EngineOptions,
+                 caches: EngineCaches, metrics: EngineMetrics) -> None:
+        check_encoder(text_encoder, manifest.text_encoder.id, manifest.text_encoder.version)
         self.manifest = manifest
         self.backend = backend
-        self.settings = settings
-        self.version = model_version(manifest)
-        self.stage_names: list[str] = manifest["stage_names"]
-        self.window_frames: int = manifest["window"]["frames"]
-        self.max_rewind: int = manifest["window"]["max_rewind"]
-        self.stride_seconds: float = manifest["window"]["stride_seconds"]
-        self.num_cameras: int = manifest["num_cameras"]
-        self.image_size: tuple[int, int] = (manifest["image"]["height"], manifest["image"]["width"])
-        self.frame_dim: int = manifest["frame_encoder"]["dim"]
-        self._frame_encoder_id = f"{manifest['frame_encoder']['id']}@{manifest['frame_encoder']['version']}"
+        self.options = options
+        self.version = manifest.version
+        self.stage_names = list(manifest.stage_names)
+        self.window_frames = manifest.window.frames
+        self.max_rewind = manifest.window.max_rewind
+        self.num_cameras = manifest.num_cameras
+        self.image_size = manifest.image_size
+        self.frame_dim = manifest.frame_encoder.dim
+        self._frame_encoder_id = manifest.frame_encoder.fingerprint
         self.text_encoder = text_encoder
         self._text_encoder_id = fingerprint(text_encoder)
-        self.metrics = Metrics()
-        text_id = f"{manifest['text_encoder']['id']}@{manifest['text_encoder']['version']}"
-        self.metrics.model_info(self.version, self._frame_encoder_id, text_id, backend.name)
-        # Every front end's unary work shares one bound: a burst over HTTP and gRPC together still gets refused.
-        self.work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
-        self.metrics.in_flight.set_function(lambda: self.work.in_flight)
-        ttl = settings.cache_ttl_s
-        self.frame_cache: TTLCache[np.ndarray] = TTLCache(settings.frame_cache_entries, ttl)
-        self.instruction_cache: TTLCache[np.ndarray] = TTLCache(settings.instruction_cache_entries, ttl)
-        # Redis (when configured) behind each: replicas share what any of them encoded or scored.
-        self._redis = connect(settings)
-        self.score_cache = ScoreCache(settings, self._redis, self.version, self.stage_names)
-        self.frame_redis: RedisTier | None = None
-        self.instruction_redis: RedisTier | None = None
-        if self._redis is not None:
-            redis_ttl, backoff = settings.redis_ttl_s, settings.redis_backoff_s
-            self.frame_redis = RedisTier(self._redis, f"sarm:frame:{self._frame_encoder_id}:", self.frame_dim,
-                                         redis_ttl, backoff)
-            self.instruction_redis = RedisTier(self._redis, f"sarm:instruction:{self._text_encoder_id}:",
-                                               manifest["text_encoder"]["dim"], redis_ttl, backoff)
-        self.metrics.watch_caches([
-            ("memory", "frame", self.frame_cache), ("memory", "instruction", self.instruction_cache),
-            ("redis", "frame", self.frame_redis), ("redis", "instruction", self.instruction_redis),
-            ("memory", "score", self.score_cache.memory), ("redis", "score", self.score_cache.redis),
+        self.caches = caches
+        self.metrics = metrics
+        metrics.model_info(self.version, self._frame_encoder_id, manifest.text_encoder.fingerprint, backend.name)
+        metrics.watch_caches([
+            (tier, kind, cache)
+            for kind, tiered in (("frame", caches.frames), ("instruction", caches.instructions),
+                                 ("score", caches.scores))
+            for tier, cache in (("memory", tiered.memory), ("redis", tiered.redis))
         ])
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
@@ -140,31 +156,33 @@ class Engine:
         self._encode_batcher: MicroBatcher | None = None
         self._heads_batcher: MicroBatcher | None = None
         if not backend.batches_itself:
-            delay, workers = settings.max_batch_delay_ms / 1000, settings.inference_workers
-            self._encode_batcher = MicroBatcher(self._encode_rows, settings.max_batch_size, delay, workers,
-                                                self.metrics.batcher("encoder"))
-            self._heads_batcher = MicroBatcher(self._heads_rows, settings.max_batch_size, delay, workers,
-                                               self.metrics.batcher("heads"))
+            delay, workers = options.max_batch_delay_ms / 1000, options.inference_workers
+            self._encode_batcher = MicroBatcher(self._encode_rows, options.max_batch_size, delay, workers,
+                                                metrics.batcher("encoder"))
+            self._heads_batcher = MicroBatcher(self._heads_rows, options.max_batch_size, delay, workers,
+                                               metrics.batcher("heads"))
 
     @classmethod
-    def from_settings(cls, settings: Settings, text_encoder: TextEncoder | None = None) -> Engine:
-        """Load the repository's manifest, start its backend and the instruction encoder it was trained with."""
-        repo = Path(settings.model_repo)
+    def open(cls, repo: Path, options: EngineOptions, metrics: EngineMetrics | None = None,
+             text_encoder: TextEncoder | None = None) -> Engine:
+        """Read the repository's manifest, start its backend, and load the instruction encoder it was trained with
+        (unless given); caches as `options` say. Metrics go to a registry of their own unless given."""
         manifest = read_manifest(repo)
-        backend = make_backend(settings, repo, manifest)
+        backend = make_backend(options, repo, manifest)
         if text_encoder is None:  # slow (torch): after the cheap checks
             from sarm.encoders.registry import load_text_encoder
 
-            text_encoder = load_text_encoder(manifest["text_encoder"]["id"])
-        return cls(manifest, backend, text_encoder, settings)
+            text_encoder = load_text_encoder(manifest.text_encoder.id)
+        caches = EngineCaches.build(options, manifest, fingerprint(text_encoder))
+        return cls(manifest, backend, text_encoder, options, caches, metrics or EngineMetrics())
 
     async def close(self) -> None:
         for batcher in (self._encode_batcher, self._heads_batcher):
             if batcher is not None:
                 await batcher.close()
         await self.backend.close()
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self.caches.redis is not None:
+            await self.caches.redis.aclose()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._text_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -193,25 +211,16 @@ class Engine:
     async def embed_instruction(self, instruction: str) -> Instruction:
         if not instruction.strip():
             raise InvalidInput("instruction is empty: give the task in words, e.g. 'pick up the cube'")
-        if len(instruction) > self.settings.max_instruction_chars:
+        if len(instruction) > self.options.max_instruction_chars:
             raise InvalidInput(f"instruction has {len(instruction)} characters; the limit is "
-                               f"{self.settings.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
-        key = f"{self._text_encoder_id}|{instruction}"
-        score_key = hashlib.sha256(key.encode()).hexdigest()
-        cached = self.instruction_cache.get(key)
-        if cached is not None:
-            return Instruction(cached, score_key)
-        shared = self.instruction_redis
-        shared_key = hashlib.sha256(instruction.encode()).hexdigest()  # the tier's prefix names the encoder
-        if shared is not None:
-            [cached] = await shared.get_many([shared_key])
+                               f"{self.options.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
+        key = hashlib.sha256(instruction.encode()).hexdigest()  # the tiers' prefix names the encoder
+        [cached] = await self.caches.instructions.get_many([key])
         if cached is None:
             loop = asyncio.get_running_loop()
             cached = (await loop.run_in_executor(self._text_pool, self.text_encoder.encode, [instruction]))[0]
-            if shared is not None:
-                await shared.put_many({shared_key: cached})
-        self.instruction_cache.put(key, cached)
-        return Instruction(cached, score_key)
+            await self.caches.instructions.put_many({key: cached})
+        return Instruction(cached, hashlib.sha256(f"{self._text_encoder_id}|{instruction}".encode()).hexdigest())
 
     async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> Encoded:
         """(N, D) embeddings and (N,) content keys of `frames`; only frames missing from the cache, and not being
@@ -229,7 +238,7 @@ class Engine:
         missing: dict[str, list[int]] = {}
         joined: dict[str, tuple[asyncio.Future[np.ndarray | None], list[int]]] = {}  # being encoded by another call
         for i, key in enumerate(keys):
-            cached = self.frame_cache.get(key)
+            cached = self.caches.frames.memory.get(key)
             if cached is not None:
                 out[i] = cached
             elif key in self._encoding:
@@ -259,8 +268,10 @@ class Engine:
         self._encoding.update(futures)
         try:
             started = time.perf_counter()
-            if self.frame_redis is not None:  # registered above first, so concurrent calls wait, not ask again
-                missing = await self._from_redis(self.frame_redis, missing, futures, out)
+            # Registered above first, so concurrent calls wait for these keys rather than ask Redis again.
+            for key, embedding in (await self.caches.frames.shared(list(missing))).items():
+                futures[key].set_result(embedding)
+                out[missing.pop(key)] = embedding
             self.metrics.stage["cache"].observe(lookup_s + time.perf_counter() - started)
             if not missing:
                 return
@@ -274,32 +285,16 @@ class Engine:
             inline = all(f.shape is not None for f in chosen) and _small(chosen)  # raw pixels: checks and a copy
             images = decode_all() if inline else await self.offload(decode_all)
             embeddings = await self._encode(images)
-            for (key, rows), embedding in zip(missing.items(), embeddings, strict=True):
-                row = embedding.copy()  # a row of its own, not a view pinning the whole batch
-                self.frame_cache.put(key, row)
+            rows = {key: embedding.copy() for key, embedding in zip(missing, embeddings, strict=True)}  # not views
+            for key, row in rows.items():  # pinning the whole batch
                 futures[key].set_result(row)
-                out[rows] = row
-            if self.frame_redis is not None:
-                await self.frame_redis.put_many(dict(zip(missing, embeddings, strict=True)))
+                out[missing[key]] = row
+            await self.caches.frames.put_many(rows)
         finally:
             for key, future in futures.items():
                 del self._encoding[key]
                 if not future.done():
                     future.set_result(None)
-
-    async def _from_redis(
-        self, tier: RedisTier, missing: dict[str, list[int]], futures: dict[str, asyncio.Future[np.ndarray | None]],
-        out: np.ndarray,
-    ) -> dict[str, list[int]]:
-        """Fill `out` with what Redis has (and the in-process tier with it); the keys still missing."""
-        stored = await tier.get_many(list(missing))
-        left = dict(missing)
-        for key, embedding in zip(missing, stored, strict=True):
-            if embedding is not None:
-                self.frame_cache.put(key, embedding)
-                futures[key].set_result(embedding)
-                out[left.pop(key)] = embedding
-        return left
 
     async def _heads_scores(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
         """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → the heads' score of each."""
@@ -314,8 +309,8 @@ class Engine:
                              instruction: Instruction) -> list[WindowScore]:
         """The windows `seq` from the score cache, or (each key once) from the heads, then cached."""
         started = time.perf_counter()
-        keys = self.score_cache.keys(instruction.key, frames.keys_at(seq.indices), seq.lengths)
-        found = await self.score_cache.get_many(keys)
+        keys = window_keys(self.version, instruction.key, frames.keys_at(seq.indices), seq.lengths)
+        found = await self.caches.scores.get_many(keys)
         self.metrics.stage["cache"].observe(time.perf_counter() - started)
         first: dict[str, int] = {}  # missing key -> its first window
         for i, (key, score) in enumerate(zip(keys, found, strict=True)):
@@ -327,7 +322,7 @@ class Engine:
             scores = await self._heads_scores(frames.embeddings_at(seq.indices[rows]), instruction.embedding,
                                               seq.lengths[rows])
             computed = dict(zip(first, scores, strict=True))
-            await self.score_cache.put_many(computed)
+            await self.caches.scores.put_many(computed)
         return [computed[key] if score is None else score for key, score in zip(keys, found, strict=True)]
 
     async def score_at(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sarm_gateway.errors import InvalidInput
+from sarm.scoring.errors import InvalidInput
 
 
 @dataclass(frozen=True)

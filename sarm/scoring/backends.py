@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +19,8 @@ from sarm.encoders.onnx_export import INPUT_NAME
 from sarm.export.model_repo import onnx_path
 from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
 from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
-from sarm_gateway.settings import Settings
+from sarm.manifest import Manifest
+from sarm.scoring.options import EngineOptions
 
 
 class HeadsOutput(NamedTuple):
@@ -48,7 +49,7 @@ class LocalBackend:
     name = "local"
     batches_itself = False
 
-    def __init__(self, repo: Path, manifest: dict[str, Any], intra_op_threads: int = 1, workers: int = 1) -> None:
+    def __init__(self, repo: Path, manifest: Manifest, intra_op_threads: int = 1, workers: int = 1) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -84,11 +85,11 @@ class BackendNotAvailable(RuntimeError):
     """The configured backend cannot be used (misconfigured)."""
 
 
-def make_backend(settings: Settings, repo: Path, manifest: dict[str, Any]) -> Backend:
+def make_backend(settings: EngineOptions, repo: Path, manifest: Manifest) -> Backend:
     if settings.backend == "local":
         return LocalBackend(repo, manifest, settings.intra_op_threads, settings.inference_workers)
     if settings.backend == "triton":
-        from sarm_gateway.triton_backend import TritonBackend  # tritonclient only when asked for
+        from sarm.scoring.triton_backend import TritonBackend  # tritonclient only when asked for
 
         return TritonBackend(settings.triton_url, manifest, settings.triton_timeout_s)
     raise BackendNotAvailable(f"unknown backend {settings.backend!r}: use local or triton")

@@ -1,0 +1,89 @@
+"""One episode's curve, the same for every front end: which frames get a score (the one rule), their windows' scores
+through the engine, optional smoothing, and linear interpolation to every frame.
+
+The rule: with `score_every` N, frames 0, N, 2N, … are scored, and so is a whole episode's last frame, so that a
+curve's end is scored, never extrapolated. A live stream does not know its last frame yet: it scores the multiples of
+N as they arrive (`scored_live`). Neighbouring windows overlap in all but one frame, so the curve between scored
+frames is smooth at the scale of a second and interpolating it costs little accuracy for N-fold fewer windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sarm.model.progress import ConfidenceSmoother
+from sarm.scoring.engine import Engine, FrameSource, Instruction
+from sarm.scoring.errors import InvalidInput
+from sarm.scoring.score_cache import WindowScore
+
+
+def scored_frames(length: int, every: int) -> np.ndarray:
+    """Every `every`-th frame from 0, and the last frame."""
+    if every < 1:
+        raise ValueError(f"score_every must be >= 1 frame, got {every}")
+    frames = np.arange(0, length, every, dtype=np.int64)
+    return frames if length == 0 or frames[-1] == length - 1 else np.append(frames, length - 1)
+
+
+def scored_live(first: int, end: int, every: int) -> list[int]:
+    """The frames of [first, end) a live stream scores: the multiples of `every`."""
+    return [t for t in range(first, end) if t % every == 0]
+
+
+def interpolate(frames: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
+    """Values at every frame 0..length-1 from those at the sorted `frames` (linear in between)."""
+    return np.interp(np.arange(length), frames, values).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    score_every: int = 1
+    smoothing: bool = False
+    smoothing_history: int = 10
+    smoothing_min_confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.score_every < 1 or self.smoothing_history < 1:
+            raise InvalidInput(f"score_every and smoothing_history must be >= 1, got {self.score_every}, "
+                               f"{self.smoothing_history}")
+        if not 0.0 < self.smoothing_min_confidence <= 1.0:
+            raise InvalidInput(f"smoothing_min_confidence must be in (0, 1], got {self.smoothing_min_confidence}")
+
+    def smoother(self) -> ConfidenceSmoother | None:
+        return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence) if self.smoothing else None
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    frame_index: int
+    score: WindowScore
+    smoothed_progress: float | None
+
+
+def frame_results(
+    frames: Sequence[int], scores: Sequence[WindowScore], smoother: ConfidenceSmoother | None
+) -> list[FrameResult]:
+    """Pair scored frames with their scores, smoothing progress in frame order when asked to."""
+    return [
+        FrameResult(int(t), s, None if smoother is None else smoother.update(s.progress, s.confidence))
+        for t, s in zip(frames, scores, strict=True)
+    ]
+
+
+async def score_curve(
+    engine: Engine, frames: FrameSource, length: int, stride: int, instruction: Instruction, options: ScoringOptions
+) -> list[FrameResult]:
+    """A whole episode of `length` encoded time steps: the scored frames' windows, smoothed in frame order when asked
+    to (ScoreFrames, uploaded videos, datasets)."""
+    scored = scored_frames(length, options.score_every).tolist()
+    scores = await engine.score_at(frames, scored, stride, instruction)
+    return frame_results(scored, scores, options.smoother())
+
+
+def progress_of_every_frame(results: Sequence[FrameResult], length: int) -> np.ndarray:
+    """(length,) float32 progress: the scored frames' (smoothed, where smoothing was asked for), interpolated."""
+    values = [r.score.progress if r.smoothed_progress is None else r.smoothed_progress for r in results]
+    return interpolate(np.array([r.frame_index for r in results]), np.array(values), length)

@@ -1,0 +1,55 @@
+"""The one place that builds the gateway's shared objects (in the style of an app factory's dependencies): the
+engine with its backend, caches and metrics injected, the in-flight bound both front ends share, and the RA-BC job
+runner. Both front ends (gRPC in server.py, HTTP in http/app.py) take a `Deps` and build nothing of their own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sarm.encoders.base import TextEncoder, fingerprint
+from sarm.manifest import read_manifest
+from sarm.scoring.backends import Backend, make_backend
+from sarm.scoring.engine import Engine, EngineCaches
+from sarm.scoring.redis_cache import connect
+from sarm_gateway.admission import Admission
+from sarm_gateway.jobs.runner import JobRunner
+from sarm_gateway.jobs.store import JobStore, MemoryJobStore, RedisJobStore
+from sarm_gateway.metrics import Metrics
+from sarm_gateway.settings import Settings
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    engine: Engine
+    metrics: Metrics  # the engine's metrics and the front ends'
+    work: Admission  # unary calls of both front ends: a burst over HTTP and gRPC together still gets refused
+    jobs: JobRunner
+
+
+def job_store(settings: Settings) -> JobStore:
+    """Redis when configured (any replica answers for any job), else this process's memory."""
+    client = connect(settings.engine_options(), settings.job_redis_timeout_ms)
+    if client is None:
+        return MemoryJobStore(settings.job_ttl_s)
+    return RedisJobStore(client, settings.job_ttl_s)
+
+
+def build_deps(settings: Settings, backend: Backend | None = None, text_encoder: TextEncoder | None = None) -> Deps:
+    """Everything from `settings`; `backend` and `text_encoder` replace the ones the repository names (tests)."""
+    repo = Path(settings.model_repo)
+    manifest = read_manifest(repo)
+    options = settings.engine_options()
+    backend = backend or make_backend(options, repo, manifest)
+    if text_encoder is None:  # slow (torch): after the cheap checks
+        from sarm.encoders.registry import load_text_encoder
+
+        text_encoder = load_text_encoder(manifest.text_encoder.id)
+    metrics = Metrics()
+    caches = EngineCaches.build(options, manifest, fingerprint(text_encoder))
+    engine = Engine(manifest, backend, text_encoder, options, caches, metrics)
+    work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
+    metrics.in_flight.set_function(lambda: work.in_flight)
+    jobs = JobRunner(settings, job_store(settings), engine)
+    return Deps(settings, engine, metrics, work, jobs)
