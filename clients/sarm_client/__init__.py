@@ -10,8 +10,14 @@ RA-BC weights of a dataset for a trainer (HTTP jobs API).
 
     weights = RabcJobs("http://localhost:8000", token=token).weights("pick-place", chunk_size=10)
 
+    evaluation = evaluate_videos("localhost:50051", rollout_videos, "pick up the cube")  # progress, stage, success
+
+    from sarm_client.rl import SarmReward  # SARM progress as a gymnasium env's dense reward
+    env = SarmReward(env, "localhost:50051", "pick up the cube", reward=RewardConfig(fallback=0.0))
+
 Needs only grpcio, protobuf and numpy (PyAV for videos: `sarm-client[video]`; pyarrow to read RA-BC weights:
-`sarm-client[trainer]`); never torch (`sarm_client.training` uses the trainer's own).
+`sarm-client[trainer]`; gymnasium for `sarm_client.rl`: `sarm-client[rl]`; matplotlib for the evaluation's curves
+PNG: `sarm-client[plot]`); never torch (`sarm_client.training` uses the trainer's own).
 """
 
 from sarm_client.aio import AsyncEpisodeStream, AsyncSarmClient
@@ -29,6 +35,7 @@ from sarm_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from sarm_client.evaluate import EpisodeResult, Evaluation, evaluate_videos
 from sarm_client.models import (
     Encoder,
     FrameScore,
@@ -42,6 +49,7 @@ from sarm_client.models import (
     Window,
 )
 from sarm_client.rabc import RabcJob, RabcJobs, RabcWeights
+from sarm_client.rewards import RewardConfig
 
 __version__ = "0.1.0"
 __all__ = [
@@ -52,7 +60,9 @@ __all__ = [
     "Conflict",
     "DeadlineExceeded",
     "Encoder",
+    "EpisodeResult",
     "EpisodeStream",
+    "Evaluation",
     "FrameScore",
     "Image",
     "Images",
@@ -66,6 +76,7 @@ __all__ = [
     "RabcJobs",
     "RabcWeights",
     "Retry",
+    "RewardConfig",
     "SarmClient",
     "SarmError",
     "Score",
@@ -77,4 +88,5 @@ __all__ = [
     "Unavailable",
     "Window",
     "__version__",
+    "evaluate_videos",
 ]
