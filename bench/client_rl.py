@@ -1,0 +1,112 @@
+"""Environment steps per second of a Meta-World vector env with SARM's dense reward (sarm_client.rl), against the
+same env without it.
+
+For 1, 4 and 16 sub-environments (gymnasium SyncVectorEnv, NEXT_STEP autoreset, pick-place-v3 driven by its
+scripted expert, the default model's camera at 128 px; clients/examples/metaworld_rl.py), side by side in one run:
+- bare: the env alone, nothing rendered;
+- render: the env plus rendering every sub-env's frame each step (what any image reward needs);
+- sarm: SarmVectorReward on the env: render, send every sub-env's frame in one round trip to a real gateway
+  (`sarm serve`, local ONNX Runtime backend, default model, its own process) and wait for the scores.
+Reported: env steps/s (sub-env steps: vector steps x N) and the p50/p99 of one vector step. Usage:
+    PYTHONPATH=.:service:clients .venv/bin/python bench/client_rl.py [--envs 1 4 16] [--steps 40]
+Writes bench/results/client_rl.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym
+import numpy as np
+from _gateway import ROOT, GatewayProcess, gateway_env, gateway_env_args, latency_ms, print_table, write_results
+
+from sarm_client import Timeout
+from sarm_client.rl import SarmVectorReward
+
+TASK = "pick-place-v3"
+MODES = ("bare", "render", "sarm")
+
+
+def example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("metaworld_rl", ROOT / "clients" / "examples" / "metaworld_rl.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(mode: str, n: int, steps: int, warmup: int, address: str, metaworld: ModuleType) -> dict[str, Any]:
+    vector = gym.vector.SyncVectorEnv([lambda: metaworld.make_env(TASK, max_steps=150)] * n)
+    env: Any = vector
+    if mode == "sarm":  # a generous step deadline: 16 frames on a shared 2-core machine take a while
+        env = SarmVectorReward(vector, address, metaworld.INSTRUCTIONS[TASK], timeout=Timeout(step=60.0))
+    experts: list[Callable[[np.ndarray], np.ndarray]] = [metaworld.expert(TASK) for _ in range(n)]
+    try:
+        obs, _ = env.reset(seed=0)
+        samples = []
+        for t in range(warmup + steps):
+            started = time.perf_counter()
+            actions = np.stack([act(o) for act, o in zip(experts, obs, strict=True)])
+            obs, *_ = env.step(actions)
+            if mode == "render":
+                vector.render()
+            if t >= warmup:
+                samples.append(time.perf_counter() - started)
+    finally:
+        env.close()
+    return {
+        "mode": mode,
+        "envs": n,
+        "vector_steps": steps,
+        "env_steps_per_s": n * steps / sum(samples),
+        **latency_ms(samples),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--steps", type=int, default=40, help="timed vector steps per configuration")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--target", help="use this running gateway (HOST:PORT) instead of starting one")
+    gateway_env_args(parser)
+    args = parser.parse_args()
+    metaworld = example()
+    results = []
+    with contextlib.ExitStack() as stack:
+        address = args.target or stack.enter_context(GatewayProcess(args.model_repo, gateway_env(args))).address
+        for n in args.envs:
+            for mode in MODES:  # side by side, per size
+                results.append(run(mode, n, args.steps, args.warmup, address, metaworld))
+                print(f"{n} env(s), {mode}: {results[-1]['env_steps_per_s']:.1f} env steps/s")
+    by = {(r["envs"], r["mode"]): r for r in results}
+    rows = []
+    for n in args.envs:
+        bare, sarm = by[(n, "bare")], by[(n, "sarm")]
+        rows.append(
+            [
+                str(n),
+                *(f"{by[(n, m)]['env_steps_per_s']:.1f}" for m in MODES),
+                f"{sarm['env_steps_per_s'] / bare['env_steps_per_s']:.2f}",
+                *(f"{by[(n, m)]['p50_ms']:.1f} / {by[(n, m)]['p99_ms']:.1f}" for m in MODES),
+            ]
+        )
+    print_table(
+        "Meta-World env steps/s with and without SARM rewards (vector step p50 / p99 ms)",
+        ["envs", "bare", "render", "sarm", "sarm/bare", "bare ms", "render ms", "sarm ms"],
+        rows,
+    )
+    write_results("client_rl", args, {"task": TASK, "results": results})
+
+
+if __name__ == "__main__":
+    main()
