@@ -10,8 +10,10 @@ get_text_features), not L2-normalised. Text: the CLIP tokenizer, one instruction
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,11 +62,49 @@ def _pixel_lut() -> np.ndarray:
 _PIXEL_LUT = _pixel_lut()
 
 
+# CLIPProcessor settings the preprocessing above implements (openai/clip-vit-base-patch32's).
+EXPECTED_PROCESSOR: dict[str, Any] = {
+    "do_resize": True,
+    "size": {"shortest_edge": CROP},
+    "resample": 3,  # bicubic
+    "do_center_crop": True,
+    "crop_size": {"height": CROP, "width": CROP},
+    "do_rescale": True,
+    "do_normalize": True,
+}
+
+
+def check_processor(folder: Path) -> None:
+    """Refuse a CLIP folder whose saved image-processor settings differ from what clip_pixels computes."""
+    settings: dict[str, Any] | None = None
+    if (folder / "processor_config.json").is_file():
+        settings = json.loads((folder / "processor_config.json").read_text()).get("image_processor")
+    if settings is None and (folder / "preprocessor_config.json").is_file():
+        settings = json.loads((folder / "preprocessor_config.json").read_text())
+    if not settings:
+        return  # no saved settings: CLIPProcessor's defaults, which are these
+    crop = settings.get("crop_size")
+    if isinstance(crop, int):  # older files store one number
+        settings = settings | {"crop_size": {"height": crop, "width": crop}}
+    for key, want in EXPECTED_PROCESSOR.items():
+        if key in settings and settings[key] != want:
+            raise ValueError(
+                f"{folder}: image processor field {key!r} is {settings[key]!r}; only {want!r} is supported"
+            )
+    if abs(float(settings.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-12:
+        raise ValueError(f"{folder}: image processor field 'rescale_factor' is {settings['rescale_factor']!r}")
+    for key, want in (("image_mean", OPENAI_CLIP_MEAN), ("image_std", OPENAI_CLIP_STD)):
+        if key in settings and not np.allclose(settings[key], want, rtol=0, atol=1e-8):
+            raise ValueError(f"{folder}: image processor field {key!r} is {settings[key]!r}, not CLIP's {list(want)}")
+
+
 class LeRobotCLIP:
     """CLIP towers loaded from a local `save_pretrained` folder (or a Hub id already in the local cache)."""
 
     def __init__(self, model_path: str | Path) -> None:
         path = str(model_path)
+        if Path(path).is_dir():
+            check_processor(Path(path))
         size = getattr(CLIPConfig.from_pretrained(path).vision_config, "image_size", None)
         if size != CROP:
             raise ValueError(f"{path}: CLIP input size {size}; LeRobot's CLIPProcessor crops to {CROP}")

@@ -88,3 +88,22 @@ def test_a_clip_of_another_input_size_is_refused(tmp_path: Path, clip_dir: Path)
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="input size 256"):
         LeRobotCLIP(copy)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("resample", 2), ("size", {"shortest_edge": 256}), ("do_center_crop", False), ("image_mean", [0.5, 0.5, 0.5])],
+)
+def test_a_clip_with_other_processor_settings_is_refused(
+    tmp_path: Path, clip_dir: Path, field: str, value: object
+) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "clip"
+    shutil.copytree(clip_dir, copy)
+    config = json.loads((copy / "processor_config.json").read_text())
+    config["image_processor"][field] = value
+    (copy / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=repr(field)):
+        LeRobotCLIP(copy)
