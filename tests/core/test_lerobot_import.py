@@ -166,6 +166,15 @@ def test_import_refuses_an_existing_output_and_an_uncached_hub_clip(dual: Path, 
     assert not (tmp_path / "o").exists()
 
 
+def test_import_of_a_folder_without_a_lerobot_config_is_one_line(dual: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        app, ["import", "lerobot", str(tmp_path / "empty"), "--clip", str(dual / "clip"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "config.json is missing" in result.output
+    assert len(result.output.strip().splitlines()) <= 2 and "Traceback" not in result.output
+
+
 def test_import_refuses_a_clip_of_another_width(dual: Path, tmp_path: Path) -> None:
     # A consistent 256-d model (config and weights) cannot take the fixture's 512-d CLIP features.
     lerobot = tmp_path / "lerobot"
