@@ -85,7 +85,8 @@ def step_request(frames: Image | Images, state: Sequence[float] | None) -> pb.St
 def score(message: pb.Score) -> Score:
     return Score(stage_index=message.stage_index, stage_name=message.stage_name,
                  stage_probs=tuple(message.stage_probs), tau=message.tau, progress=message.progress,
-                 confidence=message.confidence, model_version=message.model_version)
+                 confidence=message.confidence, model_version=message.model_version,
+                 matched_task=message.matched_task, task_similarity=message.task_similarity)
 
 
 def frame_score(message: pb.FrameScore) -> FrameScore:
@@ -104,10 +105,11 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         stage_names=tuple(message.stage_names),
         tasks=tuple(Task(t.instruction, tuple(t.stage_names), tuple(t.proportions)) for t in message.tasks),
         window=Window(frames=w.frames, stride_seconds=w.stride_seconds, max_rewind=w.max_rewind,
-                      sequence_length=w.sequence_length),
+                      sequence_length=w.sequence_length, mode=w.mode or "causal", stride_frames=w.stride_frames),
         num_cameras=message.num_cameras,
         image_size=(message.image.height, message.image.width),
         frame_encoder=_encoder(message.frame_encoder),
         text_encoder=_encoder(message.text_encoder),
         backend=message.backend,
+        task_match_min=message.task_match_min,
     )

@@ -29,6 +29,10 @@ class Score:
     progress: float  # normalised task progress, [0, 1]
     confidence: float  # probability of the predicted stage
     model_version: str
+    # The known task the instruction matched (as the model knows it; "" for a model whose one task names none) and
+    # how similar the two are; an instruction below ModelInfo.task_match_min is refused (InvalidArgument).
+    matched_task: str = ""
+    task_similarity: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Window:
     stride_seconds: float  # spacing of the window's frames
     max_rewind: int
     sequence_length: int
+    mode: str = "causal"  # or "centered" (LeRobot's window, which needs frames after t)
+    stride_frames: int = 0  # a centred window's gap in frames
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class ModelInfo:
     frame_encoder: Encoder
     text_encoder: Encoder
     backend: str
+    task_match_min: float = 0.0  # instructions less similar than this to every task are refused
 
 
 class ServingStatus(enum.Enum):

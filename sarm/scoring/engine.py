@@ -51,6 +51,12 @@ def _small(frames: Sequence[FrameData]) -> bool:
 class Instruction(NamedTuple):
     embedding: np.ndarray  # (D_text,)
     key: str  # the text encoder id@version and the text, hashed: what the score cache knows the instruction by
+    task: str = ""  # the known task's instruction it matched ("" for a model whose one task names none)
+    similarity: float = 1.0  # cosine similarity to that task's instruction
+
+
+class UnknownTask(InvalidInput):
+    """An instruction too far from every task the model knows: its scores would look real and mean nothing."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,9 @@ class Engine:
         self._text_encoder_id = fingerprint(text_encoder)
         self.caches = caches
         self.metrics = metrics
+        # Matching needs every task's instruction; a model trained with none (one task, shorthand) scores any.
+        self._known = [t.instruction for t in manifest.tasks] if all(t.instruction for t in manifest.tasks) else []
+        self._known_embeddings: np.ndarray | None = None  # (tasks, D_text) unit vectors, on first use
         metrics.model_info(self.version, self._frame_encoder_id, manifest.text_encoder.fingerprint, backend.name)
         metrics.watch_caches([
             (tier, kind, cache)
@@ -220,7 +229,28 @@ class Engine:
             loop = asyncio.get_running_loop()
             cached = (await loop.run_in_executor(self._text_pool, self.text_encoder.encode, [instruction]))[0]
             await self.caches.instructions.put_many({key: cached})
-        return Instruction(cached, hashlib.sha256(f"{self._text_encoder_id}|{instruction}".encode()).hexdigest())
+        task, similarity = await self._match(instruction, cached)
+        score_key = hashlib.sha256(f"{self._text_encoder_id}|{instruction}".encode()).hexdigest()
+        return Instruction(cached, score_key, task, similarity)
+
+    async def _match(self, instruction: str, embedding: np.ndarray) -> tuple[str, float]:
+        """The known task most similar to the instruction (cosine of the text encoder's embeddings: what the heads
+        select the task by), or UnknownTask below `task_match_min`."""
+        if not self._known:
+            return "", 1.0
+        if self._known_embeddings is None:
+            loop = asyncio.get_running_loop()
+            known = await loop.run_in_executor(self._text_pool, self.text_encoder.encode, self._known)
+            self._known_embeddings = _unit(np.asarray(known, np.float64))
+        similarities = self._known_embeddings @ _unit(np.asarray(embedding, np.float64)[None])[0]
+        best = int(similarities.argmax())
+        if similarities[best] < self.options.task_match_min:
+            self.metrics.task_refusals.inc()
+            listed = "; ".join(f"'{t}'" for t in self._known)
+            raise UnknownTask(f"instruction '{instruction}' matches no task this model knows (best: "
+                              f"'{self._known[best]}', similarity {similarities[best]:.2f} < "
+                              f"{self.options.task_match_min:.2f}, SARM_TASK_MATCH_MIN); known instructions: {listed}")
+        return self._known[best], float(similarities[best])
 
     async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> Encoded:
         """(N, D) embeddings and (N,) content keys of `frames`; only frames missing from the cache, and not being
@@ -342,3 +372,7 @@ class Engine:
             raise InvalidInput(f"{what} has {images} images; send a positive multiple of the model's "
                                f"{self.num_cameras} camera(s): every camera of each time step, time-major")
         return images // self.num_cameras
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -70,6 +70,8 @@ class EngineMetrics:
         self.queue_depth = Gauge("sarm_batcher_queue_depth_rows", "Rows waiting for a micro-batch, by model",
                                  ("model",), registry=registry)
         self._model = Info("sarm_model", "The model being served", registry=registry)
+        self.task_refusals = Counter("sarm_task_refusals", "Instructions refused: no known task similar enough "
+                                     "(SARM_TASK_MATCH_MIN)", registry=registry)
         self._caches = _CacheCollector()
         registry.register(self._caches)
 

@@ -32,3 +32,7 @@ class EngineOptions:
     redis_max_connections: int = 16
     redis_backoff_s: float = 1.0
     max_instruction_chars: int = 1000
+    # An instruction whose cosine similarity to every known task's instruction is below this is refused (an unknown
+    # task, a typo, another robot's instruction). 0.63: halfway between the lowest paraphrase (0.76) and the highest
+    # unrelated instruction (0.50) of bench/task_matching.py on the default model's text encoder.
+    task_match_min: float = 0.63

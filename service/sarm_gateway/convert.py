@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sarm.scoring.curve import FrameResult, ScoringOptions
-from sarm.scoring.engine import Engine
+from sarm.scoring.engine import Engine, Instruction
 from sarm.scoring.images import FrameData
 from sarm.scoring.score_cache import WindowScore
 from sarm_gateway.v1 import sarm_pb2 as pb
@@ -46,15 +46,16 @@ def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
     )
 
 
-def score_to_proto(score: WindowScore, version: str) -> pb.Score:
+def score_to_proto(score: WindowScore, version: str, instruction: Instruction) -> pb.Score:
     return pb.Score(
         stage_index=score.stage_index, stage_name=score.stage_name, stage_probs=score.stage_probs.tolist(),
         tau=score.tau, progress=score.progress, confidence=score.confidence, model_version=version,
+        matched_task=instruction.task, task_similarity=instruction.similarity,
     )
 
 
-def frame_score_to_proto(result: FrameResult, version: str) -> pb.FrameScore:
-    message = pb.FrameScore(frame_index=result.frame_index, score=score_to_proto(result.score, version))
+def frame_score_to_proto(result: FrameResult, version: str, instruction: Instruction) -> pb.FrameScore:
+    message = pb.FrameScore(frame_index=result.frame_index, score=score_to_proto(result.score, version, instruction))
     if result.smoothed_progress is not None:
         message.smoothed_progress = result.smoothed_progress
     return message
@@ -68,10 +69,12 @@ def model_info(engine: Engine) -> pb.ModelInfo:
         tasks=[pb.Task(instruction=t.instruction, stage_names=t.stage_names, proportions=t.proportions)
                for t in m.tasks],
         window=pb.Window(frames=m.window.frames, stride_seconds=m.window.stride_seconds or 0.0,
-                         max_rewind=m.window.max_rewind, sequence_length=m.window.sequence_length),
+                         max_rewind=m.window.max_rewind, sequence_length=m.window.sequence_length,
+                         mode=m.window.mode, stride_frames=m.window.stride_frames or 0),
         num_cameras=m.num_cameras,
         image=pb.ImageSize(height=m.image_height, width=m.image_width),
         frame_encoder=pb.Encoder(id=m.frame_encoder.id, version=m.frame_encoder.version, dim=m.frame_encoder.dim),
         text_encoder=pb.Encoder(id=m.text_encoder.id, version=m.text_encoder.version, dim=m.text_encoder.dim),
         backend=engine.backend.name,
+        task_match_min=engine.options.task_match_min,
     )

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     retry_after_ms: int = Field(100, ge=0)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_instruction_chars: int = Field(1000, ge=1)
+    # Instructions less similar than this (cosine, the model's text encoder) to every task the model knows are refused
+    # with INVALID_ARGUMENT / HTTP 422 listing the known instructions; measured in bench/task_matching.py.
+    task_match_min: float = Field(0.63, ge=-1.0, le=1.0)
     # Video uploads (POST /v1/videos:score): streamed to a temp file in upload_dir (None: the system's), refused
     # once over max_upload_bytes or when no data came for upload_timeout_s; decoded within the video limits.
     upload_dir: Path | None = None
@@ -63,8 +66,18 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(18_000, ge=1)
     max_video_pixels: int = Field(3840 * 2160, ge=1)  # width × height of the uploaded video, before resizing
     health_interval_s: float = Field(2.0, gt=0)  # how often health re-checks that the backend is ready
-    # SIGTERM: NOT_SERVING at once, then up to this long for in-flight calls.
+    # SIGTERM: NOT_SERVING (gRPC health) and not ready (/readyz) at once; new calls get UNAVAILABLE (HTTP 503 with
+    # Retry-After), which clients retry on another replica; calls in flight get up to this long to finish, and any
+    # still running then get UNAVAILABLE. Never CANCELLED: the gRPC server keeps taking calls (to refuse them)
+    # until the work in flight is done.
     drain_seconds: float = Field(10.0, ge=0)
+    # Admission by time as well as by count: a unary call is refused (RESOURCE_EXHAUSTED / HTTP 429, retry-after =
+    # the excess) when the frames in flight plus its own, at the measured seconds per frame, would take longer
+    # than drain_budget × drain_seconds. Seconds per frame: an EWMA of the engine's encoder + heads batch timings
+    # per frame encoded (local backend; on Triton, and before the first batches, only max_in_flight applies).
+    # A lone call is always admitted. The rest of the drain is headroom for decoding, the RPCs and estimate error.
+    # drain_seconds 0 turns this bound off.
+    drain_budget: float = Field(0.5, gt=0, le=1)
     # Auth: one bearer token per client role (JSON role → token, e.g. '{"controller": "…"}'); empty: auth off.
     # Roles and what each may call: sarm_gateway/auth.py.
     auth_tokens: dict[str, str] = Field(default_factory=dict)

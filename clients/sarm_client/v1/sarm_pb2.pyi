@@ -27,7 +27,7 @@ class RawImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class Score(_message.Message):
-    __slots__ = ("stage_index", "stage_name", "stage_probs", "tau", "progress", "confidence", "model_version")
+    __slots__ = ("stage_index", "stage_name", "stage_probs", "tau", "progress", "confidence", "model_version", "matched_task", "task_similarity")
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     STAGE_PROBS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class Score(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_TASK_FIELD_NUMBER: _ClassVar[int]
+    TASK_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     stage_index: int
     stage_name: str
     stage_probs: _containers.RepeatedScalarFieldContainer[float]
@@ -42,7 +44,9 @@ class Score(_message.Message):
     progress: float
     confidence: float
     model_version: str
-    def __init__(self, stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_probs: _Optional[_Iterable[float]] = ..., tau: _Optional[float] = ..., progress: _Optional[float] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
+    matched_task: str
+    task_similarity: float
+    def __init__(self, stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_probs: _Optional[_Iterable[float]] = ..., tau: _Optional[float] = ..., progress: _Optional[float] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., matched_task: _Optional[str] = ..., task_similarity: _Optional[float] = ...) -> None: ...
 
 class ScoreWindowRequest(_message.Message):
     __slots__ = ("instruction", "frames")
@@ -155,16 +159,20 @@ class Task(_message.Message):
     def __init__(self, instruction: _Optional[str] = ..., stage_names: _Optional[_Iterable[str]] = ..., proportions: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Window(_message.Message):
-    __slots__ = ("frames", "stride_seconds", "max_rewind", "sequence_length")
+    __slots__ = ("frames", "stride_seconds", "max_rewind", "sequence_length", "mode", "stride_frames")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     STRIDE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_REWIND_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     frames: int
     stride_seconds: float
     max_rewind: int
     sequence_length: int
-    def __init__(self, frames: _Optional[int] = ..., stride_seconds: _Optional[float] = ..., max_rewind: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
+    mode: str
+    stride_frames: int
+    def __init__(self, frames: _Optional[int] = ..., stride_seconds: _Optional[float] = ..., max_rewind: _Optional[int] = ..., sequence_length: _Optional[int] = ..., mode: _Optional[str] = ..., stride_frames: _Optional[int] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")
@@ -175,7 +183,7 @@ class ImageSize(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "stage_names", "tasks", "window", "num_cameras", "image", "frame_encoder", "text_encoder", "backend")
+    __slots__ = ("model_version", "stage_names", "tasks", "window", "num_cameras", "image", "frame_encoder", "text_encoder", "backend", "task_match_min")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGE_NAMES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +193,7 @@ class ModelInfo(_message.Message):
     FRAME_ENCODER_FIELD_NUMBER: _ClassVar[int]
     TEXT_ENCODER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    TASK_MATCH_MIN_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     stage_names: _containers.RepeatedScalarFieldContainer[str]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
@@ -194,4 +203,5 @@ class ModelInfo(_message.Message):
     frame_encoder: Encoder
     text_encoder: Encoder
     backend: str
-    def __init__(self, model_version: _Optional[str] = ..., stage_names: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., num_cameras: _Optional[int] = ..., image: _Optional[_Union[ImageSize, _Mapping]] = ..., frame_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., text_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
+    task_match_min: float
+    def __init__(self, model_version: _Optional[str] = ..., stage_names: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., num_cameras: _Optional[int] = ..., image: _Optional[_Union[ImageSize, _Mapping]] = ..., frame_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., text_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., backend: _Optional[str] = ..., task_match_min: _Optional[float] = ...) -> None: ...

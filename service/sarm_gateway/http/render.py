@@ -20,7 +20,8 @@ from sarm_gateway.http.scoring import VideoCurve
 
 def scores(curve: VideoCurve, model_version: str) -> VideoScores:
     return VideoScores(
-        model_version=model_version, instruction=curve.instruction, fps=curve.fps, stride_frames=curve.stride,
+        model_version=model_version, instruction=curve.instruction, matched_task=curve.matched.task,
+        task_similarity=curve.matched.similarity, fps=curve.fps, stride_frames=curve.stride,
         num_frames=curve.num_frames,
         frames=[FrameScore(frame_index=r.frame_index, timestamp=r.frame_index / curve.fps,
                            stage_index=r.score.stage_index, stage_name=r.score.stage_name, tau=r.score.tau,
@@ -64,6 +65,7 @@ def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) 
     every = curve.options.score_every
     provenance = {"source": "POST /v1/videos:score", "model_version": model_version,
                   "instruction": curve.instruction, "fps": curve.fps, "smoothing": curve.options.smoothing,
+                  "task": {"matched": curve.matched.task, "similarity": curve.matched.similarity},
                   "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride},
                   "score_stride": every, "interpolation": "linear" if every > 1 else "none"}
     buffer = io.BytesIO()

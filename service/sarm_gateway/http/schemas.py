@@ -69,6 +69,10 @@ class FrameScore(BaseModel):
 class VideoScores(BaseModel):
     model_version: str
     instruction: str
+    matched_task: str = Field(description="The known task the instruction matched (its instruction as the model "
+                              "knows it; empty for a model whose one task names none).")
+    task_similarity: float = Field(description="Cosine similarity of the instruction to that task's; below "
+                                   "ModelInfo.task_match_min the upload is refused with 422.")
     fps: float
     stride_frames: int = Field(description="The window stride g in frames (1 s of frames).")
     num_frames: int = Field(description="Frames decoded from the video.")
@@ -92,6 +96,8 @@ class Window(BaseModel):
     stride_seconds: float
     max_rewind: int
     sequence_length: int
+    mode: str = Field(description="causal (frame t's window ends at t) or centered (LeRobot's, needs later frames)")
+    stride_frames: int = Field(description="A centred window's gap in frames; 0 for a causal one.")
 
 
 class ImageSize(BaseModel):
@@ -111,6 +117,7 @@ class ModelInfo(BaseModel):
     frame_encoder: Encoder
     text_encoder: Encoder
     backend: str
+    task_match_min: float = Field(description="Instructions less similar than this to every task are refused.")
 
 
 class Status(BaseModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sarm.scoring.curve import FrameResult, ScoringOptions, score_curve
-from sarm.scoring.engine import Encoded, Engine
+from sarm.scoring.engine import Encoded, Engine, Instruction
 from sarm.scoring.images import FrameData
 from sarm_gateway.episode import window_stride
 from sarm_gateway.errors import InvalidInput
@@ -24,6 +24,7 @@ CHUNK_FRAMES = 64  # decoded and encoded at a time: memory holds two chunks of p
 @dataclass(frozen=True)
 class VideoCurve:
     instruction: str
+    matched: Instruction  # its embedding and the known task it matched
     fps: float
     stride: int
     num_frames: int
@@ -70,4 +71,4 @@ async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: Vide
     finally:
         await engine.offload(reader.close)
     results = await score_curve(engine, encoded, reader.decoded, stride, instruction, options)
-    return VideoCurve(form.instruction, reader.fps, stride, reader.decoded, options, results)
+    return VideoCurve(form.instruction, instruction, reader.fps, stride, reader.decoded, options, results)
