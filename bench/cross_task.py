@@ -56,9 +56,11 @@ def measure(checkpoint: Path, datasets: list[Path], probes: tuple[str, ...]) -> 
         for instruction, text in instructions.items():
             mid, final = [], []
             for meta in successful:
-                progress = score_embeddings(model, embeddings.frames[meta.index], text, stride).progress
-                mid.append(float(progress[len(progress) // 2]))
-                final.append(float(progress[-1]))
+                # Only the two frames reported: each is scored from its own causal window, as when every frame is.
+                frames = np.array([meta.length // 2, meta.length - 1])
+                progress = score_embeddings(model, embeddings.frames[meta.index], text, stride, frames).progress
+                mid.append(float(progress[0]))
+                final.append(float(progress[1]))
             kind = "own" if instruction in own else "other task" if instruction in others else "probe"
             rows.append(
                 {
