@@ -246,6 +246,11 @@ def test_image_is_rays_with_sarm_on_top() -> None:
     assert user == "1000:100"
     env = " ".join(a for k, a in steps if k == "ENV")
     assert "HF_HUB_OFFLINE=1" in env and "RAY_USAGE_STATS_ENABLED=0" in env
+    # The entrypoint's checkpoint is exported at build, by the user the pods run as, into its cache.
+    checkpoint = str(entrypoint_params()["checkpoint"])
+    export = [i for i, (k, a) in enumerate(steps) if k == "RUN" and f"repository_for(Path('{checkpoint}'))" in a]
+    assert export and "SARM_CACHE" not in env
+    assert all(i > export[0] for i, (k, _) in enumerate(steps) if k == "USER")  # the base image's user (ray) runs it
 
 
 def test_image_hadolint_clean_and_context_holds_what_copy_needs() -> None:
