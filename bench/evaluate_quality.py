@@ -166,15 +166,15 @@ def table_rows(name: str, results: dict[str, Any]) -> list[list[str]]:
         quality = r["mean_final_progress"]
         rows.append(
             [
-                name,
+                name[:5],
                 task.removesuffix("-v3"),
                 f"{r['scored']}/{r['episodes']}",
                 str(r["successes"]),
                 "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}",
                 f"{r['accuracy']:.3f}",
                 f"{r['false_positives']}/{r['false_negatives']}",
-                " / ".join(f"{quality.get(q, float('nan')):.2f}" for q in ("clean", "degraded", "failed")),
-                f"{r['best_threshold']['threshold']:.2f} ({r['best_threshold']['accuracy']:.3f})",
+                "/".join(f"{quality.get(q, float('nan')):.2f}" for q in ("clean", "degraded", "failed")),
+                f"{r['best_threshold']['threshold']:.2f}",
                 f"{r['frames_per_s']:.0f}" if "frames_per_s" in r else "-",
             ]
         )
@@ -201,18 +201,7 @@ def main() -> None:
         results = {name: evaluate_set(address, data, args.threshold, args.concurrency) for name, data in sets.items()}
     print_table(
         f"predicted success (final progress >= {args.threshold:g}) vs the simulator's flag",
-        [
-            "set",
-            "task",
-            "scored",
-            "successes",
-            "AUROC",
-            "accuracy",
-            "FP/FN",
-            "final progress clean/degr/failed",
-            "best thr (acc)",
-            "frames/s",
-        ],
+        ["set", "task", "n", "succ", "AUROC", "acc", "FP/FN", "final c/d/f", "best", "fr/s"],
         [row for name, r in results.items() for row in table_rows(name, r)],
     )
     write_results(
