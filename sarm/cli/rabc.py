@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from sarm.scoring.options import BackendKind, EngineOptions
 
 console = Console()
 HEALTHY_MEAN_WEIGHT = (0.3, 0.8)  # SARM.md, "RA-BC"
+Head = Literal["sparse", "dense"]
 
 
 def rabc_command(
@@ -35,6 +36,10 @@ def rabc_command(
     stride: Annotated[int, typer.Option(help="Score every N-th frame (and the last); interpolate between.")] = 1,
     plot: Annotated[bool, typer.Option(help="Also write rabc_weights.png.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for the encoder and model.")] = 1,
+    head: Annotated[Head, typer.Option(
+        help="The progress head the weights come from: sparse, or dense for models that have one (both are written "
+        "to sarm_progress.parquet).",
+    )] = "sparse",
     backend: Annotated[BackendKind, typer.Option(
         help="Where the exported graphs run: local (ONNX Runtime in this process) or triton (a Triton server that "
         "serves this checkpoint's repository, at --triton-url).",
@@ -69,9 +74,11 @@ def rabc_command(
 
         try:
             if ray is None:
-                summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance, options=engine)
+                summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance, options=engine,
+                                   head=head)
             else:
-                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, engine, advance)
+                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, engine, head,
+                                      advance)
         finally:
             if bar.live.is_started:
                 bar.stop()
@@ -87,7 +94,7 @@ def rabc_command(
 
 def _run_on_ray(
     dataset: Path, checkpoint: Path, params: RabcParams, out: Path, stride: int, address: str,
-    workers: int | None, engine: EngineOptions, advance: OnEpisode,
+    workers: int | None, engine: EngineOptions, head: Head, advance: OnEpisode,
 ) -> RabcSummary:
     try:
         from sarm.rabc.distributed import RayLabellingError, RayOptions, run_rabc_on_ray
@@ -97,7 +104,7 @@ def _run_on_ray(
     try:
         summary, run = run_rabc_on_ray(
             dataset, checkpoint, params, out, RayOptions(address, workers, engine.intra_op_threads), stride,
-            on_episode=advance, engine=engine,
+            on_episode=advance, engine=engine, head=head,
         )
     except RayLabellingError as error:  # the cluster failed, not the input: exit 1, not 2
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)

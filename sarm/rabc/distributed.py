@@ -274,10 +274,11 @@ def run_rabc_on_ray(
     on_episode: OnEpisode | None = None,
     should_stop: ShouldStop | None = None,
     engine: EngineOptions | None = None,
+    head: str = "sparse",
 ) -> tuple[RabcSummary, RayRun]:
     """`run_rabc` with the scoring spread over a Ray cluster: the same checks, the same files. Each worker opens
     its own engine with `engine` (ONNX Runtime in the worker, or a client of the Triton server it names)."""
     labeller = EpisodeLabeller(dataset_dir, checkpoint, stride, options=engine or EngineOptions())
     run = label_on_ray(labeller, options, on_episode, should_stop)
     write_progress(run.progress, out_dir)
-    return weigh(run.progress, params, out_dir), run
+    return weigh(run.progress, params, out_dir, head), run

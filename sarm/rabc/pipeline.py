@@ -13,9 +13,10 @@ from sarm.scoring.options import EngineOptions
 from sarm.training.checkpoint import CheckpointError
 
 
-def weigh(progress: DatasetProgress, params: RabcParams, out_dir: Path) -> RabcSummary:
-    """Weights and summary from per-frame progress (ours or another tool's), written beside it in `out_dir`."""
-    result = compute([e.progress for e in progress.episodes], params)
+def weigh(progress: DatasetProgress, params: RabcParams, out_dir: Path, head: str = "sparse") -> RabcSummary:
+    """Weights and summary from per-frame progress (ours or another tool's) of `head` (sparse or dense), written
+    beside it in `out_dir`."""
+    result = compute([e.head(head) for e in progress.episodes], params)
     summary = summarize(result, [e.episode_index for e in progress.episodes])
     write_weights(progress, result, params, out_dir)
     write_summary(summary, params, progress.provenance, out_dir)
@@ -32,6 +33,7 @@ def run_rabc(
     should_stop: ShouldStop | None = None,
     options: EngineOptions | None = None,
     engine: EngineHandle | None = None,
+    head: str = "sparse",
 ) -> RabcSummary:
     """Score every frame of `dataset_dir` with `checkpoint`, then write OUT/sarm_progress.parquet,
     rabc_weights.parquet and rabc_summary.json (see sarm.rabc.files). Raises Cancelled, before writing
@@ -39,7 +41,7 @@ def run_rabc(
     ds = open_inputs(dataset_dir, checkpoint if engine is None else None)
     progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, options, engine)
     write_progress(progress, out_dir)
-    return weigh(progress, params, out_dir)
+    return weigh(progress, params, out_dir, head)
 
 
 def open_inputs(dataset_dir: Path, checkpoint: Path | None) -> LeRobotDataset:

@@ -29,6 +29,7 @@ from sarm.scoring.engine import Encoded, Engine, Instruction
 from sarm.scoring.images import FrameData
 from sarm.scoring.options import EngineOptions
 from sarm.scoring.repository import repository_for
+from sarm.training.checkpoint import LEROBOT_ARCHITECTURE, checkpoint_architecture
 
 OnEpisode = Callable[[int, int], None]  # (episodes done, episodes in total)
 ShouldStop = Callable[[], bool]
@@ -42,7 +43,17 @@ class Cancelled(Exception):
 class EpisodeProgress:
     episode_index: int
     index: np.ndarray  # (T,) int64 global frame index in the dataset
-    progress: np.ndarray  # (T,) float32 φ per frame
+    progress: np.ndarray  # (T,) float32 φ per frame: the sparse head's (progress_sparse)
+    dense: np.ndarray | None = None  # (T,) float32 the dense head's, for models that have one (progress_dense)
+
+    def head(self, name: str) -> np.ndarray:
+        """The progress of head `name` (sparse or dense)."""
+        if name == "sparse":
+            return self.progress
+        if name == "dense" and self.dense is not None:
+            return self.dense
+        raise ValueError(f"episode {self.episode_index} has no {name!r} progress: the model's heads are "
+                         f"{'sparse, dense' if self.dense is not None else 'sparse'}")
 
     @property
     def frame_index(self) -> np.ndarray:
@@ -184,14 +195,19 @@ class EpisodeScorer:
 
     def __init__(self, spec: EpisodeLabeller, ds: LeRobotDataset | None, engine: EngineHandle | None) -> None:
         ds = ds if ds is not None else LeRobotDataset(spec.dataset)
+        self._lerobot: LeRobotEpisodes | None = None
+        self._owned: EngineHandle | None = None
+        if engine is None and checkpoint_architecture(spec.checkpoint) == LEROBOT_ARCHITECTURE:
+            self._lerobot = LeRobotEpisodes(spec.checkpoint, ds, spec.stride, spec.threads)
+            self.episodes = [meta.index for meta in ds.episodes]
+            self.provenance = self._lerobot.provenance
+            return
         if engine is None:
             options = spec.options
             if spec.threads is not None:
                 options = replace(options, intra_op_threads=spec.threads)
             engine = EngineHandle.open(spec.checkpoint, options)
-            self._owned: EngineHandle | None = engine
-        else:
-            self._owned = None
+            self._owned = engine
         self._handle = engine
         manifest = engine.engine.manifest
         self._store = _stored_source(ds, manifest)
@@ -227,6 +243,8 @@ class EpisodeScorer:
         }
 
     def label(self, episode_index: int) -> EpisodeProgress:
+        if self._lerobot is not None:
+            return self._lerobot.label(episode_index)
         if episode_index not in self._meta:
             raise ValueError(f"the dataset has no episode {episode_index}")
         progress: EpisodeProgress = self._handle.run(self._label(self._meta[episode_index]))
@@ -268,3 +286,38 @@ class EpisodeScorer:
         embeddings[needed] = encoded.embeddings.reshape(len(needed), cameras, -1)
         keys[needed] = encoded.keys.reshape(len(needed), cameras)
         return Encoded(embeddings, keys), await engine.embed_instruction(meta.task)
+
+
+class LeRobotEpisodes:
+    """Episodes scored by an imported LeRobot SARM (`sarm import lerobot`) exactly as LeRobot's compute_sarm_progress
+    scores them: the centred window, CLIP features, the normalised state, every head the model has (sparse, dense),
+    the same frames scored and interpolated. The network runs in PyTorch: its exported graph is not served yet."""
+
+    def __init__(self, checkpoint: Path, ds: LeRobotDataset, stride: int, threads: int | None) -> None:
+        import torch
+
+        from sarm.lerobot.checkpoint import load_imported
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self._scorer, info = load_imported(checkpoint)
+        self._ds, self._stride = ds, stride
+        cfg = info.config
+        self.provenance: dict[str, Any] = {
+            "dataset": str(ds.root),
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest(),
+            "architecture": LEROBOT_ARCHITECTURE,
+            "heads": list(self._scorer.heads),
+            "frame_encoder": {"id": "clip", "digest": info.clip_digest},
+            "cameras": [cfg.image_key],
+            "state": cfg.state_key,
+            "window": {"mode": "centered", "frames": cfg.n_obs_steps + 1, "stride_frames": cfg.frame_gap},
+            "fps": ds.fps,
+            "score_stride": stride,
+            "interpolation": "linear" if stride > 1 else "none",
+        }
+
+    def label(self, episode_index: int) -> EpisodeProgress:
+        scores = self._scorer.score_episode(self._ds, episode_index, self._stride)
+        return EpisodeProgress(episode_index, scores.index, scores.progress["sparse"], scores.progress.get("dense"))
