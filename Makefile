@@ -57,6 +57,9 @@ triton: setup
 proto: setup
 	$(BIN)/python proto/generate.py
 
+docs: setup  # docs/configuration.md from the settings' field descriptions (a test checks it is current)
+	$(BIN)/python docs/generate_configuration.py
+
 lint: setup
 	$(BIN)/ruff check sarm tests bench clients service proto
 
