@@ -28,7 +28,13 @@ from sarm.encoders.registry import load_frame_encoder
 from sarm.export.onnx_heads import export_heads
 from sarm.export.quantize import CalibrationError, calibration_frames, quantize_in_place
 from sarm.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, read_manifest
-from sarm.training.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
+from sarm.training.checkpoint import (
+    LEROBOT_ARCHITECTURE,
+    CheckpointError,
+    checkpoint_architecture,
+    checkpoint_digest,
+    load_checkpoint,
+)
 from sarm.triton.repository import Batching, TensorSpec, model_config_pbtxt, write_onnx_python_model
 
 __all__ = ["MANIFEST", "Manifest", "export_model_repository", "onnx_path", "read_manifest"]
@@ -78,6 +84,10 @@ def export_model_repository(
 ) -> Manifest:
     """Write the repository and return its manifest. With `calibration` datasets the frame encoder is INT8
     (sarm.export.quantize), and frame_encoder.quantization in the manifest says how it was made."""
+    if checkpoint_architecture(checkpoint) == LEROBOT_ARCHITECTURE:
+        raise CheckpointError(f"{checkpoint} is an imported LeRobot SARM: its CLIP preprocessing, joint state and "
+                              "centred window are not in the exported graphs yet, so it cannot be served; label "
+                              "datasets with it through `sarm rabc`")
     model, info = load_checkpoint(checkpoint)
     encoder = load_frame_encoder(info.frame_encoder["id"])
     try:

@@ -67,7 +67,7 @@ def test_sarm_rabc_on_an_imported_checkpoint_gives_lerobots_progress(
     assert summary["summary"]["frames"] == len(frame)
 
 
-def test_a_dense_head_is_refused_for_a_model_without_one(aloha: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_dense_head_and_an_export_are_refused_for_an_imported_single_stage_model(aloha: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     golden = copied("lerobot_sarm_insertion_single", tmp_path_factory)
     work = tmp_path_factory.mktemp("work")
     imported = runner.invoke(app, ["import", "lerobot", str(golden / "checkpoint"), "--clip", str(golden / "clip"),
@@ -76,3 +76,5 @@ def test_a_dense_head_is_refused_for_a_model_without_one(aloha: Path, tmp_path_f
     result = runner.invoke(app, ["rabc", str(aloha), "--checkpoint", str(work / "ckpt"), "--chunk-size", "10",
                                  "--stride", "50", "--head", "dense", "--out", str(work / "out")])
     assert result.exit_code == 2 and "no 'dense' progress" in result.output and "Traceback" not in result.output
+    exported = runner.invoke(app, ["export", str(work / "ckpt"), "--out", str(work / "repo")])
+    assert exported.exit_code == 2 and "cannot be served" in exported.output and "sarm rabc" in exported.output
