@@ -67,7 +67,9 @@ def test_sarm_rabc_on_an_imported_checkpoint_gives_lerobots_progress(
     assert summary["summary"]["frames"] == len(frame)
 
 
-def test_a_dense_head_and_an_export_are_refused_for_an_imported_single_stage_model(aloha: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_dense_head_and_an_export_are_refused_for_an_imported_single_stage_model(
+    aloha: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     golden = copied("lerobot_sarm_insertion_single", tmp_path_factory)
     work = tmp_path_factory.mktemp("work")
     imported = runner.invoke(app, ["import", "lerobot", str(golden / "checkpoint"), "--clip", str(golden / "clip"),
