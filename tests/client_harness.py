@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 
-from tests.gateway_harness import RunningGateway
+if TYPE_CHECKING:
+    from tests.gateway_harness import RunningGateway
 
 CLIENT_ROOT = Path(__file__).resolve().parents[1] / "clients"  # holds the sarm_client package
 
@@ -18,6 +19,8 @@ def target(running: RunningGateway) -> str:
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:
     """An H.264 mp4, as a camera would record it."""
+    import av  # the client's [video] extra
+
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]

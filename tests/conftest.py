@@ -1,33 +1,36 @@
-"""Shared fixtures: small synthetic datasets written with our own writer, and the real LeRobot fixture."""
+"""Shared fixtures: small synthetic datasets written with our own writer, the real LeRobot fixture, Redis and
+gateways. Nothing of the core or the gateway is imported until a fixture needs it, so the client's own tests
+(tests/client/conftest.py) run where only sarm-client is installed: no torch, no core, no gateway."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+import pytest
+
+# `SARM_TESTS_WITHOUT=torch,sarm,...`: run as if those packages were not installed (each import of them fails), to
+# check that a suite runs in an environment without them (tests/client/test_client_package.py does).
+for _blocked in filter(None, os.environ.get("SARM_TESTS_WITHOUT", "").split(",")):
+    sys.modules[_blocked] = None  # type: ignore[assignment]
 # MuJoCo picks its GL backend once, at import: headless tests render through Mesa's software EGL.
 os.environ.setdefault("MUJOCO_GL", "egl")
 # Model repositories that `sarm rabc` exports from checkpoints go to a folder of this test run, not ~/.cache (the
 # CLI's subprocesses inherit it).
-if "SARM_CACHE" not in os.environ:
-    import tempfile
+os.environ.setdefault("SARM_CACHE", tempfile.mkdtemp(prefix="sarm-test-cache-"))
 
-    os.environ["SARM_CACHE"] = tempfile.mkdtemp(prefix="sarm-test-cache-")
-
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
-
-from sarm.data.annotations import EpisodeAnnotation, Subtask
-from sarm.data.episode import EpisodeData
-from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
-from sarm.encoders.base import TextEncoder
-from tests.gateway_harness import RunningGateway
-from tests.redis_server import REDIS_SERVER, RedisServer
+if TYPE_CHECKING:
+    from sarm.data.episode import EpisodeData
+    from sarm.data.lerobot import LeRobotDataset
+    from sarm.encoders.base import TextEncoder
+    from tests.gateway_harness import RunningGateway
+    from tests.redis_server import RedisServer
 
 CAMERA = "observation.images.top"
 LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_aloha_insertion"
@@ -36,6 +39,9 @@ LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / 
 def synthetic_episode(length: int, seed: int, stages: tuple[str, ...] = ("reach", "grasp", "lift"),
                       size: tuple[int, int] = (32, 48)) -> EpisodeData:
     """An episode whose frames (`size` = height, width) encode time (a moving bar) so decoding errors are visible."""
+    from sarm.data.annotations import EpisodeAnnotation, Subtask
+    from sarm.data.episode import EpisodeData
+
     rng = np.random.default_rng(seed)
     frames = np.full((length, *size, 3), 40, np.uint8)
     for t in range(length):
@@ -61,6 +67,8 @@ def episodes() -> list[EpisodeData]:
 
 def write_dataset(root: Path, episodes: list[EpisodeData]) -> LeRobotDataset:
     """A new 10 fps dataset at `root` holding `episodes`."""
+    from sarm.data.lerobot import LeRobotDataset, LeRobotWriter
+
     with LeRobotWriter(root, fps=10) as writer:
         for ep in episodes:
             writer.add_episode(ep)
@@ -82,6 +90,9 @@ def lerobot_fixture(tmp_path: Path) -> Path:
 
 def rewrite_episodes(root: Path, drop: tuple[str, ...] = (), **replace: list) -> None:
     """Edit the episodes table in place: drop columns, or replace a column with one value per episode."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = root / "meta/episodes/chunk-000/file-000.parquet"
     rows = pq.read_table(path).to_pylist()
     for i, row in enumerate(rows):
@@ -124,6 +135,8 @@ def text_encoder() -> TextEncoder:
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server on a free loopback port, killed at teardown."""
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
     if not Path(REDIS_SERVER).exists():
         pytest.skip(f"redis-server is not installed (looked for {REDIS_SERVER})")
     server = RedisServer()
@@ -134,6 +147,8 @@ def redis_server() -> Iterator[RedisServer]:
 # A gateway on the test repository, shared by a module; modules that need other settings define their own `served`.
 @pytest.fixture(scope="module")
 def served(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
+    from tests.gateway_harness import RunningGateway
+
     running = RunningGateway(cpu_model_repo, text_encoder)
     yield running
     running.close()
@@ -142,6 +157,8 @@ def served(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningG
 @pytest.fixture
 def gated(cpu_model_repo: Path, text_encoder: TextEncoder) -> Iterator[RunningGateway]:
     """A gateway whose encoder waits for `open_gate()`, with room for two calls in flight."""
+    from tests.gateway_harness import RunningGateway
+
     running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_in_flight=2)
     yield running
     running.open_gate()
