@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml clients/pyproject.toml | system-packages
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,sim,ray]'
-	$(BIN)/pip install -q -e './clients[video,trainer]'
+	$(BIN)/pip install -q -e './clients[video,trainer,rl,plot]'
 	touch $(STAMP)
 
 $(DEFAULT_REPO)/sarm_manifest.json: $(DEFAULT_CHECKPOINT)/model.safetensors $(DEFAULT_CHECKPOINT)/config.json | $(STAMP)
