@@ -1,7 +1,8 @@
 """Frozen embeddings stored beside a dataset, so training and evaluation never touch video.
 
 Layout, under `<dataset>/sarm_embeddings/<frame encoder id>/`:
-    manifest.json                      encoders (id + version), cameras, dims, tasks, distractors
+    manifest.json                      encoders (id + version; frame_encoder.quantization for INT8 embeddings),
+                                       cameras, dims, tasks, distractors
     text.npy                           (num tasks, D_text), rows in manifest["tasks"] order
     distractors.npy                    (num distractors, D_text): unrelated instructions (augmentation)
     <camera>/episode_000042.npy        (T, D_frame) float32, one file per episode, written atomically
@@ -16,12 +17,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from sarm.data.lerobot import LeRobotDataset
-from sarm.encoders.base import EncoderMismatchError, FrameEncoder, TextEncoder
+from sarm.encoders.base import EncoderMismatchError, TextEncoder
 
 STORE_DIR = "sarm_embeddings"
 # Instructions unrelated to any manipulation task we generate: the wrong-instruction augmentation swaps
@@ -61,9 +62,32 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+class FrameEncoding(Protocol):
+    """What embedding a dataset needs of a frame encoder: a torch FrameEncoder or an OnnxFrameEncoder."""
+
+    encoder_id: str
+    version: str
+    dim: int
+
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 8) -> np.ndarray: ...
+
+
+def encoder_identity(frame_encoder: FrameEncoding) -> dict[str, Any]:
+    """id, version and dim, plus `quantization` for an INT8 encoder (absent: float)."""
+    identity = getattr(frame_encoder, "identity", None)
+    if callable(identity):
+        return dict(identity())
+    return {"id": frame_encoder.encoder_id, "version": frame_encoder.version, "dim": frame_encoder.dim}
+
+
+def quantization_mode(encoder: dict[str, Any]) -> str:
+    """"float", or the quantization mode an encoder record names (e.g. "int8-qdq-per-channel")."""
+    return str(encoder.get("quantization", {}).get("mode", "float"))
+
+
 def embed_dataset(
     ds: LeRobotDataset,
-    frame_encoder: FrameEncoder,
+    frame_encoder: FrameEncoding,
     text_encoder: TextEncoder,
     batch_size: int = 32,
     on_episode: Callable[[int, int], None] | None = None,
@@ -75,7 +99,7 @@ def embed_dataset(
     store = store_path(ds.root, frame_encoder.encoder_id)
     tasks = list(ds.tasks.values())
     manifest: dict[str, Any] = {
-        "frame_encoder": {"id": frame_encoder.encoder_id, "version": frame_encoder.version, "dim": frame_encoder.dim},
+        "frame_encoder": encoder_identity(frame_encoder),
         "text_encoder": {"id": text_encoder.encoder_id, "version": text_encoder.version, "dim": text_encoder.dim},
         "cameras": ds.camera_keys,
         "tasks": tasks,
@@ -153,12 +177,19 @@ def load_embeddings(ds: LeRobotDataset, frame_encoder_id: str | None = None) -> 
 def require_same_encoders(
     embeddings: DatasetEmbeddings, frame_encoder: dict[str, Any], text_encoder: dict[str, Any]
 ) -> None:
-    """Refuse data embedded with other encoders than a checkpoint's (ids and versions must match)."""
+    """Refuse data embedded with other encoders than a checkpoint's: ids, versions and quantization must match
+    (INT8 embeddings differ from float ones by a few percent, which a float checkpoint must not take silently)."""
     pairs = (("frame", frame_encoder, embeddings.frame_encoder), ("text", text_encoder, embeddings.text_encoder))
     for kind, expected, got in pairs:
         if (expected["id"], expected["version"]) != (got["id"], got["version"]):
             raise EncoderMismatchError(
                 f"{embeddings.root} was embedded with {kind} encoder {got['id']}@{got['version']} but the checkpoint "
                 f"expects {expected['id']}@{expected['version']}: re-embed the dataset with the checkpoint's encoder"
+            )
+        if quantization_mode(expected) != quantization_mode(got):
+            raise EncoderMismatchError(
+                f"{embeddings.root} was embedded with the {quantization_mode(got)} {kind} encoder but the checkpoint "
+                f"expects the {quantization_mode(expected)} one: re-embed the dataset "
+                f"({'without' if quantization_mode(expected) == 'float' else 'with'} `sarm embed --quantize int8`)"
             )
 
