@@ -120,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     frames = args.episodes * args.frames
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="rabc_ray_bench") as tmp:
         ds = write_dataset(Path(tmp) / "dataset", args.episodes, args.frames)
         labeller = EpisodeLabeller(ds.root, CHECKPOINT, 1, threads=1)
@@ -183,7 +184,12 @@ def main() -> None:
             f"{r['max_abs_diff']:.1e}",
         )
     Console(width=160).print(table)
-    machine = {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0], "shared": True}
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_avg_1m_at_start": load_at_start,
+        "load_avg_1m_at_end": os.getloadavg()[0],
+        "shared": True,
+    }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "rabc_ray.json"
     path.write_text(json.dumps({"args": vars(args), "machine": machine, "runs": rows}, indent=2))
