@@ -1,9 +1,10 @@
 """`sarm rabc --ray`: the episodes of one dataset labelled by a pool of Ray actors, assembled into the same
 DatasetProgress, and so the same files, as the single-process run.
 
-Actors, not tasks: a scorer (checkpoint, encoders, torch) takes seconds to build, about what a short episode takes to
-score, so each worker is an actor that builds its scorer once (EpisodeLabeller, on its first episode) and keeps it for
-every episode it is sent; a task would rebuild it each time or lean on a process cache Ray does not promise.
+Actors, not tasks: a scorer (the scoring engine on the checkpoint's exported graphs, the dataset's frames source) takes
+seconds to build, about what a short episode takes to score, so each worker is an actor that builds its scorer once
+(EpisodeLabeller, on its first episode) and keeps it for every episode it is sent; a task would rebuild it each time
+or lean on a process cache Ray does not promise.
 
 Episodes go out longest first, at most PREFETCH at a time to each worker as it frees up, so one long episode or one
 slow node does not hold up the end. A worker process that dies (killed, out of memory, node lost) is restarted by Ray
@@ -56,7 +57,7 @@ class RayLabellingError(RuntimeError):
 class RayOptions:
     address: str  # "auto" (RAY_ADDRESS, else the latest `ray start` on this machine), HOST:PORT or ray://HOST:PORT
     workers: int | None = None  # None: one per `threads` CPUs of the cluster, at most one per episode
-    threads: int = 1  # CPUs (torch intra-op threads) of each worker
+    threads: int = 1  # CPUs (inference threads) of each worker
     retries: int = 3  # restarts of a dead worker, and re-sends of the calls it had not answered
 
 
