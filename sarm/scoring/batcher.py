@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sarm.scoring.errors import BackendUnavailable
 from sarm.scoring.metrics import BatcherMetrics
 
 Arrays = tuple[np.ndarray, ...]
@@ -105,10 +106,11 @@ class MicroBatcher:
                 self._metrics.batch_rows.observe(len(inputs[0]))
             outputs = await self._run(*inputs)
         except Exception as error:  # every caller of the batch sees the backend's error
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(error)
+            _fail(batch, error)
             return
+        except asyncio.CancelledError:  # close(): the callers learn why rather than wait forever
+            _fail(batch, BackendUnavailable("the scoring engine shut down before this batch finished; retry"))
+            raise
         finally:
             self._slots.release()
         start = 0
@@ -118,8 +120,21 @@ class MicroBatcher:
             start += call.rows
 
     async def close(self) -> None:
+        """Stop the batches: callers still queued, or in a batch that was running, get BackendUnavailable (UNAVAILABLE,
+        which clients retry elsewhere), never a bare cancellation nor an endless wait. Close only once the front ends
+        have drained (Gateway.stop), so that nothing admitted is cut short here."""
         tasks = [t for t in (self._worker, *self._running) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._worker = None
+        _fail(self._pending, BackendUnavailable("the scoring engine shut down before this call's batch ran; retry"))
+        self._pending.clear()
+        self._arrived.clear()
+        self._full.clear()
+
+
+def _fail(calls: list[_Call], error: Exception) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(error)

@@ -4,6 +4,7 @@ runner. Both front ends (gRPC in server.py, HTTP in http/app.py) take a `Deps` a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def build_deps(settings: Settings, backend: Backend | None = None, text_encoder:
     metrics = Metrics()
     caches = EngineCaches.build(options, manifest, fingerprint(text_encoder))
     engine = Engine(manifest, backend, text_encoder, options, caches, metrics)
-    work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests")
+    # Bounded by count and by the measured time to finish: what is admitted must fit in the drain (settings.py).
+    budget_s = settings.drain_budget * settings.drain_seconds if settings.drain_seconds > 0 else math.inf
+    work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests", budget_s)
     metrics.in_flight.set_function(lambda: work.in_flight)
     jobs = JobRunner(settings, job_store(settings), engine)
     return Deps(settings, engine, metrics, work, jobs)

@@ -140,10 +140,11 @@ class Settings(BaseSettings):
     )
     # Admission by time as well as by count: a unary call is refused (RESOURCE_EXHAUSTED / HTTP 429, retry-after =
     # the excess) when the frames in flight plus its own, at the measured seconds per frame, would take longer
-    # than drain_budget × drain_seconds. Seconds per frame: an EWMA of the engine's encoder + heads batch timings
-    # per frame encoded (local backend; on Triton, and before the first batches, only max_in_flight applies).
-    # A lone call is always admitted. The rest of the drain is headroom for decoding, the RPCs and estimate error.
-    # drain_seconds 0 turns this bound off.
+    # than drain_budget × drain_seconds. Seconds per frame: an EWMA of the gateway's own busy time (calls in
+    # flight) per frame of the calls it completed — decoding, the model, batching and the RPCs included (until the
+    # first calls complete, only max_in_flight applies). A lone call is always admitted; video uploads, whose
+    # frames are unknown until read, count against max_in_flight only. The rest of the drain is headroom for
+    # estimate error. drain_seconds 0 turns this bound off.
     drain_budget: float = Field(
         0.5,
         gt=0,
