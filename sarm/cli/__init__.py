@@ -8,7 +8,7 @@ from sarm.cli.evaluate import eval_command
 from sarm.cli.export import export_command
 from sarm.cli.import_lerobot import import_app
 from sarm.cli.rabc import rabc_command
-from sarm.cli.serve import serve_command
+from sarm.cli.serve import CONTEXT, serve_command
 from sarm.cli.train import train_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="SARM stage-aware reward models.")
@@ -18,5 +18,5 @@ app.command()(embed)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("export")(export_command)
-app.command("serve")(serve_command)
+app.command("serve", context_settings=CONTEXT)(serve_command)
 app.command("rabc")(rabc_command)

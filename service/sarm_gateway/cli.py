@@ -1,5 +1,5 @@
-"""The gateway's entry point: `sarm-gateway` (and `sarm serve`, which runs it through the `sarm.gateway` entry point
-so that the core never imports the gateway). Settings not given as options come from SARM_* env."""
+"""The gateway's command: `sarm-gateway`, which `sarm serve` runs through the `sarm.gateway` entry point (so that the
+core never imports the gateway). Settings not given as options come from SARM_* env."""
 
 from __future__ import annotations
 
@@ -62,5 +62,10 @@ def main(
                           "grpc_port": grpc_port, "http_port": http_port}))
 
 
+app = typer.Typer(add_completion=False)
+app.command()(main)
+command = typer.main.get_command(app)  # what `sarm serve` runs, through the `sarm.gateway` entry point
+
+
 def entry() -> None:
-    typer.run(main)
+    command()
