@@ -29,8 +29,9 @@ class Throughput:
     """Seconds per frame: an EWMA over samples of cumulative `totals()` — (busy seconds, frames completed) — taken
     at most every `every_s` seconds and over at least `min_frames` frames. None before the first sample."""
 
-    def __init__(self, totals: Callable[[], tuple[float, float]], alpha: float = 0.3, min_frames: float = 8,
-                 every_s: float = 0.2) -> None:
+    def __init__(
+        self, totals: Callable[[], tuple[float, float]], alpha: float = 0.3, min_frames: float = 8, every_s: float = 0.2
+    ) -> None:
         self._totals = totals
         self.alpha = alpha
         self.min_frames = min_frames
@@ -90,16 +91,23 @@ class Admission:
         """One unit of work bringing `frames` frames to encode (0: unknown, e.g. a video not yet read: it counts
         against `limit` only, and its time is left out of the measurement)."""
         if self.draining:
-            raise Draining(f"draining: this server is shutting down and takes no new {self.what}; retry on another "
-                           "replica")
+            raise Draining(
+                f"draining: this server is shutting down and takes no new {self.what}; retry on another replica"
+            )
         if self.in_flight >= self.limit:
-            raise Overloaded(f"server busy: {self.in_flight} {self.what} in flight (limit {self.limit}); "
-                             f"retry after {self.retry_after_ms} ms", self.retry_after_ms)
+            raise Overloaded(
+                f"server busy: {self.in_flight} {self.what} in flight (limit {self.limit}); "
+                f"retry after {self.retry_after_ms} ms",
+                self.retry_after_ms,
+            )
         queued = self.queue_seconds(frames) if self.in_flight and frames else None  # a lone call always goes
         if queued is not None and queued > self.budget_s:
             wait_ms = max(self.retry_after_ms, math.ceil((queued - self.budget_s) * 1000))
-            raise Overloaded(f"server busy: the {self.what} in flight need ~{queued:.1f} s at the measured "
-                             f"throughput, over the {self.budget_s:g} s budget; retry after {wait_ms} ms", wait_ms)
+            raise Overloaded(
+                f"server busy: the {self.what} in flight need ~{queued:.1f} s at the measured "
+                f"throughput, over the {self.budget_s:g} s budget; retry after {wait_ms} ms",
+                wait_ms,
+            )
         self._account()
         self.in_flight += 1
         self.frames += frames
