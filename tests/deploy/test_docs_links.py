@@ -56,3 +56,12 @@ def test_link_parser_sees_links_and_skips_code(tmp_path: Path) -> None:
     page.write_text("# A `code` title: yes?\n[a](x.md) `[b](y.md)`\n```\n[c](z.md)\n```\n![d](img.png#top)\n")
     assert links(page) == ["x.md", "img.png#top"]
     assert anchors(page) == {"a-code-title-yes"}
+
+
+def test_bench_readme_lists_every_benchmark() -> None:
+    bench = ROOT / "bench"
+    readme = (bench / "README.md").read_text(encoding="utf-8")
+    scripts = [p.name for p in bench.iterdir() if p.suffix in (".py", ".sh") and not p.name.startswith("_")]
+    packages = [f"{p.name}/" for p in bench.iterdir() if (p / "__main__.py").is_file()]
+    missing = sorted(name for name in scripts + packages if f"`{name}`" not in readme)
+    assert not missing, f"bench/README.md does not describe {missing}: add what each measures, its command and JSON"
