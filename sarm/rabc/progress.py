@@ -198,7 +198,9 @@ class EpisodeScorer:
         self._lerobot: LeRobotEpisodes | None = None
         self._owned: EngineHandle | None = None
         if engine is None and checkpoint_architecture(spec.checkpoint) == LEROBOT_ARCHITECTURE:
-            self._lerobot = LeRobotEpisodes(spec.checkpoint, ds, spec.stride, spec.threads)
+            # --threads (the options' intra-op threads) sets torch's threads unless the labeller names its own.
+            threads = spec.threads if spec.threads is not None else spec.options.intra_op_threads
+            self._lerobot = LeRobotEpisodes(spec.checkpoint, ds, spec.stride, threads)
             self.episodes = [meta.index for meta in ds.episodes]
             self.provenance = self._lerobot.provenance
             return
