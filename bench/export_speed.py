@@ -4,6 +4,10 @@ Both engines run in one process, in interleaved rounds, so machine noise hits bo
 reports the median of the rounds and the ratio. Usage:
     .venv/bin/python bench/export_speed.py [--rounds 5] [--threads 2] [--image 128] [--preset small]
 Writes bench/results/export_speed.json.
+
+`--embed DATASET` instead times `sarm embed`'s work (decode + encode every frame, sarm.embeddings.embed_dataset)
+on copies of DATASET with the PyTorch encoder, the float ONNX Runtime one and the INT8 one (graphs exported and
+calibrated beforehand, not timed), one after another, and writes bench/results/embed_speed.json.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -48,13 +53,66 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def embed_speed(dataset: Path, threads: int) -> None:
+    """Frames/s of embed_dataset with each engine on a fresh copy of `dataset` (the store starts empty)."""
+    import os
+    import shutil
+
+    from sarm.data.lerobot import LeRobotDataset
+    from sarm.embeddings import FrameEncoding, embed_dataset
+    from sarm.encoders.registry import load_text_encoder
+    from sarm.export.onnx_encoder import OnnxFrameEncoder, float_graphs, int8_graphs, int8_identity
+
+    torch.set_num_threads(threads)
+    tmp = Path(tempfile.mkdtemp())
+    encoder, texts = load_frame_encoder(), load_text_encoder()
+    ident = (encoder.encoder_id, encoder.version, encoder.dim)
+    ds = LeRobotDataset(dataset)
+    height, width = ds.frames(ds.episodes[0].index, indices=np.array([0])).shape[1:3]
+    engines: dict[str, FrameEncoding] = {
+        "torch": encoder,
+        "onnxruntime": OnnxFrameEncoder(*ident, float_graphs(encoder, tmp / "cache"), None, threads),
+        "onnxruntime int8": OnnxFrameEncoder(*ident, int8_graphs(encoder, ds, tmp / "cache"),
+                                             int8_identity("embedded dataset"), threads),
+    }
+    for engine in engines.values():  # export / calibrate now, outside the timing
+        if isinstance(engine, OnnxFrameEncoder):
+            engine.encode_frames(np.zeros((1, height, width, 3), np.uint8))
+    rows: list[dict[str, Any]] = []
+    for name, engine in engines.items():
+        copy = Path(shutil.copytree(dataset, tmp / name.replace(" ", "_")))
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        embed_dataset(LeRobotDataset(copy), engine, texts, batch_size=8)
+        seconds = time.perf_counter() - start
+        frames = sum(m.length for m in ds.episodes) * len(ds.camera_keys)
+        rows.append({"engine": name, "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
+                     "load_average": load})
+    for row in rows:
+        row["speedup_vs_torch"] = row["frames_per_s"] / rows[0]["frames_per_s"]
+    table = Table(title=f"sarm embed on {dataset} ({threads} threads; decode + encode + store)")
+    for column in ("engine", "frames", "seconds", "frames/s", "vs torch", "load avg"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row["engine"], str(row["frames"]), f"{row['seconds']:.1f}", f"{row['frames_per_s']:.1f}",
+                      f"{row['speedup_vs_torch']:.2f}x", f"{row['load_average']:.1f}")
+    Console().print(table)
+    out = RESULTS.with_name("embed_speed.json")
+    out.write_text(json.dumps({"dataset": str(dataset), "threads": threads, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--embed", type=Path, help="time `sarm embed` on this dataset instead")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image", type=int, default=128, help="camera image side in pixels")
     parser.add_argument("--preset", default="small")
     args = parser.parse_args()
+    if args.embed is not None:
+        embed_speed(args.embed, args.threads)
+        return
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp())
