@@ -3,6 +3,7 @@ counted; and the admission rules behind it (refusal during a drain, the time bou
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import re
@@ -14,12 +15,16 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
+import numpy as np
 import pytest
 
+from sarm.encoders.base import TextEncoder
+from sarm.scoring.batcher import MicroBatcher
 from sarm_gateway.admission import Admission, Draining
-from sarm_gateway.errors import Overloaded
+from sarm_gateway.errors import BackendUnavailable, Overloaded
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
-from tests.gateway_harness import episode_frames, raw, window_request
+from tests.gateway_harness import RunningGateway, episode_frames, raw, window_request
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLS = 64  # the in-flight bound, all taken by one burst
@@ -76,6 +81,58 @@ def test_failed_work_and_unknown_sized_work_do_not_speed_up_the_estimate(monkeyp
     assert work.queue_seconds(10) is None  # nothing measured yet
 
 
+def test_a_closed_batcher_fails_its_waiting_callers_with_unavailable() -> None:
+    async def run() -> list[BaseException | tuple[np.ndarray, ...]]:
+        never = asyncio.Event()
+
+        async def stuck(x: np.ndarray) -> tuple[np.ndarray]:
+            await never.wait()  # a batch that is still running when the engine closes
+            return (x,)
+
+        batcher = MicroBatcher(stuck, max_batch=1, max_delay_s=0)
+        calls = [asyncio.create_task(batcher(np.zeros((1, 1)))) for _ in range(3)]  # one running, two queued
+        await asyncio.sleep(0.05)
+        await batcher.close()
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, BackendUnavailable) and "shut down" in str(r) for r in results), results
+
+
+def test_during_a_drain_new_calls_get_unavailable_and_http_503_while_the_call_in_flight_finishes(
+    cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
+    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, http_port=0)
+    stopping = None
+    try:
+        held = running.stub.ScoreWindow.future(
+            window_request([raw(f) for f in episode_frames(9, seed=70)]), timeout=TIMEOUT
+        )
+        running.wait_in_flight(1)
+        stopping = asyncio.run_coroutine_threadsafe(running.gateway.stop(), running.loop)
+        deadline = time.monotonic() + TIMEOUT
+        while not running.gateway.readiness.draining:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as caught:
+            running.stub.ScoreWindow(window_request([raw(f) for f in episode_frames(9, seed=71)]), timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in (caught.value.details() or "")
+        with httpx.Client(base_url=running.http_url, timeout=TIMEOUT) as http:
+            reply = http.get("/v1/model")
+            assert reply.status_code == 503 and reply.headers["retry-after"] == "1" and "draining" in reply.text
+            assert http.get("/readyz").status_code == 503
+            assert http.get("/livez").status_code == 200  # probes and scrapes still answer
+        running.open_gate()
+        assert held.result(TIMEOUT).score.stage_name  # the admitted call finished
+        stopping.result(TIMEOUT)
+    finally:
+        running.open_gate()
+        if stopping is not None:
+            stopping.result(TIMEOUT)
+            running.gateway.server = None  # type: ignore[assignment]  # already stopped: close() must not stop it again
+        running.close()
+
+
 def _serve(repo: Path, **env: str) -> tuple[subprocess.Popen[str], int, list[str]]:
     """`sarm serve` on a free port; the process, its gRPC port and (drained in a thread) its stderr lines."""
     full = {
@@ -110,7 +167,7 @@ def _serve(repo: Path, **env: str) -> tuple[subprocess.Popen[str], int, list[str
     return process, int(match.group(1)), lines
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)  # the session fixtures export a model first: minutes on a busy machine
 def test_sigterm_with_a_full_in_flight_bound_cancels_nothing_and_finishes_what_it_admitted(
     cpu_model_repo: Path,
 ) -> None:
