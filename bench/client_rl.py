@@ -145,23 +145,26 @@ def main() -> None:
         if not (m == "serial" and n == 1)
     ]
     by = {(r["envs"], r["mode"]): r for r in results}
+    write_results("client_rl", args, {"task": TASK, "results": results, "rounds": rounds})
+    print_table(
+        "Meta-World env steps/s, and one vector step's p50/p99 ms",
+        ["envs", *MODES, *(f"{m} ms" for m in MODES)],
+        table_rows(by, args.envs),
+    )
+
+
+def table_rows(by: dict[tuple[int, str], dict[str, Any]], sizes: list[int]) -> list[list[str]]:
     rows = []
-    for n in args.envs:
-        bare, sarm = by[(n, "bare")], by[(n, "sarm")]
+    for n in sizes:
+        cells = [by.get((n, m)) for m in MODES]
         rows.append(
             [
                 str(n),
-                *(f"{by[(n, m)]['env_steps_per_s']:.1f}" for m in MODES),
-                f"{sarm['env_steps_per_s'] / bare['env_steps_per_s']:.2f}",
-                *(f"{by[(n, m)]['p50_ms']:.1f} / {by[(n, m)]['p99_ms']:.1f}" for m in MODES),
+                *("-" if c is None else f"{c['env_steps_per_s']:.1f}" for c in cells),
+                *("-" if c is None or "p50_ms" not in c else f"{c['p50_ms']:.0f}/{c['p99_ms']:.0f}" for c in cells),
             ]
         )
-    print_table(
-        "Meta-World env steps/s with and without SARM rewards (vector step p50 / p99 ms)",
-        ["envs", "bare", "render", "sarm", "sarm/bare", "bare ms", "render ms", "sarm ms"],
-        rows,
-    )
-    write_results("client_rl", args, {"task": TASK, "results": results, "rounds": rounds})
+    return rows
 
 
 if __name__ == "__main__":
