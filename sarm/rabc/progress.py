@@ -80,7 +80,12 @@ class EngineHandle:
         reads each frame once, so only the instruction cache is kept."""
         loop = asyncio.new_event_loop()
         options = replace(options, frame_cache_entries=0, score_cache_entries=0, redis_url=None)
-        engine = Engine.open(repository_for(checkpoint), options, text_encoder=text_encoder)
+        repo = repository_for(checkpoint)
+
+        async def opened() -> Engine:  # on its loop: an asyncio client (Triton's) binds to the loop it is made on
+            return Engine.open(repo, options, text_encoder=text_encoder)
+
+        engine = loop.run_until_complete(opened())
 
         def close() -> None:
             loop.run_until_complete(engine.close())
