@@ -41,8 +41,13 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """id@version: what caches and metrics know the encoder by."""
-        return f"{self.id}@{self.version}"
+        """id@version (+ the quantisation, which changes the embeddings): what caches and metrics know the encoder
+        by, so that a float and an INT8 replica sharing Redis never read each other's embeddings."""
+        quantization = self.extra.get("quantization")
+        if not quantization:
+            return f"{self.id}@{self.version}"
+        calibrated = quantization.get("calibration", {}).get("frames_sha256", "")
+        return f"{self.id}@{self.version}+{quantization.get('mode', 'quantized')}:{calibrated}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "version": self.version, "dim": self.dim, **self.extra}

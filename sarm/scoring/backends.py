@@ -19,6 +19,7 @@ from sarm.encoders.onnx_export import INPUT_NAME
 from sarm.export.model_repo import onnx_path
 from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
 from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
+from sarm.export.session import cpu_session_options
 from sarm.manifest import Manifest
 from sarm.scoring.options import EngineOptions
 
@@ -50,9 +51,8 @@ class LocalBackend:
     batches_itself = False
 
     def __init__(self, repo: Path, manifest: Manifest, intra_op_threads: int = 1, workers: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
+        # No busy-waiting threads: on a small box they take the cores the decoders, RPCs and clients need.
+        options = cpu_session_options(intra_op_threads)
 
         def session(role: str) -> ort.InferenceSession:
             path = onnx_path(repo, manifest, role)

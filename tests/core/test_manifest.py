@@ -73,3 +73,12 @@ def test_read_manifest_says_what_to_run(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     (tmp_path / "sarm_manifest.json").write_text(json.dumps(RAW))
     assert read_manifest(tmp_path) == Manifest.from_dict(RAW)
+
+
+def test_a_quantized_encoder_is_known_by_its_calibration_too() -> None:
+    """Float and INT8 embeddings differ: replicas sharing Redis must key them apart."""
+    raw = copy.deepcopy(RAW)
+    plain = Manifest.from_dict(raw).frame_encoder.fingerprint
+    raw["frame_encoder"]["quantization"] = {"mode": "int8-qdq-per-channel", "calibration": {"frames_sha256": "abc"}}
+    quantized = Manifest.from_dict(raw).frame_encoder.fingerprint
+    assert plain == "clip-vit-b32@1" and quantized == "clip-vit-b32@1+int8-qdq-per-channel:abc"
