@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sarm.export.onnx_heads import INPUTS, OUTPUTS, export_heads
-from sarm.export.session import heads_session_options
+from sarm.export.session import cpu_session_options
 from sarm.training.checkpoint import load_checkpoint
 
 BATCHES = (1, 8, 32, 64)
@@ -98,7 +98,7 @@ def main() -> None:
             str(path), baseline_options(args.threads), providers=["CPUExecutionProvider"]
         ),
         "ort tuned": ort.InferenceSession(
-            str(path), heads_session_options(args.threads), providers=["CPUExecutionProvider"]
+            str(path), cpu_session_options(args.threads), providers=["CPUExecutionProvider"]
         ),
     }
     rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def main() -> None:
     console = Console()
     console.print(table)
     profiles = {}
-    for name, options in (("baseline", baseline_options(args.threads)), ("tuned", heads_session_options(args.threads))):
+    for name, options in (("baseline", baseline_options(args.threads)), ("tuned", cpu_session_options(args.threads))):
         trace = TRACES / f"{results.stem}_{name}.trace.json"
         trace.parent.mkdir(parents=True, exist_ok=True)
         profiles[name] = op_profile(path, options, feeds_by_batch[32], trace)

@@ -24,8 +24,3 @@ def cpu_session_options(threads: int = 1, *, spinning: bool = False) -> ort.Sess
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     return options
-
-
-def heads_session_options(threads: int = 1) -> ort.SessionOptions:
-    """The heads graph's options (the same as any SARM graph's today; kept apart so the backends name intent)."""
-    return cpu_session_options(threads)
