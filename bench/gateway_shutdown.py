@@ -42,6 +42,7 @@ from sarm.manifest import read_manifest
 from sarm_gateway.v1 import sarm_pb2 as pb
 from sarm_gateway.v1 import sarm_pb2_grpc as pb_grpc
 
+WARM_ROUNDS, WARM_CALLS = 2, 4
 # The gateway before this change, SIGTERM with 64 windows in flight and a 10 s drain: issue #13's figures, and this
 # benchmark run once on commit ca109d1 on this 2-core machine (shared, load average ~13), 2026-12-03 10:03 UTC.
 BEFORE = [
@@ -128,8 +129,9 @@ def main() -> None:
             pb.ScoreWindowRequest(
                 instruction=INSTRUCTION, frames=[raw_frame(f) for f in frames.take(manifest.window.frames)]
             )
+            for _ in range(1 + WARM_ROUNDS * WARM_CALLS)
         ]
-        asyncio.run(_warm(gateway.address, warm[0]))
+        asyncio.run(_warm(gateway.address, warm))
         result, signalled = asyncio.run(burst(gateway.address, requests, args.after, gateway.pid, args.drain + 60))
         assert gateway.process is not None
         exit_code = gateway.process.wait(timeout=args.drain + 60)
@@ -200,10 +202,15 @@ def _row(
     ]
 
 
-async def _warm(address: str, request: pb.ScoreWindowRequest) -> None:
-    """One call first: the instruction's embedding and the sessions' first run are not part of the burst."""
+async def _warm(address: str, requests: list[pb.ScoreWindowRequest]) -> None:
+    """Traffic before the burst, as a gateway in service has had: one call (the instruction's embedding, the
+    sessions' first run), then WARM_ROUNDS rounds of WARM_CALLS concurrent calls, from which the admission has
+    measured the throughput."""
     async with channel(address) as ch:
-        await pb_grpc.RewardServiceStub(ch).ScoreWindow(request, timeout=120)
+        stub = pb_grpc.RewardServiceStub(ch)
+        await stub.ScoreWindow(requests[0], timeout=120)
+        for start in range(1, len(requests), WARM_CALLS):
+            await asyncio.gather(*(stub.ScoreWindow(r, timeout=120) for r in requests[start : start + WARM_CALLS]))
 
 
 if __name__ == "__main__":

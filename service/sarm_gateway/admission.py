@@ -6,9 +6,9 @@ was admitted when SIGTERM comes can still finish within the drain. Once a drain 
 the caller gets UNAVAILABLE (HTTP 503) and goes to another replica.
 
 Seconds per frame are measured end to end, on this admission's own units: busy time (some unit in flight) per frame
-completed. That is the quantity a drain waits on (decoding, hashing, RPCs, batching and the CPU the process
-actually gets, all included); the engine's encoder and heads stage timings alone missed a third of it in
-bench/gateway_shutdown.py on a loaded 2-core machine.
+completed, after the first call (which pays for warming up). That is the quantity a drain waits on: decoding,
+hashing, RPCs, batching and the CPU the process actually gets, all included. The engine's encoder and heads stage
+timings alone missed a third of it in bench/gateway_shutdown.py on a loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Admission:
         self._unknown = 0  # units in flight whose frames are unknown (a video not yet read)
         self._busy_s = 0.0  # time with units in flight, all of known frames
         self._done_frames = 0
+        self._warm = False  # the first completed call is not measured: it paid for warming up
         self._mark = time.monotonic()
 
     def _totals(self) -> tuple[float, float]:
@@ -121,5 +122,7 @@ class Admission:
             self.in_flight -= 1
             self.frames -= frames
             self._unknown -= not frames
-            if completed:  # failed work (bad input, deadline) says nothing about throughput
+            if completed and frames and not self._warm:  # the first call also loaded sessions and the instruction
+                self._warm, self._busy_s = True, 0.0
+            elif completed:  # failed work (bad input, deadline) says nothing about throughput
                 self._done_frames += frames
