@@ -378,7 +378,7 @@ def main() -> None:
         )
         if imported.exit_code != 0:
             raise SystemExit(f"sarm import lerobot failed: {imported.output}")
-        rows = []
+        rows: list[dict[str, Any]] = []
         for stride in args.strides:
             for threads in args.threads:
                 console.print(f"labelling {data_info['frames']} frames, stride {stride}, {threads} thread(s) …")
