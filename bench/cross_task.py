@@ -28,7 +28,7 @@ from sarm.embeddings import load_embeddings, require_same_encoders
 from sarm.encoders.registry import load_text_encoder
 from sarm.model.windows import stride_frames
 from sarm.scoring.pytorch import score_embeddings
-from sarm.training.checkpoint import load_checkpoint
+from sarm.training.checkpoint import load_checkpoint, load_info
 from sarm.training.negatives import generate_phrases
 
 # Instructions of no trained task. "Open the drawer." is the issue's example; none of these phrases is in
@@ -37,19 +37,22 @@ PROBES = ("Open the drawer.", "Fold the t-shirt.", "Press the button.", "Water t
 RESULTS = Path(__file__).with_name("results") / "cross_task"
 
 
-def measure(checkpoint: Path, datasets: list[Path], probes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One row per (dataset, instruction): mean mid-episode and final progress over successful demos."""
+def measure(checkpoint: Path, datasets: list[Path], tasks: list[str], probes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per (dataset, instruction): mean mid-episode and final progress over successful demos.
+
+    `tasks` are the task instructions of every checkpoint measured, so all of them get the same rows.
+    """
     model, info = load_checkpoint(checkpoint)
     text_encoder = load_text_encoder(info.text_encoder["id"])
+    trained = {t["instruction"] for t in model.config.tasks}
     rows = []
     for root in datasets:
         ds = require_valid(root)
         embeddings = load_embeddings(ds, info.frame_encoder["id"])
         require_same_encoders(embeddings, info.frame_encoder, info.text_encoder)
         own = sorted(embeddings.text)
-        others = [t["instruction"] for t in model.config.tasks if t["instruction"] not in own]
-        instructions = {**{t: embeddings.text[t] for t in own}}
-        extra = [i for i in [*others, *probes] if i not in instructions]
+        instructions = {t: embeddings.text[t] for t in own}
+        extra = [i for i in dict.fromkeys([*tasks, *probes]) if i not in instructions]
         instructions |= dict(zip(extra, text_encoder.encode(extra), strict=True))
         stride = stride_frames(ds.fps, model.config.stride_seconds)
         successful = [m for m in ds.episodes if "success" not in m.row or bool(m.row["success"])]
@@ -61,12 +64,13 @@ def measure(checkpoint: Path, datasets: list[Path], probes: tuple[str, ...]) -> 
                 progress = score_embeddings(model, embeddings.frames[meta.index], text, stride, frames).progress
                 mid.append(float(progress[0]))
                 final.append(float(progress[1]))
-            kind = "own" if instruction in own else "other task" if instruction in others else "probe"
+            kind = "own" if instruction in own else "other task" if instruction in tasks else "probe"
             rows.append(
                 {
                     "dataset": str(root),
                     "instruction": instruction,
                     "kind": kind,
+                    "trained_on": instruction in trained,
                     "episodes": len(final),
                     "mid_progress": float(np.mean(mid)),
                     "final_progress": float(np.mean(final)),
@@ -84,7 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
-    results = {name: measure(Path(path), args.datasets, PROBES) for name, path in checkpoints.items()}
+    tasks = list(dict.fromkeys(t["instruction"] for p in checkpoints.values() for t in load_info(Path(p)).model.tasks))
+    results = {name: measure(Path(path), args.datasets, tasks, PROBES) for name, path in checkpoints.items()}
     names = list(results)
     table = Table(title="cross-task progress (mean over successful held-out demos)")
     for column in ("video", "instruction", "kind", *(f"{n} mid / final" for n in names)):
@@ -94,7 +99,11 @@ def main() -> None:
         "| --- " * (3 + len(names)) + "|",
     ]
     for i, row in enumerate(results[names[0]]):
-        cells = [f"{results[n][i]['mid_progress']:.3f} / {results[n][i]['final_progress']:.3f}" for n in names]
+        cells = [
+            f"{results[n][i]['mid_progress']:.3f} / {results[n][i]['final_progress']:.3f}"
+            + ("" if results[n][i]["trained_on"] or row["kind"] == "probe" else " (untrained task)")
+            for n in names
+        ]
         video = Path(row["dataset"]).parent.name or row["dataset"]
         table.add_row(video, row["instruction"], row["kind"], *cells)
         lines.append(f"| {video} | {row['instruction']} | {row['kind']} | " + " | ".join(cells) + " |")

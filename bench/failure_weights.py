@@ -108,7 +108,7 @@ def main() -> None:
             if rows[0] is None:
                 continue
             cells = [f"{r['mean_weight']:.3f} / {r['zero_share']:.2f} / {r['gain_per_frame']:+.4f}" for r in rows]
-            data = Path(root).parent.name or root
+            data = f"{Path(root).parent.name}/{Path(root).name}"
             table.add_row(data, segment, str(rows[0]["frames"]), *cells)
             lines.append(f"| {data} | {segment} | {rows[0]['frames']} | " + " | ".join(cells) + " |")
     Console().print(table)
