@@ -138,21 +138,18 @@ class Settings(BaseSettings):
         "UNAVAILABLE (HTTP 503 with Retry-After), which clients retry on another replica; calls in flight get up "
         "to this long to finish, then UNAVAILABLE (never CANCELLED). Keep it below the pod's grace period.",
     )
-    # Admission by time as well as by count: a unary call is refused (RESOURCE_EXHAUSTED / HTTP 429, retry-after =
-    # the excess) when the frames in flight plus its own, at the measured seconds per frame, would take longer
-    # than drain_budget × drain_seconds. Seconds per frame: an EWMA of the gateway's own busy time (calls in
-    # flight) per frame of the calls it completed — decoding, the model, batching and the RPCs included (until the
-    # first calls complete, only max_in_flight applies). A lone call is always admitted; video uploads, whose
-    # frames are unknown until read, count against max_in_flight only. The rest of the drain is headroom for
-    # estimate error. drain_seconds 0 turns this bound off.
     drain_budget: float = Field(
         0.5,
         gt=0,
         le=1,
         description="Admission by time as well as by count: a unary call is refused (RESOURCE_EXHAUSTED / HTTP 429, "
         "retry-after = the excess) when the frames in flight plus its own, at the gateway's measured seconds per "
-        "frame, would take longer than drain_budget × SARM_DRAIN_SECONDS. A lone call is always admitted; "
-        "SARM_DRAIN_SECONDS=0 turns this bound off.",
+        "frame, would take longer than drain_budget × SARM_DRAIN_SECONDS, so that what was admitted finishes within "
+        "the drain. Seconds per frame: an EWMA of the gateway's busy time (calls in flight) per frame of the calls it "
+        "completed, decoding, model, batching and RPCs included; the first call (warm-up) is not measured, and until "
+        "a measure exists only SARM_MAX_IN_FLIGHT applies. A lone call is always admitted; video uploads (frames "
+        "unknown until read) count against SARM_MAX_IN_FLIGHT only. The rest of the drain is headroom for estimate "
+        "error. SARM_DRAIN_SECONDS=0 turns this bound off.",
     )
     # Auth and TLS.
     auth_tokens: dict[str, str] = Field(
