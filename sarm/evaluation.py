@@ -7,6 +7,8 @@ stages include the data's), and AUROC of final progress separating successful fr
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +23,16 @@ from scipy.stats import rankdata, spearmanr
 
 from sarm.data.lerobot import LeRobotDataset
 from sarm.data.validate import require_valid
-from sarm.embeddings import load_embeddings, require_same_encoders
+from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
+from sarm.model.modeling_sarm import SARM
 from sarm.model.windows import stride_frames
-from sarm.scoring.pytorch import EpisodeScores, score_embeddings
-from sarm.training.checkpoint import load_checkpoint, load_info
+from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction
+from sarm.scoring.metrics import EngineMetrics
+from sarm.scoring.options import EngineOptions
+from sarm.scoring.pytorch import EpisodeScores
+from sarm.scoring.torch_backend import TorchBackend, checkpoint_manifest
+from sarm.training.checkpoint import CheckpointInfo, load_checkpoint, load_info
 from sarm.training.data_identity import Overlap, dataset_identity, training_overlap
 
 
@@ -66,6 +73,43 @@ def ground_truth_progress(
     return progress_from_stage_tau(labels.stage, labels.tau, list(proportions.values())), labels.stage
 
 
+async def _score_episodes(
+    checkpoint: Path, model: SARM, info: CheckpointInfo, ds: LeRobotDataset, embeddings: DatasetEmbeddings, stride: int
+) -> dict[int, EpisodeScores]:
+    """Every frame of every episode, from the stored embeddings, through the scoring engine on the PyTorch backend
+    (the loop every front end uses: windows, the score cache's keys, batching)."""
+    from sarm.encoders.registry import load_text_encoder
+
+    options = EngineOptions(frame_cache_entries=0, score_cache_entries=0)
+    manifest = checkpoint_manifest(checkpoint, model, info)
+    text_encoder = load_text_encoder(manifest.text_encoder.id)  # checked against the checkpoint's by the engine
+    engine = Engine(manifest, TorchBackend(model), text_encoder, options,
+                    EngineCaches.build(options, manifest, manifest.text_encoder.fingerprint), EngineMetrics())
+    out = {}
+    try:
+        for meta in ds.episodes:
+            frames = embeddings.frames[meta.index]
+            if frames.ndim == 2:
+                frames = frames[:, None]
+            keys = np.array([[f"{ds.root}|{meta.index}|{t}|{c}" for c in range(frames.shape[1])]
+                             for t in range(len(frames))], dtype=object)
+            key = hashlib.sha256(f"{manifest.text_encoder.fingerprint}|{meta.task}".encode()).hexdigest()
+            instruction = Instruction(np.asarray(embeddings.text[meta.task], np.float32), key)
+            t = list(range(meta.length))
+            scores = await engine.score_at(Encoded(frames.astype(np.float32, copy=False), keys), t, stride,
+                                           instruction)
+            probs = np.stack([s.stage_probs for s in scores])
+            out[meta.index] = EpisodeScores(
+                frame_index=np.asarray(t, np.int64), stage=probs.argmax(-1), stage_probs=probs,
+                tau=np.array([s.tau for s in scores], np.float32),
+                progress=np.array([s.progress for s in scores], np.float32),
+                confidence=np.array([s.confidence for s in scores], np.float32),
+            )
+    finally:
+        await engine.close()
+    return out
+
+
 def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str, Any], list[EpisodeResult]]:
     model, info = load_checkpoint(checkpoint)
     embeddings = load_embeddings(ds, info.frame_encoder["id"])
@@ -80,8 +124,9 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     stages_match = info.labels == "stage" and set(vocabulary) <= set(classes)
     checkpoint_class = np.array([classes.index(name) for name in vocabulary if name in classes], np.int64)
     results, correct, counted = [], 0, 0
+    episode_scores = asyncio.run(_score_episodes(checkpoint, model, info, ds, embeddings, stride))
     for meta in ds.episodes:
-        scores = score_embeddings(model, embeddings.frames[meta.index], embeddings.text[meta.task], stride)
+        scores = episode_scores[meta.index]
         truth, true_stage = ground_truth_progress(ds, meta.index, proportions)
         if stages_match:
             correct += int((scores.stage == checkpoint_class[true_stage]).sum())

@@ -93,7 +93,7 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Manifest:
-    target: str  # cpu | gpu
+    target: str  # cpu | gpu (a repository's graphs), or torch (a checkpoint's PyTorch model: no graphs)
     checkpoint: Checkpoint
     frame_encoder: Encoder
     text_encoder: Encoder
@@ -191,7 +191,7 @@ class Manifest:
                 problems.append(f"{name} must be >= 1, got {value}")
         if self.state_dim < 0:
             problems.append(f"state_dim must be >= 0, got {self.state_dim}")
-        for role in ("encoder", "heads"):
+        for role in ("encoder", "heads") if self.target != "torch" else ():
             if role not in self.models or role not in self.onnx or role not in self.onnx_sha256:
                 problems.append(f"models, onnx and onnx_sha256 must each name the {role!r} model")
         return problems

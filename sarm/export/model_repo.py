@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sarm.encoders.base import check_encoder
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_encoder
@@ -28,9 +28,11 @@ from sarm.encoders.registry import load_frame_encoder
 from sarm.export.onnx_heads import export_heads
 from sarm.export.quantize import CalibrationError, calibration_frames, quantize_in_place
 from sarm.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, read_manifest
+from sarm.model.configuration_sarm import SARMConfig
 from sarm.training.checkpoint import (
     LEROBOT_ARCHITECTURE,
     CheckpointError,
+    CheckpointInfo,
     checkpoint_architecture,
     checkpoint_digest,
     load_checkpoint,
@@ -78,6 +80,35 @@ def tensor_specs(manifest: Manifest) -> dict[str, tuple[list[TensorSpec], list[T
     }
 
 
+def manifest_dict(
+    checkpoint: Path, info: CheckpointInfo, config: SARMConfig, target: str, image_size: tuple[int, int],
+    frame_encoder: dict[str, Any], onnx: dict[str, str], onnx_sha256: dict[str, str],
+) -> dict[str, Any]:
+    """The manifest of a checkpoint's model: for a repository (its ONNX graphs) or for the PyTorch backend (none)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "target": target,
+        "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_digest(checkpoint), "labels": info.labels},
+        "frame_encoder": frame_encoder,
+        "text_encoder": info.text_encoder,
+        "stage_names": config.stage_names,
+        "proportions": config.proportions,
+        "tasks": config.tasks,
+        "window": {
+            "mode": "causal", "frames": config.window_frames, "max_rewind": config.max_rewind,
+            "stride_seconds": config.stride_seconds, "sequence_length": config.sequence_length,
+        },
+        "heads": ["sparse"],
+        "state_dim": 0,  # the exported heads take no state input (state models are refused at export)
+        "num_cameras": config.num_cameras,
+        "image": {"height": image_size[0], "width": image_size[1]},
+        "max_batch": BATCHING.max_batch_size,
+        "models": dict(MODELS),
+        "onnx": onnx,
+        "onnx_sha256": onnx_sha256,
+    }
+
+
 def export_model_repository(
     checkpoint: Path, out: Path, target: Target = "cpu", image_size: tuple[int, int] | None = None,
     calibration: Sequence[Path] = (),
@@ -113,31 +144,14 @@ def export_model_repository(
     encoder_onnx = export_frame_encoder(encoder, sources[ENCODER_MODEL], height=height, width=width)
     quantization = quantize_in_place(encoder_onnx, frames) if frames is not None else None
     heads_onnx = export_heads(model, sources[HEADS_MODEL])
-    config = model.config
-    manifest = Manifest.from_dict({
-        "format": MANIFEST_FORMAT,
-        "target": target,
-        "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_digest(checkpoint), "labels": info.labels},
-        # What this repository's graph is (float unless quantized here), not what the training embeddings were.
-        "frame_encoder": {**{k: v for k, v in info.frame_encoder.items() if k != "quantization"},
-                          **({"quantization": quantization} if quantization else {})},
-        "text_encoder": info.text_encoder,
-        "stage_names": config.stage_names,
-        "proportions": config.proportions,
-        "tasks": config.tasks,
-        "window": {
-            "mode": "causal", "frames": config.window_frames, "max_rewind": config.max_rewind,
-            "stride_seconds": config.stride_seconds, "sequence_length": config.sequence_length,
-        },
-        "heads": ["sparse"],
-        "state_dim": 0,  # the exported heads take no state input (state models are refused above)
-        "num_cameras": config.num_cameras,
-        "image": {"height": height, "width": width},
-        "max_batch": BATCHING.max_batch_size,
-        "models": dict(MODELS),
-        "onnx": {role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
-        "onnx_sha256": {"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
-    })
+    # What this repository's graph is (float unless quantized here), not what the training embeddings were.
+    frame_encoder = {**{k: v for k, v in info.frame_encoder.items() if k != "quantization"},
+                     **({"quantization": quantization} if quantization else {})}
+    manifest = Manifest.from_dict(manifest_dict(
+        checkpoint, info, model.config, target, (height, width), frame_encoder,
+        onnx={role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
+        onnx_sha256={"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
+    ))
     specs = tensor_specs(manifest)
     for name, onnx_path in ((ENCODER_MODEL, encoder_onnx), (HEADS_MODEL, heads_onnx)):
         inputs, outputs = specs[name]
