@@ -62,6 +62,7 @@ docs: setup  # docs/configuration.md from the settings' field descriptions (a te
 
 lint: setup
 	$(BIN)/ruff check sarm tests bench clients service proto
+	$(BIN)/ruff format --check sarm tests bench clients service proto
 
 typecheck: setup
 	$(BIN)/mypy

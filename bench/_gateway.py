@@ -48,6 +48,7 @@ CURVE_MESSAGE_BYTES = 128 * 1024 * 1024  # SARM_MAX_MESSAGE_BYTES for a whole ra
 
 # ---- the gateway and Redis as processes ---------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,12 +58,18 @@ def free_port() -> int:
 class GatewayProcess:
     """`sarm serve --backend local` on a free loopback port, configured by `SARM_*` variables in `env`."""
 
-    def __init__(self, repo: Path, env: dict[str, str] | None = None, profile: Path | None = None,
-                 py_spy: str = "py-spy") -> None:
+    def __init__(
+        self, repo: Path, env: dict[str, str] | None = None, profile: Path | None = None, py_spy: str = "py-spy"
+    ) -> None:
         self.repo = repo
         # Metrics on any free port: gateways side by side must not all want the default one.
-        self.env = {"SARM_GRPC_HOST": "127.0.0.1", "SARM_HTTP_HOST": "127.0.0.1", "SARM_METRICS_PORT": "0",
-                    "SARM_DRAIN_SECONDS": "2", **(env or {})}
+        self.env = {
+            "SARM_GRPC_HOST": "127.0.0.1",
+            "SARM_HTTP_HOST": "127.0.0.1",
+            "SARM_METRICS_PORT": "0",
+            "SARM_DRAIN_SECONDS": "2",
+            **(env or {}),
+        }
         self.process: subprocess.Popen[str] | None = None
         self.profile = profile  # where py-spy writes the server's collapsed stacks (--format raw), if anywhere
         self._py_spy = py_spy
@@ -82,9 +89,22 @@ class GatewayProcess:
     def __enter__(self) -> GatewayProcess:
         env = {**os.environ, **self.env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "service")])}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from sarm.cli import app; app()", "serve", "--model-repo", str(self.repo),
-             "--backend", "local", "--grpc-port", "0"],
-            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            [
+                sys.executable,
+                "-c",
+                "from sarm.cli import app; app()",
+                "serve",
+                "--model-repo",
+                str(self.repo),
+                "--backend",
+                "local",
+                "--grpc-port",
+                "0",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
         )
         assert self.process.stderr is not None
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -99,8 +119,23 @@ class GatewayProcess:
         threading.Thread(target=self._drain, daemon=True).start()
         if self.profile is not None:
             self._profiler = subprocess.Popen(
-                [self._py_spy, "record", "--pid", str(self.pid), "--output", str(self.profile), "--format", "raw",
-                 "--rate", "100", "--threads", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    self._py_spy,
+                    "record",
+                    "--pid",
+                    str(self.pid),
+                    "--output",
+                    str(self.profile),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "100",
+                    "--threads",
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         return self
 
     def _drain(self) -> None:
@@ -133,9 +168,23 @@ class RedisProcess:
 
     def __enter__(self) -> RedisProcess:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._dir.name, "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.client = redis.Redis(port=self.port, socket_timeout=10)
         deadline = time.monotonic() + 20
@@ -166,6 +215,7 @@ class RedisProcess:
 
 # ---- frames and messages --------------------------------------------------------------------------------------------
 
+
 class DistinctFrames:
     """Uniform-noise RGB frames at the model's image size; every call draws from a new seed, so no frame repeats
     within or across calls and the gateway's content-addressed cache can never hit by accident."""
@@ -185,8 +235,9 @@ def raw_frame(image: np.ndarray) -> pb.Frame:
 
 def channel(address: str) -> grpc.aio.Channel:
     limit = CURVE_MESSAGE_BYTES * 2
-    return grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", limit),
-                                                       ("grpc.max_receive_message_length", limit)])
+    return grpc.aio.insecure_channel(
+        address, options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    )
 
 
 async def score_curve(stub: pb_grpc.RewardServiceStub, frames: Sequence[pb.Frame], fps: float) -> np.ndarray:
@@ -197,14 +248,16 @@ async def score_curve(stub: pb_grpc.RewardServiceStub, frames: Sequence[pb.Frame
     return np.array([s.score.progress for s in scores], dtype=np.float32)
 
 
-async def timed_curve(stub: pb_grpc.RewardServiceStub, frames: Sequence[pb.Frame], fps: float) -> tuple[float,
-                                                                                                          np.ndarray]:
+async def timed_curve(
+    stub: pb_grpc.RewardServiceStub, frames: Sequence[pb.Frame], fps: float
+) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     curve = await score_curve(stub, frames, fps)
     return time.perf_counter() - start, curve
 
 
 # ---- the direct path: the gateway's own local backend, in this process ---------------------------------------------
+
 
 class Direct:
     """The repository's encoder and heads through `sarm.scoring.backends.LocalBackend`, called directly (no gRPC,
@@ -226,8 +279,9 @@ class Direct:
     async def heads(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Progress of windows (B, L, D) with `lengths` (B,) valid positions (one camera)."""
         text = np.ascontiguousarray(np.broadcast_to(self.text, (len(windows), self.text.shape[1])))
-        out = await self.backend.heads(windows[:, :, None, :].astype(np.float32), text,
-                                       lengths.astype(np.int64).reshape(-1, 1))
+        out = await self.backend.heads(
+            windows[:, :, None, :].astype(np.float32), text, lengths.astype(np.int64).reshape(-1, 1)
+        )
         return np.asarray(out.progress[:, 0])
 
     def window(self, t: int, fps: float) -> tuple[np.ndarray, int]:
@@ -238,10 +292,15 @@ class Direct:
 
 # ---- statistics and output ------------------------------------------------------------------------------------------
 
+
 def latency_ms(samples_s: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(samples_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "max_ms": float(ms.max()), "n": len(ms)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "n": len(ms),
+    }
 
 
 def medians(rounds: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
@@ -251,13 +310,26 @@ def medians(rounds: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, 
 
 def gateway_env_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repo", type=Path, default=DEFAULT_MODEL_REPO)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="onnxruntime intra-op threads, in the gateway (SARM_INTRA_OP_THREADS) and the direct path")
-    parser.add_argument("--py-spy", metavar="OUT", type=Path,
-                        help="profile the gateway with py-spy (on PATH) into OUT (collapsed stacks)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="onnxruntime intra-op threads, in the gateway (SARM_INTRA_OP_THREADS) and the direct path",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="OUT",
+        type=Path,
+        help="profile the gateway with py-spy (on PATH) into OUT (collapsed stacks)",
+    )
     parser.add_argument("--out", help="results file name under bench/results/ (default: the benchmark's name)")
-    parser.add_argument("--set", action="append", default=[], metavar="SARM_X=VALUE",
-                        help="extra gateway setting (repeatable), e.g. --set SARM_MAX_BATCH_SIZE=16")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SARM_X=VALUE",
+        help="extra gateway setting (repeatable), e.g. --set SARM_MAX_BATCH_SIZE=16",
+    )
 
 
 def gateway_env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
@@ -283,8 +355,8 @@ def write_results(name: str, args: argparse.Namespace, payload: dict[str, Any]) 
     path = RESULTS / f"{args.out or name}.json"
     path.parent.mkdir(exist_ok=True)
     machine = {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
-    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine, **payload},
-                               indent=2))
+    path.write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine, **payload}, indent=2)
+    )
     print(f"wrote {path}")
     return path
-

@@ -72,8 +72,9 @@ def embed_speed(dataset: Path, threads: int) -> None:
     engines: dict[str, FrameEncoding] = {
         "torch": encoder,
         "onnxruntime": OnnxFrameEncoder(*ident, float_graphs(encoder, tmp / "cache"), None, threads),
-        "onnxruntime int8": OnnxFrameEncoder(*ident, int8_graphs(encoder, ds, tmp / "cache"),
-                                             int8_identity("embedded dataset"), threads),
+        "onnxruntime int8": OnnxFrameEncoder(
+            *ident, int8_graphs(encoder, ds, tmp / "cache"), int8_identity("embedded dataset"), threads
+        ),
     }
     for engine in engines.values():  # export / calibrate now, outside the timing
         if isinstance(engine, OnnxFrameEncoder):
@@ -86,16 +87,29 @@ def embed_speed(dataset: Path, threads: int) -> None:
         embed_dataset(LeRobotDataset(copy), engine, texts, batch_size=8)
         seconds = time.perf_counter() - start
         frames = sum(m.length for m in ds.episodes) * len(ds.camera_keys)
-        rows.append({"engine": name, "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
-                     "load_average": load})
+        rows.append(
+            {
+                "engine": name,
+                "frames": frames,
+                "seconds": seconds,
+                "frames_per_s": frames / seconds,
+                "load_average": load,
+            }
+        )
     for row in rows:
         row["speedup_vs_torch"] = row["frames_per_s"] / rows[0]["frames_per_s"]
     table = Table(title=f"sarm embed on {dataset} ({threads} threads; decode + encode + store)")
     for column in ("engine", "frames", "seconds", "frames/s", "vs torch", "load avg"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["engine"], str(row["frames"]), f"{row['seconds']:.1f}", f"{row['frames_per_s']:.1f}",
-                      f"{row['speedup_vs_torch']:.2f}x", f"{row['load_average']:.1f}")
+        table.add_row(
+            row["engine"],
+            str(row["frames"]),
+            f"{row['seconds']:.1f}",
+            f"{row['frames_per_s']:.1f}",
+            f"{row['speedup_vs_torch']:.2f}x",
+            f"{row['load_average']:.1f}",
+        )
     Console().print(table)
     out = RESULTS.with_name("embed_speed.json")
     out.write_text(json.dumps({"dataset": str(dataset), "threads": threads, "rows": rows}, indent=2))
@@ -118,8 +132,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
 
     encoder = load_frame_encoder()
-    encoder_session = session(export_frame_encoder(encoder, tmp / "encoder.onnx", height=args.image, width=args.image),
-                              args.threads)
+    encoder_session = session(
+        export_frame_encoder(encoder, tmp / "encoder.onnx", height=args.image, width=args.image), args.threads
+    )
     config = SARMConfig.from_preset(args.preset, ["a", "b", "c", "d"], [0.25] * 4, frame_dim=encoder.dim, text_dim=384)
     heads = SARM(config).eval()
     heads_session = session(export_heads(heads, tmp / "heads.onnx"), args.threads)
@@ -137,8 +152,9 @@ def main() -> None:
             with torch.inference_mode():
                 return encoder(x)
 
-        def heads_torch(f: torch.Tensor = torch_frames, t: torch.Tensor = torch_text,
-                        n: torch.Tensor = torch_lengths) -> object:
+        def heads_torch(
+            f: torch.Tensor = torch_frames, t: torch.Tensor = torch_text, n: torch.Tensor = torch_lengths
+        ) -> object:
             with torch.inference_mode():
                 return heads.predict(f, t, n)
 
@@ -149,7 +165,8 @@ def main() -> None:
         cases[("heads", batch)] = {
             "torch": heads_torch,
             "onnxruntime": lambda f=frames, t=text, n=lengths: heads_session.run(
-                None, {"frames": f, "text": t, "lengths": n}),
+                None, {"frames": f, "text": t, "lengths": n}
+            ),
         }
 
     samples: dict[tuple[str, int, str], list[float]] = {}
@@ -163,16 +180,32 @@ def main() -> None:
         torch_rate = statistics.median(samples[(model, batch, "torch")])
         ort_rate = statistics.median(samples[(model, batch, "onnxruntime")])
         spread = [min(samples[(model, batch, "onnxruntime")]), max(samples[(model, batch, "onnxruntime")])]
-        rows.append({"model": model, "batch": batch, "torch_per_s": torch_rate, "onnxruntime_per_s": ort_rate,
-                     "ratio": ort_rate / torch_rate, "onnxruntime_range": spread})
-    table = Table(title=f"PyTorch eager vs ONNX Runtime ({args.threads} threads, {args.image}px, {args.preset} heads, "
-                        f"median of {args.rounds} rounds)")
+        rows.append(
+            {
+                "model": model,
+                "batch": batch,
+                "torch_per_s": torch_rate,
+                "onnxruntime_per_s": ort_rate,
+                "ratio": ort_rate / torch_rate,
+                "onnxruntime_range": spread,
+            }
+        )
+    table = Table(
+        title=f"PyTorch eager vs ONNX Runtime ({args.threads} threads, {args.image}px, {args.preset} heads, "
+        f"median of {args.rounds} rounds)"
+    )
     for column in ("model", "batch", "unit", "torch", "onnxruntime", "ratio"):
         table.add_column(column, justify="right")
     for row in rows:
         unit = "images/s" if row["model"] == "encoder" else "windows/s"
-        table.add_row(row["model"], str(row["batch"]), unit, f"{row['torch_per_s']:.1f}",
-                      f"{row['onnxruntime_per_s']:.1f}", f"{row['ratio']:.2f}x")
+        table.add_row(
+            row["model"],
+            str(row["batch"]),
+            unit,
+            f"{row['torch_per_s']:.1f}",
+            f"{row['onnxruntime_per_s']:.1f}",
+            f"{row['ratio']:.2f}x",
+        )
     Console().print(table)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -59,15 +59,18 @@ async def heads_floor(direct: Direct, length: int, fps: float) -> float:
     return time.perf_counter() - start
 
 
-async def measure(args: argparse.Namespace, addresses: dict[str, str], redis: RedisProcess,
-                  direct: Direct) -> list[dict[str, Any]]:
+async def measure(
+    args: argparse.Namespace, addresses: dict[str, str], redis: RedisProcess, direct: Direct
+) -> list[dict[str, Any]]:
     height, width = direct.manifest.image_size
     source = DistinctFrames(height, width, args.seed)
     length = round(args.seconds * args.fps)
     rounds = []
     async with AsyncExitStack() as stack:
-        stubs = {tier: pb_grpc.RewardServiceStub(await stack.enter_async_context(channel(address)))
-                 for tier, address in addresses.items()}
+        stubs = {
+            tier: pb_grpc.RewardServiceStub(await stack.enter_async_context(channel(address)))
+            for tier, address in addresses.items()
+        }
         warm_up = [raw_frame(image) for image in source.take(2 * direct.window_frames)]
         for stub in stubs.values():  # instruction embedding, sessions, channel, Redis connections
             await timed_curve(stub, warm_up, args.fps)
@@ -90,9 +93,14 @@ async def measure(args: argparse.Namespace, addresses: dict[str, str], redis: Re
                 print("warning: the redis gateway's warm repeats were not all Redis hits (timeouts read as misses)")
             row["heads_floor_s"] = await heads_floor(direct, length, args.fps)
             rounds.append(row)
-            print(f"round {index}: " + ", ".join(
-                f"{t} cold {row[f'{t}_cold_s']:.2f} s warm {row[f'{t}_warm_s']:.3f} s ({row[f'{t}_speedup']:.1f}x)"
-                for t in TIERS) + f", heads alone {row['heads_floor_s']:.2f} s")
+            print(
+                f"round {index}: "
+                + ", ".join(
+                    f"{t} cold {row[f'{t}_cold_s']:.2f} s warm {row[f'{t}_warm_s']:.3f} s ({row[f'{t}_speedup']:.1f}x)"
+                    for t in TIERS
+                )
+                + f", heads alone {row['heads_floor_s']:.2f} s"
+            )
     return rounds
 
 
@@ -103,10 +111,18 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warm", type=int, default=3, help="warm repeats per cold request")
-    parser.add_argument("--redis-frame-cache", type=int, default=0,
-                        help="SARM_FRAME_CACHE_ENTRIES of the redis gateway (0: every repeat goes to Redis)")
-    parser.add_argument("--redis-score-cache", type=int, default=0,
-                        help="SARM_SCORE_CACHE_ENTRIES of the redis gateway (0: every repeat goes to Redis)")
+    parser.add_argument(
+        "--redis-frame-cache",
+        type=int,
+        default=0,
+        help="SARM_FRAME_CACHE_ENTRIES of the redis gateway (0: every repeat goes to Redis)",
+    )
+    parser.add_argument(
+        "--redis-score-cache",
+        type=int,
+        default=0,
+        help="SARM_SCORE_CACHE_ENTRIES of the redis gateway (0: every repeat goes to Redis)",
+    )
     parser.add_argument("--seed", type=int, default=2)
     args = parser.parse_args()
 
@@ -114,14 +130,22 @@ def main() -> None:
     with ExitStack() as stack:
         redis = stack.enter_context(RedisProcess())
         common = {"SARM_MAX_MESSAGE_BYTES": str(CURVE_MESSAGE_BYTES)}
-        envs = {"embeddings": gateway_env(args, **common, SARM_SCORE_CACHE_ENTRIES="0"),
-                "memory": gateway_env(args, **common),
-                "redis": gateway_env(args, **common, SARM_REDIS_URL=redis.url,
-                                     SARM_FRAME_CACHE_ENTRIES=str(args.redis_frame_cache),
-                                     SARM_SCORE_CACHE_ENTRIES=str(args.redis_score_cache))}
+        envs = {
+            "embeddings": gateway_env(args, **common, SARM_SCORE_CACHE_ENTRIES="0"),
+            "memory": gateway_env(args, **common),
+            "redis": gateway_env(
+                args,
+                **common,
+                SARM_REDIS_URL=redis.url,
+                SARM_FRAME_CACHE_ENTRIES=str(args.redis_frame_cache),
+                SARM_SCORE_CACHE_ENTRIES=str(args.redis_score_cache),
+            ),
+        }
         profiles = {"embeddings": None, "memory": args.py_spy, "redis": None}  # --py-spy profiles the memory gateway
-        addresses = {tier: stack.enter_context(GatewayProcess(args.model_repo, env, profiles[tier])).address
-                     for tier, env in envs.items()}
+        addresses = {
+            tier: stack.enter_context(GatewayProcess(args.model_repo, env, profiles[tier])).address
+            for tier, env in envs.items()
+        }
         rounds = asyncio.run(measure(args, addresses, redis, direct))
         redis_info = redis.info()
 
@@ -137,21 +161,37 @@ def main() -> None:
     ):
         cold, warm = summary[f"{tier}_cold_s"], summary[f"{tier}_warm_s"]
         rows.append((cold_what, f"{cold:.2f}", f"{length / cold:.0f}", "1.0x", "-"))
-        rows.append((warm_what, f"{warm:.3f}", f"{length / warm:.0f}", f"{summary[f'{tier}_speedup']:.1f}x",
-                     f"{summary[f'{tier}_redis_hits_per_warm']:.0f}"))
+        rows.append(
+            (
+                warm_what,
+                f"{warm:.3f}",
+                f"{length / warm:.0f}",
+                f"{summary[f'{tier}_speedup']:.1f}x",
+                f"{summary[f'{tier}_redis_hits_per_warm']:.0f}",
+            )
+        )
     floor = summary["heads_floor_s"]
-    rows.append(("heads alone, direct (floor of a warm repeat without the score cache)", f"{floor:.3f}",
-                 f"{length / floor:.0f}", f"{summary['embeddings_cold_s'] / floor:.1f}x (embeddings cold)", "-"))
+    rows.append(
+        (
+            "heads alone, direct (floor of a warm repeat without the score cache)",
+            f"{floor:.3f}",
+            f"{length / floor:.0f}",
+            f"{summary['embeddings_cold_s'] / floor:.1f}x (embeddings cold)",
+            "-",
+        )
+    )
     print_table(
         f"Repeated curve of a {args.seconds:g} s, {args.fps:g} fps episode ({length} distinct frames, one ScoreFrames "
         f"call), median of {args.rounds} rounds x {args.warm} warm repeats, {args.threads} ORT thread(s)",
-        ("request", "seconds", "frames/s", "speedup vs its cold", "Redis hits"), rows,
+        ("request", "seconds", "frames/s", "speedup vs its cold", "Redis hits"),
+        rows,
     )
     for tier in TARGETED:
-        print(f"target: warm ({tier}) >= {TARGET_SPEEDUP:g}x faster than cold: {summary[f'{tier}_speedup']:.1f}x, "
-              f"{'MET' if target[f'{tier}_met'] else 'NOT MET'}")
-    write_results("gateway_cache", args, {"summary": summary, "target": target, "rounds": rounds,
-                                          "redis": redis_info})
+        print(
+            f"target: warm ({tier}) >= {TARGET_SPEEDUP:g}x faster than cold: {summary[f'{tier}_speedup']:.1f}x, "
+            f"{'MET' if target[f'{tier}_met'] else 'NOT MET'}"
+        )
+    write_results("gateway_cache", args, {"summary": summary, "target": target, "rounds": rounds, "redis": redis_info})
 
 
 if __name__ == "__main__":

@@ -78,15 +78,22 @@ async def measure(args: argparse.Namespace, address: str, direct: Direct) -> lis
             start = time.perf_counter()
             naive = np.concatenate([naive_before, await naive_curve(direct, images, after, args.fps)])
             naive_s += time.perf_counter() - start
-            row = {"round": index, "gateway_s": gateway_s, "gateway_frames_per_s": length / gateway_s,
-                   "naive_s": naive_s, "naive_frames": len(naive_frames),
-                   "naive_frames_per_s": len(naive_frames) / naive_s,
-                   "max_abs_progress_diff": float(np.abs(curve[naive_frames] - naive).max())}
+            row = {
+                "round": index,
+                "gateway_s": gateway_s,
+                "gateway_frames_per_s": length / gateway_s,
+                "naive_s": naive_s,
+                "naive_frames": len(naive_frames),
+                "naive_frames_per_s": len(naive_frames) / naive_s,
+                "max_abs_progress_diff": float(np.abs(curve[naive_frames] - naive).max()),
+            }
             row["speedup"] = row["gateway_frames_per_s"] / row["naive_frames_per_s"]
             rounds.append(row)
-            print(f"round {index}: gateway {row['gateway_frames_per_s']:.1f} frames/s, naive "
-                  f"{row['naive_frames_per_s']:.2f} frames/s, {row['speedup']:.2f}x, parity "
-                  f"{row['max_abs_progress_diff']:.1e}")
+            print(
+                f"round {index}: gateway {row['gateway_frames_per_s']:.1f} frames/s, naive "
+                f"{row['naive_frames_per_s']:.2f} frames/s, {row['speedup']:.2f}x, parity "
+                f"{row['max_abs_progress_diff']:.1e}"
+            )
     return rounds
 
 
@@ -113,14 +120,28 @@ def main() -> None:
         f"Per-frame curve of a {args.seconds:g} s, {args.fps:g} fps episode ({length} distinct frames), median of "
         f"{args.rounds} rounds, {args.threads} ORT thread(s)",
         ("path", "frames scored", "seconds", "frames/s", "speedup"),
-        [("gateway ScoreFrames (each frame encoded once)", str(length), f"{summary['gateway_s']:.2f}",
-          f"{summary['gateway_frames_per_s']:.1f}", f"{summary['speedup']:.2f}x"),
-         ("naive: 9 encodes + heads per frame", str(rounds[0]["naive_frames"]), f"{summary['naive_s']:.2f}",
-          f"{summary['naive_frames_per_s']:.2f}", "1.00x")],
+        [
+            (
+                "gateway ScoreFrames (each frame encoded once)",
+                str(length),
+                f"{summary['gateway_s']:.2f}",
+                f"{summary['gateway_frames_per_s']:.1f}",
+                f"{summary['speedup']:.2f}x",
+            ),
+            (
+                "naive: 9 encodes + heads per frame",
+                str(rounds[0]["naive_frames"]),
+                f"{summary['naive_s']:.2f}",
+                f"{summary['naive_frames_per_s']:.2f}",
+                "1.00x",
+            ),
+        ],
     )
     print(f"naive scores vs the gateway's curve: max |Δprogress| {summary['max_abs_progress_diff']:.1e}")
-    print(f"target: gateway >= {TARGET_SPEEDUP:g}x naive: {summary['speedup']:.2f}x, "
-          f"{'MET' if target['met'] else 'NOT MET'}")
+    print(
+        f"target: gateway >= {TARGET_SPEEDUP:g}x naive: {summary['speedup']:.2f}x, "
+        f"{'MET' if target['met'] else 'NOT MET'}"
+    )
     write_results("gateway_curve", args, {"summary": summary, "target": target, "rounds": rounds})
     if summary["max_abs_progress_diff"] > PARITY_TOLERANCE:
         raise SystemExit(f"the naive loop and the gateway disagree by {summary['max_abs_progress_diff']:.1e}")

@@ -90,8 +90,9 @@ async def controller(stub: pb_grpc.RewardServiceStub, frames: np.ndarray, hz: fl
     return log
 
 
-async def streams_round(stub: pb_grpc.RewardServiceStub, frames: DistinctFrames, n: int, steps: int, hz: float,
-                        aligned: bool) -> dict[str, float]:
+async def streams_round(
+    stub: pb_grpc.RewardServiceStub, frames: DistinctFrames, n: int, steps: int, hz: float, aligned: bool
+) -> dict[str, float]:
     episodes = [frames.take(steps) for _ in range(n)]
     start = time.perf_counter() + 0.5  # every stream opened before the first tick
     offsets = [0.0 if aligned else i / (n * hz) for i in range(n)]
@@ -100,8 +101,13 @@ async def streams_round(stub: pb_grpc.RewardServiceStub, frames: DistinctFrames,
     wall = time.perf_counter() - began - 0.5
     latencies = [x for log in logs for x in log.latencies]
     missed = sum(log.missed for log in logs)
-    return {**latency_ms(latencies), "missed": missed, "steps": len(latencies),
-            "missed_fraction": missed / len(latencies), "frames_per_s": len(latencies) / wall}
+    return {
+        **latency_ms(latencies),
+        "missed": missed,
+        "steps": len(latencies),
+        "missed_fraction": missed / len(latencies),
+        "frames_per_s": len(latencies) / wall,
+    }
 
 
 async def reference_round(direct: Direct, frames: DistinctFrames, samples: int) -> dict[str, list[float]]:
@@ -120,8 +126,9 @@ async def reference_round(direct: Direct, frames: DistinctFrames, samples: int) 
     return out
 
 
-async def measure(args: argparse.Namespace, address: str, direct: Direct) -> tuple[list[dict[str, Any]],
-                                                                                     dict[str, dict[str, float]]]:
+async def measure(
+    args: argparse.Namespace, address: str, direct: Direct
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     height, width = direct.manifest.image_size
     frames = DistinctFrames(height, width, args.seed)
     rounds: list[dict[str, Any]] = []
@@ -136,33 +143,48 @@ async def measure(args: argparse.Namespace, address: str, direct: Direct) -> tup
                     reference.setdefault(key, []).extend(samples)  # beside every round: the same machine noise
                 result = await streams_round(stub, frames, n, args.steps, hz, args.aligned)
                 rounds.append({"repeat": repeat, "config": label((n, hz)), **result})
-                print(f"repeat {repeat} {label((n, hz)):>7}: p50 {result['p50_ms']:.1f} ms, "
-                      f"p99 {result['p99_ms']:.1f} ms, missed {result['missed']}/{result['steps']}")
+                print(
+                    f"repeat {repeat} {label((n, hz)):>7}: p50 {result['p50_ms']:.1f} ms, "
+                    f"p99 {result['p99_ms']:.1f} ms, missed {result['missed']}/{result['steps']}"
+                )
     return rounds, {key: latency_ms(samples) for key, samples in reference.items()}
 
 
 def check_target(summary: list[dict[str, Any]], reference: dict[str, float]) -> dict[str, Any]:
     """p99 at 4 streams, 30 Hz vs the direct encode1+heads1 p99 (like for like) + 5 ms; the p50 limit beside it."""
-    target: dict[str, Any] = {"config": label(TARGET), "budget_ms": BUDGET_MS,
-                              "reference_p50_ms": reference["p50_ms"], "reference_p99_ms": reference["p99_ms"]}
+    target: dict[str, Any] = {
+        "config": label(TARGET),
+        "budget_ms": BUDGET_MS,
+        "reference_p50_ms": reference["p50_ms"],
+        "reference_p99_ms": reference["p99_ms"],
+    }
     row = next((s for s in summary if s["config"] == label(TARGET)), None)
     if row is not None:
-        target.update(gateway_p99_ms=row["p99_ms"], limit_ms=reference["p99_ms"] + BUDGET_MS,
-                      limit_from_p50_ms=reference["p50_ms"] + BUDGET_MS)
-        target.update(met=row["p99_ms"] <= target["limit_ms"],
-                      met_against_p50=row["p99_ms"] <= target["limit_from_p50_ms"])
+        target.update(
+            gateway_p99_ms=row["p99_ms"],
+            limit_ms=reference["p99_ms"] + BUDGET_MS,
+            limit_from_p50_ms=reference["p50_ms"] + BUDGET_MS,
+        )
+        target.update(
+            met=row["p99_ms"] <= target["limit_ms"], met_against_p50=row["p99_ms"] <= target["limit_from_p50_ms"]
+        )
     return target
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gateway_env_args(parser)
-    parser.add_argument("--configs", type=parse_config, nargs="+", default=[(1, 30.0), (4, 30.0), (16, 30.0), (4, 5.0)],
-                        metavar="STREAMS@HZ", help="concurrent streams at a control rate (also the episode's fps)")
+    parser.add_argument(
+        "--configs",
+        type=parse_config,
+        nargs="+",
+        default=[(1, 30.0), (4, 30.0), (16, 30.0), (4, 5.0)],
+        metavar="STREAMS@HZ",
+        help="concurrent streams at a control rate (also the episode's fps)",
+    )
     parser.add_argument("--steps", type=int, default=60, help="steps per stream per round (60 = 2 s at 30 Hz)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference-samples", type=int, default=20,
-                        help="direct encode+heads calls before each round")
+    parser.add_argument("--reference-samples", type=int, default=20, help="direct encode+heads calls before each round")
     parser.add_argument("--aligned", action="store_true", help="start every stream on the same tick")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -172,9 +194,16 @@ def main() -> None:
         rounds, reference = asyncio.run(measure(args, gateway.address, direct))
 
     summary = [
-        {"config": label((n, hz)), "streams": n, "hz": hz, "steps_per_round": n * args.steps,
-         **medians([r for r in rounds if r["config"] == label((n, hz))],
-                   ("p50_ms", "p99_ms", "max_ms", "missed", "missed_fraction", "frames_per_s"))}
+        {
+            "config": label((n, hz)),
+            "streams": n,
+            "hz": hz,
+            "steps_per_round": n * args.steps,
+            **medians(
+                [r for r in rounds if r["config"] == label((n, hz))],
+                ("p50_ms", "p99_ms", "max_ms", "missed", "missed_fraction", "frames_per_s"),
+            ),
+        }
         for n, hz in args.configs
     ]
     target = check_target(summary, reference["encode1+heads1"])
@@ -182,23 +211,35 @@ def main() -> None:
         f"StreamEpisode through the gateway ({args.steps} steps a stream, {'aligned' if args.aligned else 'staggered'} "
         f"starts, median of {args.repeats} rounds, {args.threads} ORT thread(s))",
         ("streams", "Hz", "steps/round", "p50 ms", "p99 ms", "max ms", "missed slot", "frames/s"),
-        [(str(s["streams"]), f"{s['hz']:g}", str(s["steps_per_round"]), f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}",
-          f"{s['max_ms']:.1f}", f"{s['missed']:.0f} ({100 * s['missed_fraction']:.0f}%)", f"{s['frames_per_s']:.1f}")
-         for s in summary],
+        [
+            (
+                str(s["streams"]),
+                f"{s['hz']:g}",
+                str(s["steps_per_round"]),
+                f"{s['p50_ms']:.1f}",
+                f"{s['p99_ms']:.1f}",
+                f"{s['max_ms']:.1f}",
+                f"{s['missed']:.0f} ({100 * s['missed_fraction']:.0f}%)",
+                f"{s['frames_per_s']:.1f}",
+            )
+            for s in summary
+        ],
     )
     print_table(
-        f"Reference: the model called directly through LocalBackend ({args.reference_samples} calls before each "
-        "round)",
+        f"Reference: the model called directly through LocalBackend ({args.reference_samples} calls before each round)",
         ("call", "p50 ms", "p99 ms"),
         [(key, f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}") for key, v in reference.items()],
     )
     if "met" in target:
-        print(f"target: p99 at {target['config']} Hz {target['gateway_p99_ms']:.1f} ms <= reference p99 "
-              f"{target['reference_p99_ms']:.1f} + {BUDGET_MS:g} = {target['limit_ms']:.1f} ms: "
-              f"{'MET' if target['met'] else 'NOT MET'} (against the reference p50 the limit is "
-              f"{target['limit_from_p50_ms']:.1f} ms: {'met' if target['met_against_p50'] else 'not met'})")
-    write_results("gateway_streams", args,
-                  {"summary": summary, "reference": reference, "target": target, "rounds": rounds})
+        print(
+            f"target: p99 at {target['config']} Hz {target['gateway_p99_ms']:.1f} ms <= reference p99 "
+            f"{target['reference_p99_ms']:.1f} + {BUDGET_MS:g} = {target['limit_ms']:.1f} ms: "
+            f"{'MET' if target['met'] else 'NOT MET'} (against the reference p50 the limit is "
+            f"{target['limit_from_p50_ms']:.1f} ms: {'met' if target['met_against_p50'] else 'not met'})"
+        )
+    write_results(
+        "gateway_streams", args, {"summary": summary, "reference": reference, "target": target, "rounds": rounds}
+    )
 
 
 if __name__ == "__main__":

@@ -59,12 +59,30 @@ PARAPHRASES = {
 }
 # Instructions for tasks the default model was never trained on, a typo'd one, and noise.
 UNRELATED = [
-    "fold the t-shirt", "Open the drawer.", "close the door", "wipe the table with the sponge",
-    "pour water into the cup", "stack the red block on the blue block", "turn on the light switch",
-    "press the button", "open the window", "hang the towel on the hook", "push the mug to the left",
-    "put the dishes in the sink", "unplug the cable", "sweep the floor", "water the plants",
-    "screw the lid onto the jar", "flip the pancake", "tie the shoelaces", "hammer the nail",
-    "slide the book onto the shelf", "pick up the phone", "asdf qwerty", "hello", "stop",
+    "fold the t-shirt",
+    "Open the drawer.",
+    "close the door",
+    "wipe the table with the sponge",
+    "pour water into the cup",
+    "stack the red block on the blue block",
+    "turn on the light switch",
+    "press the button",
+    "open the window",
+    "hang the towel on the hook",
+    "push the mug to the left",
+    "put the dishes in the sink",
+    "unplug the cable",
+    "sweep the floor",
+    "water the plants",
+    "screw the lid onto the jar",
+    "flip the pancake",
+    "tie the shoelaces",
+    "hammer the nail",
+    "slide the book onto the shelf",
+    "pick up the phone",
+    "asdf qwerty",
+    "hello",
+    "stop",
 ]
 
 
@@ -91,13 +109,27 @@ def main() -> None:
     sims = similarities([text for _, text in paraphrases] + UNRELATED, tasks, encoder)
     for i, (intended, text) in enumerate(paraphrases):
         best = int(sims[i].argmax())
-        rows.append({"instruction": text, "kind": "paraphrase", "intended": intended, "matched": tasks[best],
-                     "similarity": float(sims[i, best])})
+        rows.append(
+            {
+                "instruction": text,
+                "kind": "paraphrase",
+                "intended": intended,
+                "matched": tasks[best],
+                "similarity": float(sims[i, best]),
+            }
+        )
     for j, text in enumerate(UNRELATED):
         k = len(paraphrases) + j
         best = int(sims[k].argmax())
-        rows.append({"instruction": text, "kind": "unrelated", "intended": None, "matched": tasks[best],
-                     "similarity": float(sims[k, best])})
+        rows.append(
+            {
+                "instruction": text,
+                "kind": "unrelated",
+                "intended": None,
+                "matched": tasks[best],
+                "similarity": float(sims[k, best]),
+            }
+        )
     lowest_paraphrase = min(r["similarity"] for r in rows if r["kind"] == "paraphrase")
     highest_unrelated = max(r["similarity"] for r in rows if r["kind"] == "unrelated")
     threshold = round((lowest_paraphrase + highest_unrelated) / 2, 2)
@@ -106,15 +138,24 @@ def main() -> None:
     for column in ("kind", "instruction", "matched task", "similarity", f"≥ {threshold}"):
         table.add_column(column)
     for r in sorted(rows, key=lambda r: -r["similarity"]):
-        table.add_row(r["kind"], r["instruction"], r["matched"][:32], f"{r['similarity']:.3f}",
-                      "accept" if r["similarity"] >= threshold else "refuse")
+        table.add_row(
+            r["kind"],
+            r["instruction"],
+            r["matched"][:32],
+            f"{r['similarity']:.3f}",
+            "accept" if r["similarity"] >= threshold else "refuse",
+        )
     console = Console(width=150)
     console.print(table)
     summary = {
-        "text_encoder": manifest.text_encoder.fingerprint, "tasks": tasks,
-        "paraphrases": len(paraphrases), "unrelated": len(UNRELATED),
-        "lowest_paraphrase": lowest_paraphrase, "highest_unrelated": highest_unrelated,
-        "separable": lowest_paraphrase > highest_unrelated, "threshold": threshold,
+        "text_encoder": manifest.text_encoder.fingerprint,
+        "tasks": tasks,
+        "paraphrases": len(paraphrases),
+        "unrelated": len(UNRELATED),
+        "lowest_paraphrase": lowest_paraphrase,
+        "highest_unrelated": highest_unrelated,
+        "separable": lowest_paraphrase > highest_unrelated,
+        "threshold": threshold,
         "paraphrases_matched_to_their_task": right_task,
         "accepted_paraphrases": sum(r["similarity"] >= threshold for r in rows if r["kind"] == "paraphrase"),
         "refused_unrelated": sum(r["similarity"] < threshold for r in rows if r["kind"] == "unrelated"),

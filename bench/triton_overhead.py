@@ -45,8 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp())
-    checkpoint = args.checkpoint or untrained_checkpoint(tmp / "ckpt", ["a", "b", "c"], [0.3, 0.3, 0.4],
-                                                         (args.image, args.image))
+    checkpoint = args.checkpoint or untrained_checkpoint(
+        tmp / "ckpt", ["a", "b", "c"], [0.3, 0.3, 0.4], (args.image, args.image)
+    )
     repo = tmp / "repo"
     export_model_repository(checkpoint, repo, "cpu")
     manifest = read_manifest(repo)
@@ -56,14 +57,18 @@ def main() -> None:
     cases = {
         (ENCODER_MODEL, 1): {"images": rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)},
         (ENCODER_MODEL, 8): {"images": rng.integers(0, 256, (8, h, w, 3), dtype=np.uint8)},
-        (HEADS_MODEL, 1): {"frames": rng.normal(size=(1, length, 1, dim)).astype(np.float32),
-                           "text": rng.normal(size=(1, manifest.text_encoder.dim)).astype(np.float32),
-                           "lengths": np.full((1, 1), 9, np.int64)},
+        (HEADS_MODEL, 1): {
+            "frames": rng.normal(size=(1, length, 1, dim)).astype(np.float32),
+            "text": rng.normal(size=(1, manifest.text_encoder.dim)).astype(np.float32),
+            "lengths": np.full((1, 1), 9, np.int64),
+        },
     }
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    sessions = {name: ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options,
-                                           providers=["CPUExecutionProvider"]) for name in (ENCODER_MODEL, HEADS_MODEL)}
+    sessions = {
+        name: ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        for name in (ENCODER_MODEL, HEADS_MODEL)
+    }
     rows = []
     with TritonServer(repo) as server:
         client = grpcclient.InferenceServerClient(server.endpoints.grpc)
@@ -82,16 +87,26 @@ def main() -> None:
                     fn()
                     timings[name].append(time.perf_counter() - start)
             local, served = percentiles(timings["in-process"]), percentiles(timings["triton"])
-            rows.append({"model": model, "batch": batch, "in_process": local, "triton": served,
-                         "overhead_p50_ms": served["p50_ms"] - local["p50_ms"]})
+            rows.append(
+                {
+                    "model": model,
+                    "batch": batch,
+                    "in_process": local,
+                    "triton": served,
+                    "overhead_p50_ms": served["p50_ms"] - local["p50_ms"],
+                }
+            )
     table = Table(title=f"Triton gRPC round trip vs in-process ONNX Runtime ({args.requests} sequential requests)")
     for column in ("model", "batch", "in-process p50/p99 ms", "triton p50/p99 ms", "overhead p50 ms"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["model"], str(row["batch"]),
-                      f"{row['in_process']['p50_ms']:.2f} / {row['in_process']['p99_ms']:.2f}",
-                      f"{row['triton']['p50_ms']:.2f} / {row['triton']['p99_ms']:.2f}",
-                      f"{row['overhead_p50_ms']:.2f}")
+        table.add_row(
+            row["model"],
+            str(row["batch"]),
+            f"{row['in_process']['p50_ms']:.2f} / {row['in_process']['p99_ms']:.2f}",
+            f"{row['triton']['p50_ms']:.2f} / {row['triton']['p99_ms']:.2f}",
+            f"{row['overhead_p50_ms']:.2f}",
+        )
     Console().print(table)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))

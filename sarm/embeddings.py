@@ -81,7 +81,7 @@ def encoder_identity(frame_encoder: FrameEncoding) -> dict[str, Any]:
 
 
 def quantization_mode(encoder: dict[str, Any]) -> str:
-    """"float", or the quantization mode an encoder record names (e.g. "int8-qdq-per-channel")."""
+    """ "float", or the quantization mode an encoder record names (e.g. "int8-qdq-per-channel")."""
     return str(encoder.get("quantization", {}).get("mode", "float"))
 
 
@@ -192,4 +192,3 @@ def require_same_encoders(
                 f"expects the {quantization_mode(expected)} one: re-embed the dataset "
                 f"({'without' if quantization_mode(expected) == 'float' else 'with'} `sarm embed --quantize int8`)"
             )
-

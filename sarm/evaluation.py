@@ -83,24 +83,33 @@ async def _score_episodes(
     options = EngineOptions(frame_cache_entries=0, score_cache_entries=0)
     manifest = checkpoint_manifest(checkpoint, model, info)
     text_encoder = load_text_encoder(manifest.text_encoder.id)  # checked against the checkpoint's by the engine
-    engine = Engine(manifest, TorchBackend(model), text_encoder, options,
-                    EngineCaches.build(options, manifest, manifest.text_encoder.fingerprint), EngineMetrics())
+    engine = Engine(
+        manifest,
+        TorchBackend(model),
+        text_encoder,
+        options,
+        EngineCaches.build(options, manifest, manifest.text_encoder.fingerprint),
+        EngineMetrics(),
+    )
     out = {}
     try:
         for meta in ds.episodes:
             frames = embeddings.frames[meta.index]
             if frames.ndim == 2:
                 frames = frames[:, None]
-            keys = np.array([[f"{ds.root}|{meta.index}|{t}|{c}" for c in range(frames.shape[1])]
-                             for t in range(len(frames))], dtype=object)
+            keys = np.array(
+                [[f"{ds.root}|{meta.index}|{t}|{c}" for c in range(frames.shape[1])] for t in range(len(frames))],
+                dtype=object,
+            )
             key = hashlib.sha256(f"{manifest.text_encoder.fingerprint}|{meta.task}".encode()).hexdigest()
             instruction = Instruction(np.asarray(embeddings.text[meta.task], np.float32), key)
             t = list(range(meta.length))
-            scores = await engine.score_at(Encoded(frames.astype(np.float32, copy=False), keys), t, stride,
-                                           instruction)
+            scores = await engine.score_at(Encoded(frames.astype(np.float32, copy=False), keys), t, stride, instruction)
             probs = np.stack([s.stage_probs for s in scores])
             out[meta.index] = EpisodeScores(
-                frame_index=np.asarray(t, np.int64), stage=probs.argmax(-1), stage_probs=probs,
+                frame_index=np.asarray(t, np.int64),
+                stage=probs.argmax(-1),
+                stage_probs=probs,
                 tau=np.array([s.tau for s in scores], np.float32),
                 progress=np.array([s.progress for s in scores], np.float32),
                 confidence=np.array([s.confidence for s in scores], np.float32),
@@ -131,13 +140,15 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
         if stages_match:
             correct += int((scores.stage == checkpoint_class[true_stage]).sum())
             counted += meta.length
-        results.append(EpisodeResult(
-            episode=meta.index,
-            quality=str(meta.row["quality"]) if "quality" in columns else "unknown",
-            success=bool(meta.row["success"]) if "success" in columns else None,
-            true_progress=truth,
-            scores=scores,
-        ))
+        results.append(
+            EpisodeResult(
+                episode=meta.index,
+                quality=str(meta.row["quality"]) if "quality" in columns else "unknown",
+                success=bool(meta.row["success"]) if "success" in columns else None,
+                true_progress=truth,
+                scores=scores,
+            )
+        )
     successful = [r for r in results if r.success is not False]
     vocs = [value_order_correlation(r.scores.progress) for r in successful]
     mse = {r.episode: float(np.mean((r.scores.progress - r.true_progress) ** 2)) for r in results}
@@ -158,8 +169,10 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
         "stage_accuracy": correct / counted if counted else None,
         "stage_accuracy_frames": counted,
         "success_auroc": auroc,
-        "auroc_episodes": {"successful": sum(bool(r.success) for r in labelled),
-                           "failed": sum(not r.success for r in labelled)},
+        "auroc_episodes": {
+            "successful": sum(bool(r.success) for r in labelled),
+            "failed": sum(not r.success for r in labelled),
+        },
     }
     return metrics, results
 
@@ -176,8 +189,12 @@ def _plot_examples(path: Path, runs: dict[str, list[EpisodeResult]], fps: float)
         ax.plot(seconds, ref.true_progress, color="black", lw=2, label="ground truth (stage-aware)")
         for name, results in runs.items():
             ax.plot(seconds, results[index].scores.progress, lw=1.3, label=name)
-        ax.set(xlabel="time (s)", ylabel="progress", ylim=(-0.02, 1.02),
-               title=f"episode {ref.episode} ({quality}, success={ref.success})")
+        ax.set(
+            xlabel="time (s)",
+            ylabel="progress",
+            ylim=(-0.02, 1.02),
+            title=f"episode {ref.episode} ({quality}, success={ref.success})",
+        )
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
         name = f"episode_{ref.episode:03d}_{quality}.png"
@@ -235,9 +252,17 @@ def _fmt(value: Any) -> str:
 def _markdown(report: dict[str, Any], plots: list[str]) -> str:
     in_sample = [name for name, m in report["checkpoints"].items() if m.get("in_sample")]
     lines = [
-        f"# SARM evaluation on `{report['data']}` ({report['episodes']} episodes)", "",
-        *([f"**In-sample**: this data overlaps the training data of {', '.join(in_sample)}; their figures do not "
-           "measure generalisation.", ""] if in_sample else []),
+        f"# SARM evaluation on `{report['data']}` ({report['episodes']} episodes)",
+        "",
+        *(
+            [
+                f"**In-sample**: this data overlaps the training data of {', '.join(in_sample)}; their figures do not "
+                "measure generalisation.",
+                "",
+            ]
+            if in_sample
+            else []
+        ),
         "| checkpoint | labels | data | VOC (successful) | demo MSE | stage accuracy | success AUROC |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -247,8 +272,12 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"| {name} | {m['labels']} | {data} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | "
             f"{_fmt(m['demo_mse'])} | {_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} |"
         )
-    lines += ["", "Demo MSE by quality:", "", "| checkpoint | " + " | ".join(
-        next(iter(report["checkpoints"].values()))["demo_mse_by_quality"]) + " |"]
+    lines += [
+        "",
+        "Demo MSE by quality:",
+        "",
+        "| checkpoint | " + " | ".join(next(iter(report["checkpoints"].values()))["demo_mse_by_quality"]) + " |",
+    ]
     lines.append("| --- " * (1 + len(next(iter(report["checkpoints"].values()))["demo_mse_by_quality"])) + "|")
     for name, m in report["checkpoints"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in m["demo_mse_by_quality"].values()) + " |")

@@ -140,16 +140,23 @@ class Manifest:
         mode = w.get("mode", "causal")
         return cls(
             target=str(raw["target"]),
-            checkpoint=Checkpoint(str(raw["checkpoint"]["path"]), str(raw["checkpoint"]["sha256"]),
-                                  str(raw["checkpoint"].get("labels", "stage"))),
+            checkpoint=Checkpoint(
+                str(raw["checkpoint"]["path"]),
+                str(raw["checkpoint"]["sha256"]),
+                str(raw["checkpoint"].get("labels", "stage")),
+            ),
             frame_encoder=_encoder(raw["frame_encoder"]),
             text_encoder=_encoder(raw["text_encoder"]),
             stage_names=tuple(str(n) for n in raw["stage_names"]),
             proportions=tuple(float(p) for p in raw["proportions"]),
-            tasks=tuple(Task(str(t["instruction"]), tuple(map(str, t["stage_names"])),
-                             tuple(map(float, t["proportions"]))) for t in raw["tasks"]),
+            tasks=tuple(
+                Task(str(t["instruction"]), tuple(map(str, t["stage_names"])), tuple(map(float, t["proportions"])))
+                for t in raw["tasks"]
+            ),
             window=Window(
-                mode=mode, frames=int(w["frames"]), max_rewind=int(w["max_rewind"]),
+                mode=mode,
+                frames=int(w["frames"]),
+                max_rewind=int(w["max_rewind"]),
                 sequence_length=int(w["sequence_length"]),
                 stride_seconds=None if w.get("stride_seconds") is None else float(w["stride_seconds"]),
                 stride_frames=None if w.get("stride_frames") is None else int(w["stride_frames"]),
@@ -183,10 +190,16 @@ class Manifest:
         for i, task in enumerate(self.tasks):
             unknown = [n for n in task.stage_names if n not in self.stage_names]
             if unknown or len(task.stage_names) != len(task.proportions):
-                problems.append(f"tasks[{i}] has stages {unknown or list(task.stage_names)} that do not match "
-                                "stage_names or its proportions")
-        for name, value in (("num_cameras", self.num_cameras), ("image.height", self.image_height),
-                            ("image.width", self.image_width), ("max_batch", self.max_batch)):
+                problems.append(
+                    f"tasks[{i}] has stages {unknown or list(task.stage_names)} that do not match "
+                    "stage_names or its proportions"
+                )
+        for name, value in (
+            ("num_cameras", self.num_cameras),
+            ("image.height", self.image_height),
+            ("image.width", self.image_width),
+            ("max_batch", self.max_batch),
+        ):
             if value < 1:
                 problems.append(f"{name} must be >= 1, got {value}")
         if self.state_dim < 0:
@@ -207,8 +220,10 @@ class Manifest:
             "text_encoder": self.text_encoder.to_dict(),
             "stage_names": list(self.stage_names),
             "proportions": list(self.proportions),
-            "tasks": [{"instruction": t.instruction, "stage_names": list(t.stage_names),
-                       "proportions": list(t.proportions)} for t in self.tasks],
+            "tasks": [
+                {"instruction": t.instruction, "stage_names": list(t.stage_names), "proportions": list(t.proportions)}
+                for t in self.tasks
+            ],
             "window": window,
             "heads": list(self.heads),
             "state_dim": self.state_dim,
@@ -226,8 +241,9 @@ class Manifest:
 
 def _encoder(raw: Mapping[str, Any]) -> Encoder:
     known = ("id", "version", "dim")
-    return Encoder(str(raw["id"]), str(raw["version"]), int(raw["dim"]),
-                   {k: v for k, v in raw.items() if k not in known})
+    return Encoder(
+        str(raw["id"]), str(raw["version"]), int(raw["dim"]), {k: v for k, v in raw.items() if k not in known}
+    )
 
 
 def read_manifest(repo: Path) -> Manifest:

@@ -36,8 +36,9 @@ CAMERA = "observation.images.top"
 LEROBOT_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_aloha_insertion"
 
 
-def synthetic_episode(length: int, seed: int, stages: tuple[str, ...] = ("reach", "grasp", "lift"),
-                      size: tuple[int, int] = (32, 48)) -> EpisodeData:
+def synthetic_episode(
+    length: int, seed: int, stages: tuple[str, ...] = ("reach", "grasp", "lift"), size: tuple[int, int] = (32, 48)
+) -> EpisodeData:
     """An episode whose frames (`size` = height, width) encode time (a moving bar) so decoding errors are visible."""
     from sarm.data.annotations import EpisodeAnnotation, Subtask
     from sarm.data.episode import EpisodeData

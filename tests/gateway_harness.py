@@ -64,8 +64,14 @@ class RunningGateway:
     """A Gateway on its own event loop thread, listening on a free loopback port."""
 
     def __init__(self, repo: Path, text_encoder: TextEncoder, gated: bool = False, **overrides: Any) -> None:
-        defaults: dict[str, Any] = {"grpc_host": "127.0.0.1", "grpc_port": 0, "http_host": "127.0.0.1",
-                                    "metrics_port": 0, "drain_seconds": 5, "max_message_bytes": 512 * 1024}
+        defaults: dict[str, Any] = {
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "http_host": "127.0.0.1",
+            "metrics_port": 0,
+            "drain_seconds": 5,
+            "max_message_bytes": 512 * 1024,
+        }
         self.settings = Settings(model_repo=repo, **(defaults | overrides))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -114,8 +120,9 @@ def episode_frames(n: int, seed: int) -> np.ndarray:
 
 
 def raw(image: np.ndarray) -> pb.Frame:
-    return pb.Frame(raw=pb.RawImage(data=image.tobytes(), height=image.shape[0], width=image.shape[1],
-                                    channels=image.shape[2]))
+    return pb.Frame(
+        raw=pb.RawImage(data=image.tobytes(), height=image.shape[0], width=image.shape[1], channels=image.shape[2])
+    )
 
 
 def encoded(image: np.ndarray, fmt: str = "PNG") -> pb.Frame:

@@ -13,14 +13,14 @@ from sarm.triton import free_ports
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-
 class RedisServer:
     def __init__(self) -> None:
         [self.port] = free_ports(1)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 10

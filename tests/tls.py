@@ -25,16 +25,45 @@ def _signed(folder: Path, name: str, ca: Path, ca_key: Path, extensions: str) ->
     key, request, cert, ext = (folder / f"{name}{suffix}" for suffix in (".key", ".csr", ".pem", ".ext"))
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(request), "-subj", f"/CN={name}")
     ext.write_text(extensions)
-    _openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-days", "2", "-out", str(cert), "-extfile", str(ext))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(request),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        str(cert),
+        "-extfile",
+        str(ext),
+    )
     return cert, key
 
 
 def make_pki(folder: Path) -> Pki:
     ca, ca_key = folder / "ca.pem", folder / "ca.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
-             "-days", "2", "-subj", "/CN=sarm-test-ca")
-    server_cert, server_key = _signed(folder, "localhost", ca, ca_key,
-                                      "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sarm-test-ca",
+    )
+    server_cert, server_key = _signed(
+        folder, "localhost", ca, ca_key, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    )
     client_cert, client_key = _signed(folder, "robot-7", ca, ca_key, "extendedKeyUsage=clientAuth\n")
     return Pki(ca, server_cert, server_key, client_cert, client_key)

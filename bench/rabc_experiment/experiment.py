@@ -44,8 +44,11 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
-            out=str(self.out), results=str(self.results), data_dir=str(self.data_dir) if self.data_dir else None,
-            sarm=str(self.sarm) if self.sarm else None, state_dim=len(STATE_NAMES),
+            out=str(self.out),
+            results=str(self.results),
+            data_dir=str(self.data_dir) if self.data_dir else None,
+            sarm=str(self.sarm) if self.sarm else None,
+            state_dim=len(STATE_NAMES),
             mix=", ".join(f"{q} {getattr(self.mix, q):.0%}" for q in QUALITIES),
         )
         return out
@@ -54,8 +57,13 @@ class ExperimentConfig:
 def _arm_stats(per_seed: list[dict[str, int]]) -> dict[str, Any]:
     successes = sum(s["successes"] for s in per_seed)
     episodes = sum(s["episodes"] for s in per_seed)
-    return {"successes": successes, "episodes": episodes, "rate": successes / episodes,
-            "ci95": list(wilson_interval(successes, episodes)), "per_seed": per_seed}
+    return {
+        "successes": successes,
+        "episodes": episodes,
+        "rate": successes / episodes,
+        "ci95": list(wilson_interval(successes, episodes)),
+        "per_seed": per_seed,
+    }
 
 
 def rabc_minus_bc(arms: dict[str, Any]) -> dict[str, Any]:
@@ -77,9 +85,7 @@ def _evaluate(task: str, controller: Controller, seeds: list[int], label: str) -
         return sum(rollout(task, controller, seeds, advance))
 
 
-def _train(
-    demos: data.Demos, weights: list[np.ndarray] | None, config: BCConfig, seed: int, label: str
-) -> ChunkPolicy:
+def _train(demos: data.Demos, weights: list[np.ndarray] | None, config: BCConfig, seed: int, label: str) -> ChunkPolicy:
     with progress_bar() as bar:
         job = bar.add_task(f"BC {demos.task} {label} seed {seed}", total=config.steps, status="")
 
@@ -101,8 +107,9 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
 
     data_dir = config.data_dir or config.out / "data"
     roots = {
-        task: data.generate(task, config.demos, data_dir / task, seed=config.data_seed, mix=config.mix,
-                            image_size=config.image_size)
+        task: data.generate(
+            task, config.demos, data_dir / task, seed=config.data_seed, mix=config.mix, image_size=config.image_size
+        )
         for task in config.tasks
     }
     clock("generate")
@@ -116,7 +123,8 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     info = load_info(checkpoint)
     last_validation = info.training.get("history", [{}])[-1]
     sarm_report = {
-        "source": f"trained on these demos ({info.training.get('steps_done')} steps)" if config.sarm is None
+        "source": f"trained on these demos ({info.training.get('steps_done')} steps)"
+        if config.sarm is None
         else f"given checkpoint {checkpoint}",
         "checkpoint": str(checkpoint),
         "validation": {k: v for k, v in last_validation.items() if k.startswith("val_")},
@@ -129,8 +137,12 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
         demos = data.load_demos(task, root)
         progress = data.episode_progress(checkpoint, root)
         rabc = compute(progress, params)
-        np.savez_compressed(config.out / f"{task}_rabc.npz", progress=np.concatenate(progress),
-                            weights=np.concatenate(rabc.weights), lengths=[len(p) for p in progress])
+        np.savez_compressed(
+            config.out / f"{task}_rabc.npz",
+            progress=np.concatenate(progress),
+            weights=np.concatenate(rabc.weights),
+            lengths=[len(p) for p in progress],
+        )
         arms: dict[str, list[dict[str, int]]] = {"bc": [], "rabc": []}
         for seed in config.seeds:
             for arm, weights in (("bc", None), ("rabc", rabc.weights)):
@@ -150,8 +162,9 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     return _write(config, sarm_report, tasks, timing)
 
 
-def _write(config: ExperimentConfig, sarm: dict[str, Any], tasks: dict[str, Any], timing: dict[str, float]
-           ) -> dict[str, Any]:
+def _write(
+    config: ExperimentConfig, sarm: dict[str, Any], tasks: dict[str, Any], timing: dict[str, float]
+) -> dict[str, Any]:
     results = {"config": config.to_dict(), "sarm": sarm, "tasks": tasks, "wall_time_s": timing}
     config.results.parent.mkdir(parents=True, exist_ok=True)
     config.results.with_suffix(".json").write_text(json.dumps(results, indent=2))

@@ -26,8 +26,10 @@ def _sarm_line(sarm: dict[str, Any]) -> str:
     val = sarm["validation"]
     if not val:
         return "SARM validation figures: none recorded."
-    return (f"SARM on its held-out validation windows: stage accuracy {val['val_stage_accuracy']:.3f}, "
-            f"progress MSE {val['val_progress_mse']:.4f}.")
+    return (
+        f"SARM on its held-out validation windows: stage accuracy {val['val_stage_accuracy']:.3f}, "
+        f"progress MSE {val['val_progress_mse']:.4f}."
+    )
 
 
 def markdown(results: dict[str, Any], plot_name: str) -> str:
@@ -107,8 +109,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if q is None:
                 continue
             position = i + (k - 1) * width
-            bottom.bar(position, q["mean_weight"], width, color=QUALITY_COLOURS[quality],
-                       alpha=0.6, label=quality if i == 0 else None)
+            bottom.bar(
+                position,
+                q["mean_weight"],
+                width,
+                color=QUALITY_COLOURS[quality],
+                alpha=0.6,
+                label=quality if i == 0 else None,
+            )
             dots = np.asarray(q["episode_mean_weights"])
             bottom.scatter(position + rng.uniform(-width / 3, width / 3, len(dots)), dots, s=6, color="k")
     bottom.set_xticks(x, tasks)

@@ -42,8 +42,10 @@ def segment_table(out: Path) -> str:
             length = len(weights[i])
             retreat = retreat_frames(flaws, length) if quality == "failed" else 0
             gains = np.append(np.diff(progress[i]), 0.0)  # per frame: the trend, not RA-BC's chunk gain
-            for name, part in ((f"{quality} before give-up" if retreat else quality, slice(0, length - retreat)),
-                               ("failed: give-up retreat", slice(length - retreat, length))):
+            for name, part in (
+                (f"{quality} before give-up" if retreat else quality, slice(0, length - retreat)),
+                ("failed: give-up retreat", slice(length - retreat, length)),
+            ):
                 if part.stop > part.start:
                     seg_weights, seg_gains = segments.setdefault(name, ([], []))
                     seg_weights.append(weights[i][part])

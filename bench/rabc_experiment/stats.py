@@ -24,8 +24,9 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
     return low, high
 
 
-def newcombe_difference(successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z95
-                        ) -> tuple[float, float]:
+def newcombe_difference(
+    successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z95
+) -> tuple[float, float]:
     """Newcombe's hybrid score interval (his method 10) for the difference of two rates, b − a, built from
     each rate's Wilson interval; it excludes 0 when the two rates differ at the 5% level."""
     p_a, p_b = successes_a / trials_a, successes_b / trials_b

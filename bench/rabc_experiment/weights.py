@@ -41,8 +41,13 @@ def weight_report(demos: Demos, progress: list[np.ndarray], rabc: RabcResult, lo
         "sigma": rabc.sigma,
         "by_quality": by_quality,
         "most_down_weighted": [
-            {"episode": demos.episodes[i], "quality": demos.quality[i], "success": demos.success[i],
-             "mean_weight": means[i], "perturbations": demos.perturbations[i]}
+            {
+                "episode": demos.episodes[i],
+                "quality": demos.quality[i],
+                "success": demos.success[i],
+                "mean_weight": means[i],
+                "perturbations": demos.perturbations[i],
+            }
             for i in order
         ],
     }

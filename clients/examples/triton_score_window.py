@@ -19,15 +19,17 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
 
-def infer(client: grpcclient.InferenceServerClient, model: str, inputs: dict[str, np.ndarray],
-          outputs: list[str]) -> dict[str, np.ndarray]:
+def infer(
+    client: grpcclient.InferenceServerClient, model: str, inputs: dict[str, np.ndarray], outputs: list[str]
+) -> dict[str, np.ndarray]:
     requests = []
     for name, value in inputs.items():
         tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
         tensor.set_data_from_numpy(value)
         requests.append(tensor)
-    result = client.infer(model, requests, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
-                          client_timeout=30)
+    result = client.infer(
+        model, requests, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs], client_timeout=30
+    )
     return {name: result.as_numpy(name) for name in outputs}
 
 
@@ -73,8 +75,10 @@ def main() -> int:
     scores = score_window(args.url, manifest, text)
     problems = check(scores, len(manifest["stage_names"]))
     stage = manifest["stage_names"][int(scores["stage_probs"].argmax())]
-    print(f"stage {stage} (confidence {scores['confidence'][0, 0]:.3f}), tau {scores['tau'][0, 0]:.3f}, "
-          f"progress {scores['progress'][0, 0]:.3f}")
+    print(
+        f"stage {stage} (confidence {scores['confidence'][0, 0]:.3f}), tau {scores['tau'][0, 0]:.3f}, "
+        f"progress {scores['progress'][0, 0]:.3f}"
+    )
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)
     return 1 if problems else 0

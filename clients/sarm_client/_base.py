@@ -33,12 +33,15 @@ class ClientConfig:
 
     def stream_timeouts(self, step_timeout: float | None, timeout: float | None) -> tuple[float | None, float | None]:
         """(each step's, the whole episode's) deadline for a stream, defaults filled in."""
-        return (self.timeout.step if step_timeout is None else step_timeout,
-                self.timeout.episode if timeout is None else timeout)
+        return (
+            self.timeout.step if step_timeout is None else step_timeout,
+            self.timeout.episode if timeout is None else timeout,
+        )
 
 
-def open_channel(api: ModuleType, target: str | None, channel: Any, tls: TLS | bool,
-                 options: Sequence[tuple[str, Any]]) -> tuple[Any, bool]:
+def open_channel(
+    api: ModuleType, target: str | None, channel: Any, tls: TLS | bool, options: Sequence[tuple[str, Any]]
+) -> tuple[Any, bool]:
     """The client's channel and whether the client made it (and so closes it). `api` is `grpc` or `grpc.aio`,
     whose channel constructors take the same arguments."""
     if (target is None) == (channel is None):
@@ -50,9 +53,11 @@ def open_channel(api: ModuleType, target: str | None, channel: Any, tls: TLS | b
     if not tls:
         return api.insecure_channel(target, list(options)), True
     settings = TLS() if tls is True else tls
-    credentials = grpc.ssl_channel_credentials(root_certificates=settings.root_certificates,
-                                               private_key=settings.private_key,
-                                               certificate_chain=settings.certificate_chain)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.root_certificates,
+        private_key=settings.private_key,
+        certificate_chain=settings.certificate_chain,
+    )
     return api.secure_channel(target, credentials, list(options)), True
 
 
@@ -96,8 +101,9 @@ class EpisodeBase:
         return error
 
     def _timed_out(self, seconds: float | None) -> DeadlineExceeded:
-        return DeadlineExceeded(f"no reply to step {self.steps} within {seconds} s; the stream is closed",
-                                grpc.StatusCode.DEADLINE_EXCEEDED)
+        return DeadlineExceeded(
+            f"no reply to step {self.steps} within {seconds} s; the stream is closed", grpc.StatusCode.DEADLINE_EXCEEDED
+        )
 
     def _ended(self) -> SarmError:
         return SarmError(f"the server ended the stream before answering step {self.steps}")

@@ -29,8 +29,9 @@ def _frame(image: Image, index: int) -> pb.Frame:
     if not isinstance(image, np.ndarray):
         raise InvalidArgument(f"frame {index}: {type(image).__name__}; send an (H, W, 3) uint8 array or JPEG/PNG bytes")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidArgument(f"frame {index}: {image.dtype} array of shape {image.shape}; send RGB pixels as an "
-                              "(H, W, 3) uint8 array")
+        raise InvalidArgument(
+            f"frame {index}: {image.dtype} array of shape {image.shape}; send RGB pixels as an (H, W, 3) uint8 array"
+        )
     height, width, channels = image.shape
     return pb.Frame(raw=pb.RawImage(data=image.tobytes(), height=height, width=width, channels=channels))
 
@@ -49,9 +50,12 @@ def frames_to_proto(frames: Image | Images) -> list[pb.Frame]:
 
 
 def options_to_proto(options: ScoringOptions) -> pb.ScoringOptions:
-    return pb.ScoringOptions(score_every=options.score_every, smoothing=options.smoothing,
-                             smoothing_history=options.smoothing_history,
-                             smoothing_min_confidence=options.smoothing_min_confidence)
+    return pb.ScoringOptions(
+        score_every=options.score_every,
+        smoothing=options.smoothing,
+        smoothing_history=options.smoothing_history,
+        smoothing_min_confidence=options.smoothing_min_confidence,
+    )
 
 
 def checked_fps(fps: float | None) -> float:
@@ -64,18 +68,29 @@ def window_request(instruction: str, frames: Images) -> pb.ScoreWindowRequest:
     return pb.ScoreWindowRequest(instruction=instruction, frames=frames_to_proto(frames))
 
 
-def frames_request(instruction: str, frames: Images, fps: float,
-                   options: ScoringOptions | None) -> pb.ScoreFramesRequest:
-    return pb.ScoreFramesRequest(instruction=instruction, frames=frames_to_proto(frames), fps=checked_fps(fps),
-                                 options=options_to_proto(options or ScoringOptions()))
+def frames_request(
+    instruction: str, frames: Images, fps: float, options: ScoringOptions | None
+) -> pb.ScoreFramesRequest:
+    return pb.ScoreFramesRequest(
+        instruction=instruction,
+        frames=frames_to_proto(frames),
+        fps=checked_fps(fps),
+        options=options_to_proto(options or ScoringOptions()),
+    )
 
 
-def open_request(instruction: str, fps: float, options: ScoringOptions | None, episode_id: str,
-                 cameras: Sequence[str]) -> pb.StreamEpisodeRequest:
-    return pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction=instruction, fps=checked_fps(fps),
-                                                       cameras=list(cameras),
-                                                       options=options_to_proto(options or ScoringOptions()),
-                                                       episode_id=episode_id))
+def open_request(
+    instruction: str, fps: float, options: ScoringOptions | None, episode_id: str, cameras: Sequence[str]
+) -> pb.StreamEpisodeRequest:
+    return pb.StreamEpisodeRequest(
+        open=pb.EpisodeOpen(
+            instruction=instruction,
+            fps=checked_fps(fps),
+            cameras=list(cameras),
+            options=options_to_proto(options or ScoringOptions()),
+            episode_id=episode_id,
+        )
+    )
 
 
 def step_request(frames: Image | Images, state: Sequence[float] | None) -> pb.StreamEpisodeRequest:
@@ -83,10 +98,17 @@ def step_request(frames: Image | Images, state: Sequence[float] | None) -> pb.St
 
 
 def score(message: pb.Score) -> Score:
-    return Score(stage_index=message.stage_index, stage_name=message.stage_name,
-                 stage_probs=tuple(message.stage_probs), tau=message.tau, progress=message.progress,
-                 confidence=message.confidence, model_version=message.model_version,
-                 matched_task=message.matched_task, task_similarity=message.task_similarity)
+    return Score(
+        stage_index=message.stage_index,
+        stage_name=message.stage_name,
+        stage_probs=tuple(message.stage_probs),
+        tau=message.tau,
+        progress=message.progress,
+        confidence=message.confidence,
+        model_version=message.model_version,
+        matched_task=message.matched_task,
+        task_similarity=message.task_similarity,
+    )
 
 
 def frame_score(message: pb.FrameScore) -> FrameScore:
@@ -104,8 +126,14 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         model_version=message.model_version,
         stage_names=tuple(message.stage_names),
         tasks=tuple(Task(t.instruction, tuple(t.stage_names), tuple(t.proportions)) for t in message.tasks),
-        window=Window(frames=w.frames, stride_seconds=w.stride_seconds, max_rewind=w.max_rewind,
-                      sequence_length=w.sequence_length, mode=w.mode or "causal", stride_frames=w.stride_frames),
+        window=Window(
+            frames=w.frames,
+            stride_seconds=w.stride_seconds,
+            max_rewind=w.max_rewind,
+            sequence_length=w.sequence_length,
+            mode=w.mode or "causal",
+            stride_frames=w.stride_frames,
+        ),
         num_cameras=message.num_cameras,
         image_size=(message.image.height, message.image.width),
         frame_encoder=_encoder(message.frame_encoder),

@@ -26,8 +26,9 @@ _END = object()
 class AsyncEpisodeStream(EpisodeBase):
     """`EpisodeStream` for asyncio: `async with client.stream(...) as episode: await episode.step(frame)`."""
 
-    def __init__(self, start: Callable[[AsyncIterator[Any]], Any], opening: pb.StreamEpisodeRequest,
-                 step_timeout: float | None) -> None:
+    def __init__(
+        self, start: Callable[[AsyncIterator[Any]], Any], opening: pb.StreamEpisodeRequest, step_timeout: float | None
+    ) -> None:
         super().__init__(step_timeout)
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
         self._requests.put_nowait(opening)
@@ -37,8 +38,9 @@ class AsyncEpisodeStream(EpisodeBase):
         while (request := await self._requests.get()) is not _END:
             yield request
 
-    async def step(self, frames: Image | Images, state: Sequence[float] | None = None, *,
-                   timeout: float | None = None) -> list[FrameScore]:
+    async def step(
+        self, frames: Image | Images, state: Sequence[float] | None = None, *, timeout: float | None = None
+    ) -> list[FrameScore]:
         """Send the next time step(s) and the robot state, if any; returns the scores of the scored frames."""
         self._requests.put_nowait(self._step_request(frames, state))
         wait = self.step_timeout if timeout is None else timeout
@@ -67,8 +69,9 @@ class AsyncEpisodeStream(EpisodeBase):
     async def __aenter__(self) -> AsyncEpisodeStream:
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if kind is not None:
             self._call.cancel()
         await self.close()
@@ -77,9 +80,17 @@ class AsyncEpisodeStream(EpisodeBase):
 class AsyncSarmClient:
     """`SarmClient` for asyncio (same arguments; an injected channel must be a `grpc.aio.Channel`)."""
 
-    def __init__(self, target: str | None = None, *, token: str | None = None, tls: TLS | bool = False,
-                 timeout: Timeout = Timeout(), retry: Retry = Retry(), channel: grpc.aio.Channel | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        tls: TLS | bool = False,
+        timeout: Timeout = Timeout(),
+        retry: Retry = Retry(),
+        channel: grpc.aio.Channel | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         self._config = ClientConfig(token, timeout, retry)
         self._channel, self._owns_channel = open_channel(grpc.aio, target, channel, tls, options)
         self._stub = pb_grpc.RewardServiceStub(self._channel)
@@ -102,21 +113,36 @@ class AsyncSarmClient:
         request = _wire.window_request(instruction, frames)
         return _wire.score((await self._unary(self._stub.ScoreWindow, request, timeout)).score)
 
-    async def score_frames(self, instruction: str, frames: Images, fps: float, *,
-                           options: ScoringOptions | None = None, timeout: float | None = None) -> list[FrameScore]:
+    async def score_frames(
+        self,
+        instruction: str,
+        frames: Images,
+        fps: float,
+        *,
+        options: ScoringOptions | None = None,
+        timeout: float | None = None,
+    ) -> list[FrameScore]:
         request = _wire.frames_request(instruction, frames, fps, options)
         return [_wire.frame_score(m) for m in await self._unary(self._collect_frames, request, timeout)]
 
-    async def score_video(self, path: str | Path, instruction: str, *, fps: float | None = None,
-                          options: ScoringOptions | None = None, timeout: float | None = None,
-                          step_bytes: int = video.STEP_BYTES, on_progress: video.Progress | None = None
-                          ) -> list[FrameScore]:
+    async def score_video(
+        self,
+        path: str | Path,
+        instruction: str,
+        *,
+        fps: float | None = None,
+        options: ScoringOptions | None = None,
+        timeout: float | None = None,
+        step_bytes: int = video.STEP_BYTES,
+        on_progress: video.Progress | None = None,
+    ) -> list[FrameScore]:
         """See `SarmClient.score_video`; decoding runs in a worker thread, off the event loop."""
         frames = await asyncio.to_thread(video.decode, path, await self.info(timeout=timeout))
         fps = await asyncio.to_thread(video.frame_rate, path) if fps is None else fps
         scores: list[FrameScore] = []
-        async with self.stream(instruction, fps, options=options, timeout=timeout,
-                               step_timeout=self._config.timeout.call) as episode:
+        async with self.stream(
+            instruction, fps, options=options, timeout=timeout, step_timeout=self._config.timeout.call
+        ) as episode:
             for sent, piece in video.chunks(frames, step_bytes):
                 scores += await episode.step(piece)
                 if on_progress is not None:
@@ -130,9 +156,17 @@ class AsyncSarmClient:
         reply = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return ServingStatus(reply.status)
 
-    def stream(self, instruction: str, fps: float, *, options: ScoringOptions | None = None, episode_id: str = "",
-               cameras: Sequence[str] = (), step_timeout: float | None = None,
-               timeout: float | None = None) -> AsyncEpisodeStream:
+    def stream(
+        self,
+        instruction: str,
+        fps: float,
+        *,
+        options: ScoringOptions | None = None,
+        episode_id: str = "",
+        cameras: Sequence[str] = (),
+        step_timeout: float | None = None,
+        timeout: float | None = None,
+    ) -> AsyncEpisodeStream:
         """See `SarmClient.stream`. Call it inside the event loop that steps the stream."""
         opening = _wire.open_request(instruction, fps, options, episode_id, cameras)
         step_timeout, episode_timeout = self._config.stream_timeouts(step_timeout, timeout)
@@ -149,6 +183,7 @@ class AsyncSarmClient:
     async def __aenter__(self) -> AsyncSarmClient:
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()

@@ -37,15 +37,24 @@ TOKEN_ENV = "SARM_TOKEN"  # read when --token is not given, so the token stays o
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sarm-client", description="Client of the SARM reward service.")
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"gateway HOST:PORT (default {DEFAULT_TARGET})")
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
-                        help=f"bearer token sent with every call (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token sent with every call (default: ${TOKEN_ENV})"
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system's roots")
-    parser.add_argument("--tls-ca", metavar="FILE",
-                        help="use TLS, verifying the server with this PEM CA file (rabc: of an https:// URL)")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="use TLS, verifying the server with this PEM CA file (rabc: of an https:// URL)",
+    )
     parser.add_argument("--tls-cert", metavar="FILE", help="use TLS with this PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
-    parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="deadline in seconds of each call, and of a whole score-video (default 10 s per call)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="deadline in seconds of each call, and of a whole score-video (default 10 s per call)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     health = commands.add_parser("health", help="the server's health status (exit 0 only when SERVING)")
     health.add_argument("--service", default="", help="a service name, e.g. sarm.v1.RewardService (default: all)")
@@ -76,11 +85,21 @@ def _evaluate_parser(commands: Any) -> None:
     evaluation = commands.add_parser("evaluate", help="score policy rollout videos: progress, stage, success each")
     evaluation.add_argument("videos", nargs="+", metavar="VIDEO", help="rollout videos of one task (one camera)")
     evaluation.add_argument("--instruction", required=True, help="the task instruction")
-    evaluation.add_argument("--threshold", type=float, default=evaluate.DEFAULT_THRESHOLD, metavar="P",
-                            help=f"final progress for predicted success (default {evaluate.DEFAULT_THRESHOLD})")
+    evaluation.add_argument(
+        "--threshold",
+        type=float,
+        default=evaluate.DEFAULT_THRESHOLD,
+        metavar="P",
+        help=f"final progress for predicted success (default {evaluate.DEFAULT_THRESHOLD})",
+    )
     evaluation.add_argument("--fps", type=float, default=None, help="frame rate (default: each file's)")
-    evaluation.add_argument("--concurrency", type=int, default=evaluate.DEFAULT_CONCURRENCY, metavar="N",
-                            help=f"videos scored at once (default {evaluate.DEFAULT_CONCURRENCY})")
+    evaluation.add_argument(
+        "--concurrency",
+        type=int,
+        default=evaluate.DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"videos scored at once (default {evaluate.DEFAULT_CONCURRENCY})",
+    )
     evaluation.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluation.add_argument("--out", metavar="DIR", help="write summary.json, summary.csv and curves.png there")
 
@@ -97,18 +116,26 @@ def _client(args: argparse.Namespace) -> SarmClient:
 
 
 def _frame_row(frame: FrameScore, fps: float) -> dict[str, Any]:
-    return {"frame_index": frame.frame_index, "time_s": frame.frame_index / fps, **dataclasses.asdict(frame.score),
-            "smoothed_progress": frame.smoothed_progress}
+    return {
+        "frame_index": frame.frame_index,
+        "time_s": frame.frame_index / fps,
+        **dataclasses.asdict(frame.score),
+        "smoothed_progress": frame.smoothed_progress,
+    }
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
     smoothed = any(row["smoothed_progress"] is not None for row in rows)
-    print(f"{'frame':>6} {'time_s':>8} {'stage':<16} {'tau':>6} {'progress':>8} {'confidence':>10}"
-          + (f" {'smoothed':>8}" if smoothed else ""))
+    print(
+        f"{'frame':>6} {'time_s':>8} {'stage':<16} {'tau':>6} {'progress':>8} {'confidence':>10}"
+        + (f" {'smoothed':>8}" if smoothed else "")
+    )
     for row in rows:
-        print(f"{row['frame_index']:>6} {row['time_s']:>8.3f} {row['stage_name']:<16} {row['tau']:>6.3f} "
-              f"{row['progress']:>8.3f} {row['confidence']:>10.3f}"
-              + (f" {row['smoothed_progress']:>8.3f}" if smoothed else ""))
+        print(
+            f"{row['frame_index']:>6} {row['time_s']:>8.3f} {row['stage_name']:<16} {row['tau']:>6.3f} "
+            f"{row['progress']:>8.3f} {row['confidence']:>10.3f}"
+            + (f" {row['smoothed_progress']:>8.3f}" if smoothed else "")
+        )
 
 
 @contextmanager
@@ -135,8 +162,18 @@ def _score_video(client: SarmClient, args: argparse.Namespace) -> int:
         scores = client.score_video(args.file, args.instruction, fps=fps, options=options, on_progress=on_progress)
     rows = [_frame_row(s, fps) for s in scores]
     if args.json:
-        print(json.dumps({"file": args.file, "instruction": args.instruction, "fps": fps,
-                          "model_version": info.model_version, "stage_names": info.stage_names, "frames": rows}))
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "instruction": args.instruction,
+                    "fps": fps,
+                    "model_version": info.model_version,
+                    "stage_names": info.stage_names,
+                    "frames": rows,
+                }
+            )
+        )
     else:
         _print_table(rows)
     return 0
@@ -145,15 +182,25 @@ def _score_video(client: SarmClient, args: argparse.Namespace) -> int:
 def _print_evaluation(result: evaluate.Evaluation) -> None:
     """A rich table when rich is installed (it is not a dependency), else plain columns."""
     names = _short_names([e.video for e in result.episodes])
-    rows = [(name, str(e.frames), _number(e.final_progress), _number(e.max_progress), e.furthest_stage,
-             ("yes" if e.success else "no") if e.error is None else f"error: {e.error}")
-            for name, e in zip(names, result.episodes, strict=True)]
+    rows = [
+        (
+            name,
+            str(e.frames),
+            _number(e.final_progress),
+            _number(e.max_progress),
+            e.furthest_stage,
+            ("yes" if e.success else "no") if e.error is None else f"error: {e.error}",
+        )
+        for name, e in zip(names, result.episodes, strict=True)
+    ]
     header = ("video", "frames", "final progress", "max progress", "furthest stage", "success")
     summary = result.summary()
     rate = "n/a" if summary["success_rate"] is None else f"{summary['success_rate']:.1%}"
-    footer = (f"{summary['succeeded']}/{summary['scored']} predicted successful ({rate}) at final progress >= "
-              f"{result.threshold:g}; stages {' > '.join(result.task_stages)}; model {result.model_version}"
-              + (f"; {summary['errors']} video(s) not scored" if summary["errors"] else ""))
+    footer = (
+        f"{summary['succeeded']}/{summary['scored']} predicted successful ({rate}) at final progress >= "
+        f"{result.threshold:g}; stages {' > '.join(result.task_stages)}; model {result.model_version}"
+        + (f"; {summary['errors']} video(s) not scored" if summary["errors"] else "")
+    )
     try:
         from rich.console import Console
         from rich.table import Table
@@ -184,12 +231,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     tls, timeout = _connection(args)
     plotting = args.out is not None and plot.available()
     if args.out is not None and not plotting:
-        print("sarm-client: curves.png skipped: it needs matplotlib (pip install 'sarm-client[plot]')",
-              file=sys.stderr)
+        print("sarm-client: curves.png skipped: it needs matplotlib (pip install 'sarm-client[plot]')", file=sys.stderr)
     with _progress(not args.json, "videos") as on_progress:
-        result = evaluate.evaluate_videos(args.target, args.videos, args.instruction, threshold=args.threshold,
-                                          fps=args.fps, concurrency=args.concurrency, token=args.token, tls=tls,
-                                          timeout=timeout, on_progress=on_progress)
+        result = evaluate.evaluate_videos(
+            args.target,
+            args.videos,
+            args.instruction,
+            threshold=args.threshold,
+            fps=args.fps,
+            concurrency=args.concurrency,
+            token=args.token,
+            tls=tls,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
     if args.out is not None:
         written = result.write(Path(args.out), plot=plotting)
         print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
@@ -202,29 +257,47 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _job_progress(bar: Callable[[int, int | None], None] | None) -> Callable[[RabcJob], None]:
     """The bar, or else a line on stderr per change: a log of a batch job shows how far the job got."""
+
     def report(job: RabcJob) -> None:
         if bar is not None:
             bar(job.episodes_done, job.episodes_total)
         else:
-            print(f"RA-BC job {job.id}: {job.state}, {job.episodes_done}/{job.episodes_total or '?'} episodes",
-                  file=sys.stderr, flush=True)
+            print(
+                f"RA-BC job {job.id}: {job.state}, {job.episodes_done}/{job.episodes_total or '?'} episodes",
+                file=sys.stderr,
+                flush=True,
+            )
 
     return report
 
 
 def _rabc(args: argparse.Namespace) -> int:
-    jobs = RabcJobs(args.http, token=args.token, timeout=Timeout() if args.timeout is None else Timeout(args.timeout),
-                    ca_file=args.tls_ca)
+    jobs = RabcJobs(
+        args.http,
+        token=args.token,
+        timeout=Timeout() if args.timeout is None else Timeout(args.timeout),
+        ca_file=args.tls_ca,
+    )
     with _progress(True, "RA-BC episodes") as bar:
-        job, weights = jobs.compute(args.dataset, args.chunk_size, kappa=args.kappa, stride=args.stride,
-                                    stats=args.stats, eps=args.eps, poll_s=args.poll, on_progress=_job_progress(bar))
+        job, weights = jobs.compute(
+            args.dataset,
+            args.chunk_size,
+            kappa=args.kappa,
+            stride=args.stride,
+            stats=args.stats,
+            eps=args.eps,
+            poll_s=args.poll,
+            on_progress=_job_progress(bar),
+        )
     Path(args.out).write_bytes(weights)
     summary = job.summary
     assert summary is not None  # the server's, on every succeeded job
-    print(f"{summary['frames']} frames of {len(summary['episode_mean_weights'])} episodes: mean weight "
-          f"{summary['mean_weight']:.3f}, {summary['zero_weight_share']:.1%} zero; gain mean "
-          f"{summary['delta_mean']:.4f} std {summary['delta_std']:.4f} (mu {summary['mu']:.4f}, sigma "
-          f"{summary['sigma']:.4f}) -> {args.out}")
+    print(
+        f"{summary['frames']} frames of {len(summary['episode_mean_weights'])} episodes: mean weight "
+        f"{summary['mean_weight']:.3f}, {summary['zero_weight_share']:.1%} zero; gain mean "
+        f"{summary['delta_mean']:.4f} std {summary['delta_std']:.4f} (mu {summary['mu']:.4f}, sigma "
+        f"{summary['sigma']:.4f}) -> {args.out}"
+    )
     return 0
 
 
@@ -244,9 +317,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(json.dumps(dataclasses.asdict(info)))
             else:
                 height, width = info.image_size
-                print(f"model {info.model_version} on {info.backend}: stages {', '.join(info.stage_names)}; "
-                      f"{info.num_cameras} camera(s) at {height}x{width}; window of {info.window.frames} frames "
-                      f"{info.window.stride_seconds} s apart")
+                print(
+                    f"model {info.model_version} on {info.backend}: stages {', '.join(info.stage_names)}; "
+                    f"{info.num_cameras} camera(s) at {height}x{width}; window of {info.window.frames} frames "
+                    f"{info.window.stride_seconds} s apart"
+                )
                 for task in info.tasks:
                     print(f"  task {task.instruction!r}: {', '.join(task.stage_names)}")
             return 0

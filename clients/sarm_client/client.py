@@ -33,8 +33,9 @@ class EpisodeStream(EpisodeBase):
     open a new stream for a new episode.
     """
 
-    def __init__(self, start: Callable[[Iterator[Any]], Any], opening: pb.StreamEpisodeRequest,
-                 step_timeout: float | None) -> None:
+    def __init__(
+        self, start: Callable[[Iterator[Any]], Any], opening: pb.StreamEpisodeRequest, step_timeout: float | None
+    ) -> None:
         super().__init__(step_timeout)
         self._requests: queue.Queue[Any] = queue.Queue()
         self._replies: queue.Queue[Any] = queue.Queue()
@@ -53,8 +54,9 @@ class EpisodeStream(EpisodeBase):
         finally:
             self._replies.put(_END)
 
-    def step(self, frames: Image | Images, state: Sequence[float] | None = None, *,
-             timeout: float | None = None) -> list[FrameScore]:
+    def step(
+        self, frames: Image | Images, state: Sequence[float] | None = None, *, timeout: float | None = None
+    ) -> list[FrameScore]:
         """Send the next time step(s) (one image per camera per step) and the robot state, if any; returns the
         scores of the frames the stream's ScoringOptions score (an empty list when `score_every` skips them)."""
         self._requests.put(self._step_request(frames, state))
@@ -99,9 +101,17 @@ class SarmClient:
     retried per `retry`; streams never are.
     """
 
-    def __init__(self, target: str | None = None, *, token: str | None = None, tls: TLS | bool = False,
-                 timeout: Timeout = Timeout(), retry: Retry = Retry(), channel: grpc.Channel | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        tls: TLS | bool = False,
+        timeout: Timeout = Timeout(),
+        retry: Retry = Retry(),
+        channel: grpc.Channel | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         self._config = ClientConfig(token, timeout, retry)
         self._channel, self._owns_channel = open_channel(grpc, target, channel, tls, options)
         self._stub = pb_grpc.RewardServiceStub(self._channel)
@@ -122,17 +132,31 @@ class SarmClient:
         request = _wire.window_request(instruction, frames)
         return _wire.score(self._unary(self._stub.ScoreWindow, request, timeout).score)
 
-    def score_frames(self, instruction: str, frames: Images, fps: float, *, options: ScoringOptions | None = None,
-                     timeout: float | None = None) -> list[FrameScore]:
+    def score_frames(
+        self,
+        instruction: str,
+        frames: Images,
+        fps: float,
+        *,
+        options: ScoringOptions | None = None,
+        timeout: float | None = None,
+    ) -> list[FrameScore]:
         """The per-frame curve of a whole episode (frame 0 = its start), sent as one message."""
         request = _wire.frames_request(instruction, frames, fps, options)
         replies = self._unary(lambda r, **kw: list(self._stub.ScoreFrames(r, **kw)), request, timeout)
         return [_wire.frame_score(m) for m in replies]
 
-    def score_video(self, path: str | Path, instruction: str, *, fps: float | None = None,
-                    options: ScoringOptions | None = None, timeout: float | None = None,
-                    step_bytes: int = video.STEP_BYTES, on_progress: video.Progress | None = None
-                    ) -> list[FrameScore]:
+    def score_video(
+        self,
+        path: str | Path,
+        instruction: str,
+        *,
+        fps: float | None = None,
+        options: ScoringOptions | None = None,
+        timeout: float | None = None,
+        step_bytes: int = video.STEP_BYTES,
+        on_progress: video.Progress | None = None,
+    ) -> list[FrameScore]:
         """The per-frame curve of a video file, decoded at the model's image size (needs `sarm-client[video]`).
 
         A video is usually larger than one message may be, so it goes as an episode stream in pieces of at most
@@ -142,8 +166,9 @@ class SarmClient:
         frames = video.decode(path, self.info(timeout=timeout))
         fps = video.frame_rate(path) if fps is None else fps
         scores: list[FrameScore] = []
-        with self.stream(instruction, fps, options=options, timeout=timeout,
-                         step_timeout=self._config.timeout.call) as episode:
+        with self.stream(
+            instruction, fps, options=options, timeout=timeout, step_timeout=self._config.timeout.call
+        ) as episode:
             for sent, piece in video.chunks(frames, step_bytes):
                 scores += episode.step(piece)
                 if on_progress is not None:
@@ -158,9 +183,17 @@ class SarmClient:
         reply = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return ServingStatus(reply.status)
 
-    def stream(self, instruction: str, fps: float, *, options: ScoringOptions | None = None, episode_id: str = "",
-               cameras: Sequence[str] = (), step_timeout: float | None = None,
-               timeout: float | None = None) -> EpisodeStream:
+    def stream(
+        self,
+        instruction: str,
+        fps: float,
+        *,
+        options: ScoringOptions | None = None,
+        episode_id: str = "",
+        cameras: Sequence[str] = (),
+        step_timeout: float | None = None,
+        timeout: float | None = None,
+    ) -> EpisodeStream:
         """Open an episode: `fps` is the camera's frame rate (it sets the window stride). `step_timeout` bounds each
         step's reply (default Timeout.step); `timeout` the whole episode (default Timeout.episode). Errors the
         server raises on opening (e.g. Overloaded when too many streams are open) surface at the first step."""

@@ -62,8 +62,9 @@ class Retry:
         if self.backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or not 0 <= self.jitter <= 1:
             raise ValueError("Retry needs backoff, max_backoff >= 0, multiplier >= 1 and jitter in [0, 1]")
 
-    def delay(self, attempt: int, error: SarmError, remaining: float | None,
-              rand: Callable[[], float] = random.random) -> float | None:
+    def delay(
+        self, attempt: int, error: SarmError, remaining: float | None, rand: Callable[[], float] = random.random
+    ) -> float | None:
         """Seconds to wait before another try after failed try number `attempt` (from 0), or None: give up
         (not retryable, no tries left, or the wait would outlast the deadline)."""
         if not isinstance(error, Overloaded | Unavailable) or attempt + 1 >= self.attempts:
@@ -93,8 +94,9 @@ class TLS:
             raise ValueError("a client certificate needs its private key, and a key its certificate")
 
     @classmethod
-    def from_files(cls, ca_file: str | Path | None = None, cert_file: str | Path | None = None,
-                   key_file: str | Path | None = None) -> TLS:
+    def from_files(
+        cls, ca_file: str | Path | None = None, cert_file: str | Path | None = None, key_file: str | Path | None = None
+    ) -> TLS:
         def read(path: str | Path | None) -> bytes | None:
             return None if path is None else Path(path).read_bytes()
 

@@ -70,8 +70,14 @@ class JobFailed(SarmError):
 class Overloaded(SarmError):
     """The server has too much work in flight; `retry_after` (seconds) is its hint, None when it gave none."""
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None, retry_after: float | None = None, *,
-                 http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        retry_after: float | None = None,
+        *,
+        http_status: int | None = None,
+    ) -> None:
         super().__init__(message, code, http_status=http_status)
         self.retry_after = retry_after
 
@@ -117,8 +123,16 @@ def from_rpc_error(error: grpc.RpcError) -> SarmError:
 
 
 _BY_HTTP_STATUS: dict[int, type[SarmError]] = {
-    400: InvalidArgument, 422: InvalidArgument, 401: Unauthenticated, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 429: Overloaded, 503: Unavailable, 408: DeadlineExceeded, 504: DeadlineExceeded,
+    400: InvalidArgument,
+    422: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    429: Overloaded,
+    503: Unavailable,
+    408: DeadlineExceeded,
+    504: DeadlineExceeded,
 }
 
 

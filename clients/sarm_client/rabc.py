@@ -60,8 +60,17 @@ class RabcJob:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RabcJob:
-        return cls(data["id"], data["dataset"], data["state"], data["params"], data["episodes_done"],
-                   data["episodes_total"], data["error"], data["summary"], data["results"])
+        return cls(
+            data["id"],
+            data["dataset"],
+            data["state"],
+            data["params"],
+            data["episodes_done"],
+            data["episodes_total"],
+            data["error"],
+            data["summary"],
+            data["results"],
+        )
 
     @property
     def active(self) -> bool:
@@ -135,9 +144,11 @@ class RabcWeights:
         known = index[at] == wanted
         if not known.all():
             unknown = np.unique(wanted[~known])
-            raise KeyError(f"{len(unknown)} frame index(es) without an RA-BC weight, e.g. {unknown[:5].tolist()}: "
-                           f"these weights hold frames {index[0]}..{index[-1]} ({len(index)} frames); were they "
-                           "computed for another dataset, or another version of it?")
+            raise KeyError(
+                f"{len(unknown)} frame index(es) without an RA-BC weight, e.g. {unknown[:5].tolist()}: "
+                f"these weights hold frames {index[0]}..{index[-1]} ({len(index)} frames); were they "
+                "computed for another dataset, or another version of it?"
+            )
         return self.weight[order[at]]
 
 
@@ -148,9 +159,12 @@ def _detail(body: bytes, fallback: str) -> str:
     except (ValueError, KeyError, TypeError):
         return body.decode(errors="replace").strip() or fallback
     if isinstance(detail, list):  # [{"loc": ["body", "chunk_size"], "msg": "...", ...}, ...]
-        return "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
-                         if isinstance(item, dict) and {"loc", "msg"} <= item.keys() else str(item)
-                         for item in detail)
+        return "; ".join(
+            f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+            if isinstance(item, dict) and {"loc", "msg"} <= item.keys()
+            else str(item)
+            for item in detail
+        )
     return str(detail)
 
 
@@ -161,8 +175,15 @@ class RabcJobs:
     retried on 429/503 and unreachable servers as `retry` says, so a trainer's wait outlives a replica's restart.
     `ca_file` (PEM) verifies an https:// server (default: the system's roots)."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: Timeout = Timeout(),
-                 retry: Retry = Retry(), ca_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: Timeout = Timeout(),
+        retry: Retry = Retry(),
+        ca_file: str | Path | None = None,
+    ) -> None:
         scheme = urllib.parse.urlsplit(base_url).scheme
         if scheme not in ("http", "https"):  # urllib would also open file:// and ftp:// URLs
             raise ValueError(f"base_url must be the gateway's http:// or https:// URL, not {base_url!r}")
@@ -209,19 +230,34 @@ class RabcJobs:
         try:
             return RabcJob.from_json(json.loads(data))
         except (ValueError, KeyError, TypeError) as error:
-            raise SarmError(f"{method} {path}: the reply is not a job ({error!r}): is {self.base_url} the gateway's "
-                            "HTTP port?") from error
+            raise SarmError(
+                f"{method} {path}: the reply is not a job ({error!r}): is {self.base_url} the gateway's HTTP port?"
+            ) from error
 
     @staticmethod
     def _path(job_id: str) -> str:
         return f"{JOBS_PATH}/{urllib.parse.quote(job_id, safe='')}"
 
-    def submit(self, dataset: str, chunk_size: int, *, kappa: float = 0.01, stride: int = 1, stats: Stats = "global",
-               eps: float = 1e-6) -> RabcJob:
+    def submit(
+        self,
+        dataset: str,
+        chunk_size: int,
+        *,
+        kappa: float = 0.01,
+        stride: int = 1,
+        stats: Stats = "global",
+        eps: float = 1e-6,
+    ) -> RabcJob:
         """Start a job: weights for `dataset` (a folder relative to the server's data root) with action chunks of
         `chunk_size` frames, progress scored every `stride` frames. Never retried: a retry could start it twice."""
-        body = {"dataset": dataset, "chunk_size": chunk_size, "kappa": kappa, "eps": eps, "stats": stats,
-                "stride": stride}
+        body = {
+            "dataset": dataset,
+            "chunk_size": chunk_size,
+            "kappa": kappa,
+            "eps": eps,
+            "stats": stats,
+            "stride": stride,
+        }
         return self._job("POST", JOBS_PATH, body, idempotent=False)
 
     def status(self, job_id: str) -> RabcJob:
@@ -231,8 +267,9 @@ class RabcJobs:
         """Ask the job to stop (it ends `cancelled` after the episode in hand); a finished job stays as it is."""
         return self._job("POST", f"{self._path(job_id)}:cancel")
 
-    def wait(self, job_id: str, *, poll_s: float = 1.0, on_progress: JobProgress | None = None,
-             timeout: float | None = None) -> RabcJob:
+    def wait(
+        self, job_id: str, *, poll_s: float = 1.0, on_progress: JobProgress | None = None, timeout: float | None = None
+    ) -> RabcJob:
         """Poll the job every `poll_s` s until it ends, and return it once succeeded. `on_progress(job)` is called
         whenever its state or count of episodes done changes. JobFailed when it failed (with the server's reason)
         or was cancelled; DeadlineExceeded when `timeout` s pass first (the job goes on: `cancel` stops it)."""
@@ -252,8 +289,10 @@ class RabcJobs:
                 raise JobFailed(f"RA-BC job {job.id} on {job.dataset!r} {reason}", job)
             remaining = deadline.remaining()
             if remaining == 0:
-                raise DeadlineExceeded(f"RA-BC job {job.id} is still {job.state} after {timeout} s "
-                                       f"({job.episodes_done}/{job.episodes_total or '?'} episodes); it goes on")
+                raise DeadlineExceeded(
+                    f"RA-BC job {job.id} is still {job.state} after {timeout} s "
+                    f"({job.episodes_done}/{job.episodes_total or '?'} episodes); it goes on"
+                )
             time.sleep(poll_s if remaining is None else min(poll_s, remaining))
 
     def download(self, job_id: str, name: ResultName = "weights") -> bytes:
@@ -261,9 +300,19 @@ class RabcJobs:
         Conflict before it has succeeded."""
         return self._call("GET", f"{self._path(job_id)}/results/{urllib.parse.quote(name, safe='')}")
 
-    def compute(self, dataset: str, chunk_size: int, *, kappa: float = 0.01, stride: int = 1,
-                stats: Stats = "global", eps: float = 1e-6, poll_s: float = 1.0,
-                on_progress: JobProgress | None = None, timeout: float | None = None) -> tuple[RabcJob, bytes]:
+    def compute(
+        self,
+        dataset: str,
+        chunk_size: int,
+        *,
+        kappa: float = 0.01,
+        stride: int = 1,
+        stats: Stats = "global",
+        eps: float = 1e-6,
+        poll_s: float = 1.0,
+        on_progress: JobProgress | None = None,
+        timeout: float | None = None,
+    ) -> tuple[RabcJob, bytes]:
         """A whole job: submit, wait, download: the succeeded job (its `summary`) and its rabc_weights.parquet.
         A wait given up (timeout, Ctrl-C, the server gone) cancels the job, so that no replica computes weights
         nobody fetches."""
@@ -276,11 +325,30 @@ class RabcJobs:
             raise
         return job, self.download(job.id, "weights")
 
-    def weights(self, dataset: str, chunk_size: int, *, kappa: float = 0.01, stride: int = 1,
-                stats: Stats = "global", eps: float = 1e-6, poll_s: float = 1.0,
-                on_progress: JobProgress | None = None, timeout: float | None = None) -> RabcWeights:
+    def weights(
+        self,
+        dataset: str,
+        chunk_size: int,
+        *,
+        kappa: float = 0.01,
+        stride: int = 1,
+        stats: Stats = "global",
+        eps: float = 1e-6,
+        poll_s: float = 1.0,
+        on_progress: JobProgress | None = None,
+        timeout: float | None = None,
+    ) -> RabcWeights:
         """`compute`'s weights, read (needs pyarrow: `sarm-client[trainer]`)."""
         _parquet()  # a missing extra fails before the job, not after it
-        _, data = self.compute(dataset, chunk_size, kappa=kappa, stride=stride, stats=stats, eps=eps, poll_s=poll_s,
-                               on_progress=on_progress, timeout=timeout)
+        _, data = self.compute(
+            dataset,
+            chunk_size,
+            kappa=kappa,
+            stride=stride,
+            stats=stats,
+            eps=eps,
+            poll_s=poll_s,
+            on_progress=on_progress,
+            timeout=timeout,
+        )
         return RabcWeights.from_parquet(data)

@@ -32,8 +32,10 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import WeightedRandomSampler
 
-def weighted_loss(losses: torch.Tensor, weights: torch.Tensor | np.ndarray | Sequence[float],
-                  eps: float = 1e-6) -> torch.Tensor:
+
+def weighted_loss(
+    losses: torch.Tensor, weights: torch.Tensor | np.ndarray | Sequence[float], eps: float = 1e-6
+) -> torch.Tensor:
     """Σ w·ℓ / (Σ w + ε) over a batch's per-sample `losses` (one value per sample, as `weights`). The weights are
     data, not parameters: no gradient flows into them. A batch whose weights are all 0 gives 0, not NaN."""
     import torch
@@ -42,13 +44,18 @@ def weighted_loss(losses: torch.Tensor, weights: torch.Tensor | np.ndarray | Seq
         raise ValueError(f"eps must be > 0 (it keeps a batch whose weights are all 0 at 0, not NaN), not {eps!r}")
     w = torch.as_tensor(weights, dtype=losses.dtype, device=losses.device).detach()
     if w.shape != losses.shape:
-        raise ValueError(f"losses {tuple(losses.shape)} and weights {tuple(w.shape)} must be one value per sample "
-                         "each: compute the loss with reduction='none' and reduce it over all but the batch dimension")
+        raise ValueError(
+            f"losses {tuple(losses.shape)} and weights {tuple(w.shape)} must be one value per sample "
+            "each: compute the loss with reduction='none' and reduce it over all but the batch dimension"
+        )
     return (w * losses).sum() / (w.sum() + eps)
 
 
-def weighted_sampler(weights: torch.Tensor | np.ndarray | Sequence[float], num_samples: int | None = None,
-                     generator: torch.Generator | None = None) -> WeightedRandomSampler:
+def weighted_sampler(
+    weights: torch.Tensor | np.ndarray | Sequence[float],
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> WeightedRandomSampler:
     """A sampler of dataset positions drawn with probability ∝ `weights` (one per position, in the dataset's
     order), with replacement, `num_samples` per epoch (default: as many as positions). A position of weight 0 is
     never drawn."""

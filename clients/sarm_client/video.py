@@ -46,8 +46,10 @@ def decode(path: str | Path, info: ModelInfo) -> np.ndarray:
     """All frames of the file's first video stream as (N, H, W, 3) uint8 RGB at the model's image size: the
     gateway never resizes, so the client does."""
     if info.num_cameras != 1:
-        raise InvalidArgument(f"the model takes {info.num_cameras} cameras per time step and a video is one camera: "
-                              "decode each camera and call score_frames with time-major frames")
+        raise InvalidArgument(
+            f"the model takes {info.num_cameras} cameras per time step and a video is one camera: "
+            "decode each camera and call score_frames with time-major frames"
+        )
     height, width = info.image_size
     av = _av()
     with _open(path) as container:
@@ -56,8 +58,10 @@ def decode(path: str | Path, info: ModelInfo) -> np.ndarray:
         try:
             # AREA: the gateway's and the core's filter (sarm.data.video.RESIZE_INTERPOLATION), so a video scores
             # the same whoever decodes it.
-            frames = [f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
-                      for f in container.decode(container.streams.video[0])]
+            frames = [
+                f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+                for f in container.decode(container.streams.video[0])
+            ]
         except av.FFmpegError as error:
             raise InvalidArgument(f"{path}: cannot decode: {error}") from error
     if not frames:

@@ -81,12 +81,19 @@ def embed(
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
     kind = "INT8" if quantize else "float"
-    console.print(f"embeddings in {store} ({encoded} frames encoded now with the {kind} {engine} encoder, the rest "
-                  "were already stored)", soft_wrap=True)
+    console.print(
+        f"embeddings in {store} ({encoded} frames encoded now with the {kind} {engine} encoder, the rest "
+        "were already stored)",
+        soft_wrap=True,
+    )
 
 
 def _onnx_encoder(
-    torch_encoder: FrameEncoder, ds: LeRobotDataset, quantize: str | None, repo: Path | None, threads: int,
+    torch_encoder: FrameEncoder,
+    ds: LeRobotDataset,
+    quantize: str | None,
+    repo: Path | None,
+    threads: int,
     cache: Path | None,
 ) -> OnnxFrameEncoder:
     """The OnnxFrameEncoder for these options (the torch encoder gives the identity and the graph to export)."""
@@ -104,13 +111,18 @@ def _onnx_encoder(
         graphs, identity = repo_graph(repo)
         check_encoder(torch_encoder, identity["id"], identity["version"])
         if (quantize == "int8") != ("quantization" in identity):
-            fix = ("pass --quantize int8 to use it" if "quantization" in identity else "drop --quantize int8, or "
-                   "export an INT8 repository with `sarm export --quantize int8 --calibration DATASET`")
+            fix = (
+                "pass --quantize int8 to use it"
+                if "quantization" in identity
+                else "drop --quantize int8, or "
+                "export an INT8 repository with `sarm export --quantize int8 --calibration DATASET`"
+            )
             kind = "an INT8" if "quantization" in identity else "a float"
             raise ValueError(f"{repo} holds {kind} frame encoder: {fix}")
         return OnnxFrameEncoder(*ident, graphs, identity.get("quantization"), threads)
     cache = cache or DEFAULT_CACHE
     if quantize == "int8":
-        return OnnxFrameEncoder(*ident, int8_graphs(torch_encoder, ds, cache), int8_identity("embedded dataset"),
-                                threads)
+        return OnnxFrameEncoder(
+            *ident, int8_graphs(torch_encoder, ds, cache), int8_identity("embedded dataset"), threads
+        )
     return OnnxFrameEncoder(*ident, float_graphs(torch_encoder, cache), None, threads)

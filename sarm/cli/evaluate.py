@@ -18,9 +18,12 @@ def eval_command(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint directories to compare.")],
     data: Annotated[Path, typer.Option(help="Embedded, annotated dataset of held-out demos.")],
     out: Annotated[Path, typer.Option(help="Report directory (metrics.json, report.md, plots).")],
-    allow_in_sample: Annotated[bool, typer.Option(
-        help="Evaluate even when --data overlaps a checkpoint's training data; the results are marked in-sample."
-    )] = False,
+    allow_in_sample: Annotated[
+        bool,
+        typer.Option(
+            help="Evaluate even when --data overlaps a checkpoint's training data; the results are marked in-sample."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate checkpoints on held-out demos; writes REPORT_DIR/metrics.json, report.md and PNG plots."""
     from sarm.evaluation import evaluate

@@ -50,8 +50,10 @@ def export_command(
         console.print(f"[red]error:[/red] --quantize must be int8, got {quantize!r}")
         raise typer.Exit(2)
     if (quantize is None) != (not calibration):
-        console.print("[red]error:[/red] --quantize int8 and --calibration DATASET go together: INT8 needs "
-                      "calibration frames, and a float export takes none")
+        console.print(
+            "[red]error:[/red] --quantize int8 and --calibration DATASET go together: INT8 needs "
+            "calibration frames, and a float export takes none"
+        )
         raise typer.Exit(2)
     work = "exporting" + (" and calibrating the INT8 encoder (about a minute on 2 cores)" if calibration else "")
     try:
@@ -69,7 +71,8 @@ def export_command(
     )
     if "quantization" in manifest.frame_encoder.extra:
         calibrated = manifest.frame_encoder.extra["quantization"]["calibration"]
-        console.print(f"frame encoder INT8, calibrated on {calibrated['frames']} frames of {calibrated['episodes']} "
-                      "episodes")
+        console.print(
+            f"frame encoder INT8, calibrated on {calibrated['frames']} frames of {calibrated['episodes']} episodes"
+        )
     if target == "gpu":
         console.print(f"build the TensorRT engines on the target GPU: {out / 'build_engines.sh'}")

@@ -36,25 +36,39 @@ def rabc_command(
     stride: Annotated[int, typer.Option(help="Score every N-th frame (and the last); interpolate between.")] = 1,
     plot: Annotated[bool, typer.Option(help="Also write rabc_weights.png.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for the encoder and model.")] = 1,
-    head: Annotated[Head, typer.Option(
-        help="The progress head the weights come from: sparse, or dense for models that have one (both are written "
-        "to sarm_progress.parquet).",
-    )] = "sparse",
-    backend: Annotated[BackendKind, typer.Option(
-        help="Where the exported graphs run: local (ONNX Runtime in this process) or triton (a Triton server that "
-        "serves this checkpoint's repository, at --triton-url).",
-    )] = "local",
+    head: Annotated[
+        Head,
+        typer.Option(
+            help="The progress head the weights come from: sparse, or dense for models that have one (both are written "
+            "to sarm_progress.parquet).",
+        ),
+    ] = "sparse",
+    backend: Annotated[
+        BackendKind,
+        typer.Option(
+            help="Where the exported graphs run: local (ONNX Runtime in this process) or triton (a Triton server that "
+            "serves this checkpoint's repository, at --triton-url).",
+        ),
+    ] = "local",
     triton_url: Annotated[str, typer.Option(help="Triton gRPC HOST:PORT (with --backend triton).")] = (
         "127.0.0.1:8001"
     ),
-    ray: Annotated[str | None, typer.Option(
-        "--ray", metavar="auto|ADDRESS",
-        help="Spread the episodes over the Ray cluster whose head is at HOST:PORT (`auto`: RAY_ADDRESS, else the "
-        "head started on this machine). Each worker needs the dataset and checkpoint at the same paths.",
-    )] = None,
-    ray_workers: Annotated[int | None, typer.Option(
-        min=1, help="Ray workers (each with --threads CPUs); default: as many as the cluster's CPUs hold.",
-    )] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Spread the episodes over the Ray cluster whose head is at HOST:PORT (`auto`: RAY_ADDRESS, else the "
+            "head started on this machine). Each worker needs the dataset and checkpoint at the same paths.",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Ray workers (each with --threads CPUs); default: as many as the cluster's CPUs hold.",
+        ),
+    ] = None,
 ) -> None:
     """Score every frame with CKPT, then write RA-BC weights (paper eq. 8–9) and print their summary."""
     from sarm.rabc.pipeline import run_rabc
@@ -74,11 +88,11 @@ def rabc_command(
 
         try:
             if ray is None:
-                summary = run_rabc(dataset, checkpoint, params, out, stride, on_episode=advance, options=engine,
-                                   head=head)
+                summary = run_rabc(
+                    dataset, checkpoint, params, out, stride, on_episode=advance, options=engine, head=head
+                )
             else:
-                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, engine, head,
-                                      advance)
+                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, engine, head, advance)
         finally:
             if bar.live.is_started:
                 bar.stop()
@@ -93,8 +107,16 @@ def rabc_command(
 
 
 def _run_on_ray(
-    dataset: Path, checkpoint: Path, params: RabcParams, out: Path, stride: int, address: str,
-    workers: int | None, engine: EngineOptions, head: Head, advance: OnEpisode,
+    dataset: Path,
+    checkpoint: Path,
+    params: RabcParams,
+    out: Path,
+    stride: int,
+    address: str,
+    workers: int | None,
+    engine: EngineOptions,
+    head: Head,
+    advance: OnEpisode,
 ) -> RabcSummary:
     try:
         from sarm.rabc.distributed import RayLabellingError, RayOptions, run_rabc_on_ray
@@ -103,8 +125,15 @@ def _run_on_ray(
         raise typer.Exit(2) from error
     try:
         summary, run = run_rabc_on_ray(
-            dataset, checkpoint, params, out, RayOptions(address, workers, engine.intra_op_threads), stride,
-            on_episode=advance, engine=engine, head=head,
+            dataset,
+            checkpoint,
+            params,
+            out,
+            RayOptions(address, workers, engine.intra_op_threads),
+            stride,
+            on_episode=advance,
+            engine=engine,
+            head=head,
         )
     except RayLabellingError as error:  # the cluster failed, not the input: exit 1, not 2
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
@@ -133,5 +162,6 @@ def print_summary(summary: RabcSummary) -> None:
     if not low <= summary.mean_weight <= high:
         console.print(
             f"[yellow]note:[/yellow] a healthy mean weight is roughly {low}–{high}; check the checkpoint fits "
-            "this data and the chunk size is the policy's", soft_wrap=True,
+            "this data and the chunk size is the policy's",
+            soft_wrap=True,
         )

@@ -22,9 +22,12 @@ USER_ERRORS = (DatasetError, AnnotationError, EncoderMismatchError, CheckpointEr
 
 
 def train_command(
-    datasets: Annotated[list[Path], typer.Argument(
-        help="Embedded dataset roots (run `sarm embed` first); datasets of several tasks train one model."
-    )],
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Embedded dataset roots (run `sarm embed` first); datasets of several tasks train one model."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
     preset: Annotated[str, typer.Option(help="Model size: small (CPU default) or paper.")] = "small",
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 3000,
@@ -35,10 +38,13 @@ def train_command(
     eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = 250,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Intra-op threads (1 is fastest for the small preset).")] = 1,
-    stride_seconds: Annotated[float, typer.Option(
-        help="Window stride g in seconds (LeRobot's frame_gap / fps): the 9-frame window spans 8 g; "
-        "episodes younger than that space their frames evenly. Saved in the checkpoint."
-    )] = 1.0,
+    stride_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Window stride g in seconds (LeRobot's frame_gap / fps): the 9-frame window spans 8 g; "
+            "episodes younger than that space their frames evenly. Saved in the checkpoint."
+        ),
+    ] = 1.0,
 ) -> None:
     """Train SARM with the paper's recipe; progress bar with losses, checkpoint at every validation."""
     if labels not in ("stage", "frame-index"):
@@ -47,8 +53,18 @@ def train_command(
     label_mode: LabelMode = "stage" if labels == "stage" else "frame-index"
     try:
         config = TrainConfig(
-            datasets=datasets, out=out, preset=preset, steps=steps, labels=label_mode, batch_size=batch_size,
-            lr=lr, seed=seed, eval_every=eval_every, resume=resume, threads=threads, stride_seconds=stride_seconds,
+            datasets=datasets,
+            out=out,
+            preset=preset,
+            steps=steps,
+            labels=label_mode,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            eval_every=eval_every,
+            resume=resume,
+            threads=threads,
+            stride_seconds=stride_seconds,
         )
         with progress_bar() as bar:
             job = bar.add_task("training", total=steps, status="")

@@ -78,9 +78,7 @@ def stage_vocabulary(annotations: Iterable[EpisodeAnnotation]) -> list[str]:
     return list(seen)
 
 
-def stage_proportions(
-    episodes: Iterable[tuple[EpisodeAnnotation, int]], vocabulary: Sequence[str]
-) -> dict[str, float]:
+def stage_proportions(episodes: Iterable[tuple[EpisodeAnnotation, int]], vocabulary: Sequence[str]) -> dict[str, float]:
     """Formula 1: ᾱ_k = mean over demos containing k of L_{i,k} / T_i, renormalised to sum to 1."""
     sums = dict.fromkeys(vocabulary, 0.0)
     counts = dict.fromkeys(vocabulary, 0)

@@ -261,8 +261,13 @@ class LeRobotWriter:
             height, width = frames.shape[1:3]
             features[key] = _feature("video", [height, width, 3], ["height", "width", "channels"])
             features[key]["info"] = {
-                "video.height": height, "video.width": width, "video.codec": self.codec,
-                "video.pix_fmt": "yuv420p", "video.fps": self.fps, "video.channels": 3, "has_audio": False,
+                "video.height": height,
+                "video.width": width,
+                "video.codec": self.codec,
+                "video.pix_fmt": "yuv420p",
+                "video.fps": self.fps,
+                "video.channels": 3,
+                "has_audio": False,
             }
         for name, values, letter in (("observation.state", ep.state, "s"), ("action", ep.action, "a")):
             features[name] = _feature("float32", [values.shape[1]], [f"{letter}{i}" for i in range(values.shape[1])])
@@ -282,9 +287,13 @@ class LeRobotWriter:
         task_index = self._tasks.setdefault(ep.task, len(self._tasks))
         start = self._frames_total
         row: dict[str, Any] = {
-            "episode_index": index, "tasks": [ep.task], "length": ep.length,
-            "data/chunk_index": 0, "data/file_index": 0,
-            "dataset_from_index": start, "dataset_to_index": start + ep.length,
+            "episode_index": index,
+            "tasks": [ep.task],
+            "length": ep.length,
+            "data/chunk_index": 0,
+            "data/file_index": 0,
+            "dataset_from_index": start,
+            "dataset_to_index": start + ep.length,
         }
         for key, frames in ep.frames.items():
             writer = self._videos.get(key)
@@ -293,7 +302,8 @@ class LeRobotWriter:
                 height, width = frames.shape[1:3]
                 writer = self._videos[key] = video.VideoWriter(path, self.fps, width, height, self.codec)
             row |= {
-                f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                f"videos/{key}/chunk_index": 0,
+                f"videos/{key}/file_index": 0,
                 f"videos/{key}/from_timestamp": writer.frames_written / self.fps,
                 f"videos/{key}/to_timestamp": (writer.frames_written + ep.length) / self.fps,
             }
@@ -366,10 +376,18 @@ class LeRobotWriter:
     def _write_info(self) -> None:
         n = len(self._episode_rows)
         info = {
-            "codebase_version": CODEBASE_VERSION, "fps": self.fps, "features": self._features,
-            "total_episodes": n, "total_frames": self._frames_total, "total_tasks": len(self._tasks),
-            "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
-            "data_path": DATA_PATH, "video_path": VIDEO_PATH, "robot_type": self.robot_type,
+            "codebase_version": CODEBASE_VERSION,
+            "fps": self.fps,
+            "features": self._features,
+            "total_episodes": n,
+            "total_frames": self._frames_total,
+            "total_tasks": len(self._tasks),
+            "chunks_size": 1000,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 200,
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH,
+            "robot_type": self.robot_type,
             "splits": {"train": f"0:{n}"},
         }
         (self.root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
@@ -382,8 +400,11 @@ class LeRobotWriter:
             values = np.asarray(column.to_pylist(), dtype=np.float64)
             values = values.reshape(len(values), -1)
             stats[name] = {
-                "min": values.min(0).tolist(), "max": values.max(0).tolist(),
-                "mean": values.mean(0).tolist(), "std": values.std(0).tolist(), "count": [len(values)],
+                "min": values.min(0).tolist(),
+                "max": values.max(0).tolist(),
+                "mean": values.mean(0).tolist(),
+                "std": values.std(0).tolist(),
+                "count": [len(values)],
             }
         (self.root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
 

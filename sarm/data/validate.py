@@ -89,9 +89,13 @@ def _check_videos(ds: LeRobotDataset) -> list[Problem]:
             by_file.setdefault(loc.path, []).append((meta.index, loc.from_timestamp, meta.length))
             expected = meta.length / ds.fps
             if not math.isclose(loc.to_timestamp - loc.from_timestamp, expected, abs_tol=1.5 / ds.fps):
-                problems.append(Problem(
-                    f"video span {loc.to_timestamp - loc.from_timestamp:.3f}s of {loc.path.name} does not match its "
-                    f"{meta.length} frames at {ds.fps} fps ({expected:.3f}s)", meta.index))
+                problems.append(
+                    Problem(
+                        f"video span {loc.to_timestamp - loc.from_timestamp:.3f}s of {loc.path.name} does not match "
+                        f"its {meta.length} frames at {ds.fps} fps ({expected:.3f}s)",
+                        meta.index,
+                    )
+                )
     for path, spans in by_file.items():
         try:
             video.probe(path)
@@ -154,9 +158,12 @@ def find_problems(root: str | Path, require_annotations: bool = True) -> list[Pr
             problems += check(ds)
         schemes = ds.schemes()
         if require_annotations and not schemes:
-            problems.append(Problem(
-                "the episodes table has no SARM annotation columns (sparse_subtask_names, …): annotate the dataset "
-                "(LeRobot's subtask annotation tool, or `sarm data generate` for simulated demos)"))
+            problems.append(
+                Problem(
+                    "the episodes table has no SARM annotation columns (sparse_subtask_names, …): annotate the dataset "
+                    "(LeRobot's subtask annotation tool, or `sarm data generate` for simulated demos)"
+                )
+            )
         problems += _check_annotations(ds, schemes)
     except (DatasetError, pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as error:
         problems = [Problem(f"cannot be read: {error}")]

@@ -81,8 +81,14 @@ def tensor_specs(manifest: Manifest) -> dict[str, tuple[list[TensorSpec], list[T
 
 
 def manifest_dict(
-    checkpoint: Path, info: CheckpointInfo, config: SARMConfig, target: str, image_size: tuple[int, int],
-    frame_encoder: dict[str, Any], onnx: dict[str, str], onnx_sha256: dict[str, str],
+    checkpoint: Path,
+    info: CheckpointInfo,
+    config: SARMConfig,
+    target: str,
+    image_size: tuple[int, int],
+    frame_encoder: dict[str, Any],
+    onnx: dict[str, str],
+    onnx_sha256: dict[str, str],
 ) -> dict[str, Any]:
     """The manifest of a checkpoint's model: for a repository (its ONNX graphs) or for the PyTorch backend (none)."""
     return {
@@ -95,8 +101,11 @@ def manifest_dict(
         "proportions": config.proportions,
         "tasks": config.tasks,
         "window": {
-            "mode": "causal", "frames": config.window_frames, "max_rewind": config.max_rewind,
-            "stride_seconds": config.stride_seconds, "sequence_length": config.sequence_length,
+            "mode": "causal",
+            "frames": config.window_frames,
+            "max_rewind": config.max_rewind,
+            "stride_seconds": config.stride_seconds,
+            "sequence_length": config.sequence_length,
         },
         "heads": ["sparse"],
         "state_dim": 0,  # the exported heads take no state input (state models are refused at export)
@@ -110,15 +119,20 @@ def manifest_dict(
 
 
 def export_model_repository(
-    checkpoint: Path, out: Path, target: Target = "cpu", image_size: tuple[int, int] | None = None,
+    checkpoint: Path,
+    out: Path,
+    target: Target = "cpu",
+    image_size: tuple[int, int] | None = None,
     calibration: Sequence[Path] = (),
 ) -> Manifest:
     """Write the repository and return its manifest. With `calibration` datasets the frame encoder is INT8
     (sarm.export.quantize), and frame_encoder.quantization in the manifest says how it was made."""
     if checkpoint_architecture(checkpoint) == LEROBOT_ARCHITECTURE:
-        raise CheckpointError(f"{checkpoint} is an imported LeRobot SARM: its CLIP preprocessing, joint state and "
-                              "centred window are not in the exported graphs yet, so it cannot be served; label "
-                              "datasets with it through `sarm rabc`")
+        raise CheckpointError(
+            f"{checkpoint} is an imported LeRobot SARM: its CLIP preprocessing, joint state and "
+            "centred window are not in the exported graphs yet, so it cannot be served; label "
+            "datasets with it through `sarm rabc`"
+        )
     model, info = load_checkpoint(checkpoint)
     encoder = load_frame_encoder(info.frame_encoder["id"])
     try:
@@ -127,8 +141,10 @@ def export_model_repository(
         message = f"{checkpoint} was trained on embeddings this encoder no longer gives: {error}"
         raise CheckpointError(message) from error
     if model.config.state_dim:
-        raise CheckpointError(f"{checkpoint} reads joint state ({model.config.state_dim}-d), which the exported heads "
-                              "cannot take yet: export a checkpoint trained without state")
+        raise CheckpointError(
+            f"{checkpoint} reads joint state ({model.config.state_dim}-d), which the exported heads "
+            "cannot take yet: export a checkpoint trained without state"
+        )
     cameras = info.training.get("cameras", {})
     if image_size is None and not cameras:
         raise CheckpointError(f"{checkpoint} does not record its camera resolution: pass --image-size HxW")
@@ -145,13 +161,22 @@ def export_model_repository(
     quantization = quantize_in_place(encoder_onnx, frames) if frames is not None else None
     heads_onnx = export_heads(model, sources[HEADS_MODEL])
     # What this repository's graph is (float unless quantized here), not what the training embeddings were.
-    frame_encoder = {**{k: v for k, v in info.frame_encoder.items() if k != "quantization"},
-                     **({"quantization": quantization} if quantization else {})}
-    manifest = Manifest.from_dict(manifest_dict(
-        checkpoint, info, model.config, target, (height, width), frame_encoder,
-        onnx={role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
-        onnx_sha256={"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
-    ))
+    frame_encoder = {
+        **{k: v for k, v in info.frame_encoder.items() if k != "quantization"},
+        **({"quantization": quantization} if quantization else {}),
+    }
+    manifest = Manifest.from_dict(
+        manifest_dict(
+            checkpoint,
+            info,
+            model.config,
+            target,
+            (height, width),
+            frame_encoder,
+            onnx={role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
+            onnx_sha256={"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
+        )
+    )
     specs = tensor_specs(manifest)
     for name, onnx_path in ((ENCODER_MODEL, encoder_onnx), (HEADS_MODEL, heads_onnx)):
         inputs, outputs = specs[name]
@@ -160,8 +185,9 @@ def export_model_repository(
             write_onnx_python_model(out, name, onnx_path, inputs, outputs, BATCHING)
         else:
             (out / name / "1").mkdir(parents=True)
-            pbtxt = model_config_pbtxt(name, inputs, outputs, BATCHING, runtime='platform: "tensorrt_plan"',
-                                       kind="KIND_GPU")
+            pbtxt = model_config_pbtxt(
+                name, inputs, outputs, BATCHING, runtime='platform: "tensorrt_plan"', kind="KIND_GPU"
+            )
             (out / name / "config.pbtxt").write_text(pbtxt)
     if target == "gpu":
         _write_engine_build_script(out, specs)
@@ -177,9 +203,10 @@ def _write_engine_build_script(out: Path, specs: dict[str, tuple[list[TensorSpec
         "# container, where TensorRT matches the server). Run once at deploy time, before tritonserver.",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
-        'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
+        "TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}",
     ]
     for name, (inputs, _) in specs.items():
+
         def shapes(batch: int, inputs: list[TensorSpec] = inputs) -> str:
             return ",".join(f"{s.name}:{'x'.join(map(str, [batch, *s.dims]))}" for s in inputs)
 
@@ -200,6 +227,8 @@ def onnx_path(repo: Path, manifest: Manifest, role: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: re-export the repository with `sarm export`")
     if _sha256(path) != manifest.onnx_sha256[role]:
-        raise ValueError(f"{path} does not match {repo / MANIFEST} (sha256 differs): re-export the repository "
-                         "with `sarm export` instead of replacing files in it")
+        raise ValueError(
+            f"{path} does not match {repo / MANIFEST} (sha256 differs): re-export the repository "
+            "with `sarm export` instead of replacing files in it"
+        )
     return path

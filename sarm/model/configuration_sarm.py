@@ -62,8 +62,11 @@ class SARMConfig:
         problems = list(dict.fromkeys(problems))  # the shorthand's task repeats stage_names' own problems
         if not problems:
             self.tasks = [
-                {"instruction": str(t["instruction"]), "stage_names": [str(n) for n in t["stage_names"]],
-                 "proportions": [float(p) for p in t["proportions"]]}
+                {
+                    "instruction": str(t["instruction"]),
+                    "stage_names": [str(n) for n in t["stage_names"]],
+                    "proportions": [float(p) for p in t["proportions"]],
+                }
                 for t in self.tasks
             ]
             first = self.class_proportions(0)

@@ -1,11 +1,11 @@
 """RA-BC output files, written atomically into one directory:
 
-    sarm_progress.parquet   index, episode_index, frame_index, progress_sparse[, progress_dense] (float32):
-                            LeRobot's schema, the one RA-BC trainers (and Robometer, TOPReward) read; dense for
-                            models with a dense head; provenance in the schema metadata
-    rabc_weights.parquet    index, episode_index, frame_index, delta, weight (float32); parameters, μ, σ and
-                            the progress provenance in the schema metadata
-    rabc_summary.json       parameters, summary figures, provenance
+sarm_progress.parquet   index, episode_index, frame_index, progress_sparse[, progress_dense] (float32):
+                        LeRobot's schema, the one RA-BC trainers (and Robometer, TOPReward) read; dense for
+                        models with a dense head; provenance in the schema metadata
+rabc_weights.parquet    index, episode_index, frame_index, delta, weight (float32); parameters, μ, σ and
+                        the progress provenance in the schema metadata
+rabc_summary.json       parameters, summary figures, provenance
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def progress_table(progress: DatasetProgress) -> pa.Table:
     columns = _key_columns(progress) | {"progress_sparse": np.concatenate([e.progress for e in episodes])}
     if all(e.dense is not None for e in episodes):
         columns["progress_dense"] = np.concatenate([e.head("dense") for e in episodes])
-    return pa.table(columns, schema=_schema(tuple(columns)[len(KEY_COLUMNS):], PROVENANCE_KEY, progress.provenance))
+    return pa.table(columns, schema=_schema(tuple(columns)[len(KEY_COLUMNS) :], PROVENANCE_KEY, progress.provenance))
 
 
 def write_progress(progress: DatasetProgress, out_dir: Path) -> Path:
@@ -86,13 +86,16 @@ def read_progress(path: Path) -> DatasetProgress:
         frames = rows.column("frame_index").to_numpy()
         if not np.array_equal(frames, np.arange(len(frames))):
             raise ValueError(f"{path}: episode {episode[start]} does not hold frames 0..{len(frames) - 1} exactly")
-        episodes.append(EpisodeProgress(
-            int(episode[start]),
-            rows.column("index").to_numpy().astype(np.int64),
-            rows.column("progress_sparse").to_numpy().astype(np.float32),
-            rows.column("progress_dense").to_numpy().astype(np.float32) if "progress_dense" in rows.column_names
-            else None,
-        ))
+        episodes.append(
+            EpisodeProgress(
+                int(episode[start]),
+                rows.column("index").to_numpy().astype(np.int64),
+                rows.column("progress_sparse").to_numpy().astype(np.float32),
+                rows.column("progress_dense").to_numpy().astype(np.float32)
+                if "progress_dense" in rows.column_names
+                else None,
+            )
+        )
     metadata = table.schema.metadata or {}
     provenance = json.loads(metadata[PROVENANCE_KEY]) if PROVENANCE_KEY in metadata else {}
     return DatasetProgress(episodes, provenance)

@@ -24,8 +24,11 @@ def plot_rabc(out_dir: Path, summary: RabcSummary, episodes_each: int = 2) -> Pa
     lowest, highest = summary.extremes(episodes_each)
     fig, (hist, lines) = plt.subplots(1, 2, figsize=(11, 3.8))
     hist.hist(weights, bins=np.linspace(0, 1, 21), color="tab:blue")
-    hist.set(xlabel="RA-BC weight", ylabel="frames",
-             title=f"mean {summary.mean_weight:.2f}, zero {summary.zero_weight_share:.0%}")
+    hist.set(
+        xlabel="RA-BC weight",
+        ylabel="frames",
+        title=f"mean {summary.mean_weight:.2f}, zero {summary.zero_weight_share:.0%}",
+    )
     for (episode, mean), color in [*((e, "tab:red") for e in lowest), *((e, "tab:green") for e in highest)]:
         lines.plot(curves[episode], color=color, lw=1.2, label=f"episode {episode} (mean w {mean:.2f})")
     lines.set(xlabel="frame", ylabel="progress φ", ylim=(-0.02, 1.02), title="lowest (red) and highest (green)")

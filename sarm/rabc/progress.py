@@ -52,8 +52,10 @@ class EpisodeProgress:
             return self.progress
         if name == "dense" and self.dense is not None:
             return self.dense
-        raise ValueError(f"episode {self.episode_index} has no {name!r} progress: the model's heads are "
-                         f"{'sparse, dense' if self.dense is not None else 'sparse'}")
+        raise ValueError(
+            f"episode {self.episode_index} has no {name!r} progress: the model's heads are "
+            f"{'sparse, dense' if self.dense is not None else 'sparse'}"
+        )
 
     @property
     def frame_index(self) -> np.ndarray:
@@ -70,8 +72,9 @@ class EngineHandle:
     """A scoring engine and the way to run its coroutines from this (synchronous) thread: on a loop of its own
     (`EngineHandle.open`, a CLI run or a Ray worker), or on the loop the engine lives on (a gateway's jobs thread)."""
 
-    def __init__(self, engine: Engine, run: Callable[[Coroutine[Any, Any, Any]], Any],
-                 close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, run: Callable[[Coroutine[Any, Any, Any]], Any], close: Callable[[], None] | None = None
+    ) -> None:
         self.engine, self.run, self._close = engine, run, close
 
     @classmethod
@@ -104,8 +107,7 @@ def _stored_source(ds: LeRobotDataset, manifest: Manifest) -> DatasetEmbeddings 
     if not (store_path(ds.root, frame.id) / "manifest.json").is_file():
         return None
     store = load_embeddings(ds, frame.id)
-    require_same_encoders(store, {"id": frame.id, "version": frame.version},
-                          {"id": text.id, "version": text.version})
+    require_same_encoders(store, {"id": frame.id, "version": frame.version}, {"id": text.id, "version": text.version})
     return store
 
 
@@ -220,8 +222,9 @@ class EpisodeScorer:
         self._store = _stored_source(ds, manifest)
         cameras = list(self._store.manifest["cameras"]) if self._store is not None else ds.camera_keys
         if len(cameras) != manifest.num_cameras:
-            raise ValueError(f"{ds.root} has {len(cameras)} camera(s) {cameras}; the model takes "
-                             f"{manifest.num_cameras}")
+            raise ValueError(
+                f"{ds.root} has {len(cameras)} camera(s) {cameras}; the model takes {manifest.num_cameras}"
+            )
         if manifest.state_dim:
             raise ValueError("the model reads joint state; scoring datasets with state is not supported yet")
         self._ds, self._cameras, self._stride = ds, cameras, spec.stride
@@ -270,8 +273,9 @@ class EpisodeScorer:
         windows = sequence_indices(scored, self._window_stride, 0, 0, engine.window_frames, engine.max_rewind)
         frames, instruction = await self._inputs(meta, np.unique(windows.indices))
         scores = await engine.score_at(frames, scored.tolist(), self._window_stride, instruction)
-        return EpisodeProgress(meta.index, index, interpolate(scored, np.array([s.progress for s in scores]),
-                                                              meta.length))
+        return EpisodeProgress(
+            meta.index, index, interpolate(scored, np.array([s.progress for s in scores]), meta.length)
+        )
 
     async def _inputs(self, meta: EpisodeMeta, needed: np.ndarray) -> tuple[Encoded, Instruction]:
         """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames, and its instruction."""
@@ -280,14 +284,19 @@ class EpisodeScorer:
             text = self._store.text[meta.task]
             key = hashlib.sha256(f"{self._store.manifest['text_encoder']}|{meta.task}".encode()).hexdigest()
             # Keys name the stored rows: the store is per dataset and encoder, so they are unique where they meet.
-            keys = np.array([[f"{self._ds.root}|{meta.index}|{t}|{c}" for c in range(cameras)]
-                             for t in range(meta.length)], dtype=object)
+            keys = np.array(
+                [[f"{self._ds.root}|{meta.index}|{t}|{c}" for c in range(cameras)] for t in range(meta.length)],
+                dtype=object,
+            )
             return Encoded(self._store.frames[meta.index], keys), Instruction(text, key)
         height, width = engine.image_size
-        images = np.stack([resize_frames(self._ds.frames(meta.index, camera, needed), height, width)
-                           for camera in self._cameras], axis=1)
-        encoded = await engine.encode([FrameData(image.tobytes(), image.shape) for image in images.reshape(
-            -1, *images.shape[2:])])
+        images = np.stack(
+            [resize_frames(self._ds.frames(meta.index, camera, needed), height, width) for camera in self._cameras],
+            axis=1,
+        )
+        encoded = await engine.encode(
+            [FrameData(image.tobytes(), image.shape) for image in images.reshape(-1, *images.shape[2:])]
+        )
         embeddings = np.zeros((meta.length, cameras, engine.frame_dim), np.float32)
         keys = np.full((meta.length, cameras), "", dtype=object)  # rows no window reads are never looked at
         embeddings[needed] = encoded.embeddings.reshape(len(needed), cameras, -1)

@@ -1,8 +1,8 @@
 """Where the models run, behind one interface: `local` (ONNX Runtime in this process) and `triton`.
 
-    encode(images uint8 (N, H, W, 3))             -> embeddings float32 (N, D)
-    heads(frames (B, L, C, D), text (B, D_text),
-          lengths int64 (B, 1))                   -> stage_probs (B, K), tau, progress, confidence (B, 1)
+encode(images uint8 (N, H, W, 3))             -> embeddings float32 (N, D)
+heads(frames (B, L, C, D), text (B, D_text),
+      lengths int64 (B, 1))                   -> stage_probs (B, K), tau, progress, confidence (B, 1)
 """
 
 from __future__ import annotations

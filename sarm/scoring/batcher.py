@@ -33,12 +33,18 @@ class _Call:
 
 class MicroBatcher:
     def __init__(
-        self, run: Callable[..., Awaitable[Arrays]], max_batch: int, max_delay_s: float, concurrency: int = 1,
+        self,
+        run: Callable[..., Awaitable[Arrays]],
+        max_batch: int,
+        max_delay_s: float,
+        concurrency: int = 1,
         metrics: BatcherMetrics | None = None,
     ) -> None:
         if max_batch < 1 or max_delay_s < 0 or concurrency < 1:
-            raise ValueError(f"need max_batch >= 1, max_delay_s >= 0, concurrency >= 1; got {max_batch}, "
-                             f"{max_delay_s}, {concurrency}")
+            raise ValueError(
+                f"need max_batch >= 1, max_delay_s >= 0, concurrency >= 1; got {max_batch}, "
+                f"{max_delay_s}, {concurrency}"
+            )
         self._run = run
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -59,9 +65,9 @@ class MicroBatcher:
     async def __call__(self, *inputs: np.ndarray) -> Arrays:
         rows = len(inputs[0])
         if rows > self.max_batch:  # split, so no batch exceeds what the backend accepts
-            parts = await asyncio.gather(*(
-                self(*(x[i : i + self.max_batch] for x in inputs)) for i in range(0, rows, self.max_batch)
-            ))
+            parts = await asyncio.gather(
+                *(self(*(x[i : i + self.max_batch] for x in inputs)) for i in range(0, rows, self.max_batch))
+            )
             return tuple(np.concatenate(outs) for outs in zip(*parts, strict=True))
         if self._worker is None:
             self._worker = asyncio.create_task(self._loop())

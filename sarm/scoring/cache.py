@@ -52,8 +52,13 @@ class Tiered(Generic[V]):
     rest, Redis hits fill memory, writes go to both. Values travel to Redis as float32 vectors (`to_vector`,
     `from_vector`); a Redis failure is the tier's counted miss, never an error here."""
 
-    def __init__(self, memory: TTLCache[V], redis: RedisTier | None, to_vector: Callable[[V], np.ndarray],
-                 from_vector: Callable[[np.ndarray], V]) -> None:
+    def __init__(
+        self,
+        memory: TTLCache[V],
+        redis: RedisTier | None,
+        to_vector: Callable[[V], np.ndarray],
+        from_vector: Callable[[np.ndarray], V],
+    ) -> None:
         self.memory = memory
         self.redis = redis
         self._to_vector = to_vector

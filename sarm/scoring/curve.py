@@ -47,8 +47,9 @@ class ScoringOptions:
 
     def __post_init__(self) -> None:
         if self.score_every < 1 or self.smoothing_history < 1:
-            raise InvalidInput(f"score_every and smoothing_history must be >= 1, got {self.score_every}, "
-                               f"{self.smoothing_history}")
+            raise InvalidInput(
+                f"score_every and smoothing_history must be >= 1, got {self.score_every}, {self.smoothing_history}"
+            )
         if not 0.0 < self.smoothing_min_confidence <= 1.0:
             raise InvalidInput(f"smoothing_min_confidence must be in (0, 1], got {self.smoothing_min_confidence}")
 

@@ -116,21 +116,38 @@ class EngineCaches:
 
         stages = list(manifest.stage_names)
         return cls(
-            Tiered(TTLCache(options.frame_cache_entries, ttl),
-                   shared(f"sarm:frame:{manifest.frame_encoder.fingerprint}:", manifest.frame_encoder.dim),
-                   vector, vector),
-            Tiered(TTLCache(options.instruction_cache_entries, ttl),
-                   shared(f"sarm:instruction:{text_encoder}:", manifest.text_encoder.dim), vector, vector),
-            Tiered(TTLCache(options.score_cache_entries, ttl),
-                   shared(f"sarm:score:{manifest.version}:", len(stages) + 3), WindowScore.to_vector,
-                   lambda v: WindowScore.from_vector(v, stages)),
+            Tiered(
+                TTLCache(options.frame_cache_entries, ttl),
+                shared(f"sarm:frame:{manifest.frame_encoder.fingerprint}:", manifest.frame_encoder.dim),
+                vector,
+                vector,
+            ),
+            Tiered(
+                TTLCache(options.instruction_cache_entries, ttl),
+                shared(f"sarm:instruction:{text_encoder}:", manifest.text_encoder.dim),
+                vector,
+                vector,
+            ),
+            Tiered(
+                TTLCache(options.score_cache_entries, ttl),
+                shared(f"sarm:score:{manifest.version}:", len(stages) + 3),
+                WindowScore.to_vector,
+                lambda v: WindowScore.from_vector(v, stages),
+            ),
             client,
         )
 
 
 class Engine:
-    def __init__(self, manifest: Manifest, backend: Backend, text_encoder: TextEncoder, options: EngineOptions,
-                 caches: EngineCaches, metrics: EngineMetrics) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        backend: Backend,
+        text_encoder: TextEncoder,
+        options: EngineOptions,
+        caches: EngineCaches,
+        metrics: EngineMetrics,
+    ) -> None:
         check_encoder(text_encoder, manifest.text_encoder.id, manifest.text_encoder.version)
         self.manifest = manifest
         self.backend = backend
@@ -151,12 +168,17 @@ class Engine:
         self._known = [t.instruction for t in manifest.tasks] if all(t.instruction for t in manifest.tasks) else []
         self._known_embeddings: np.ndarray | None = None  # (tasks, D_text) unit vectors, on first use
         metrics.model_info(self.version, self._frame_encoder_id, manifest.text_encoder.fingerprint, backend.name)
-        metrics.watch_caches([
-            (tier, kind, cache)
-            for kind, tiered in (("frame", caches.frames), ("instruction", caches.instructions),
-                                 ("score", caches.scores))
-            for tier, cache in (("memory", tiered.memory), ("redis", tiered.redis))
-        ])
+        metrics.watch_caches(
+            [
+                (tier, kind, cache)
+                for kind, tiered in (
+                    ("frame", caches.frames),
+                    ("instruction", caches.instructions),
+                    ("score", caches.scores),
+                )
+                for tier, cache in (("memory", tiered.memory), ("redis", tiered.redis))
+            ]
+        )
         # Decoding and hashing leave the event loop; the text encoder (torch) gets its own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="sarm-decode")
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-text")
@@ -166,14 +188,21 @@ class Engine:
         self._heads_batcher: MicroBatcher | None = None
         if not backend.batches_itself:
             delay, workers = options.max_batch_delay_ms / 1000, options.inference_workers
-            self._encode_batcher = MicroBatcher(self._encode_rows, options.max_batch_size, delay, workers,
-                                                metrics.batcher("encoder"))
-            self._heads_batcher = MicroBatcher(self._heads_rows, options.max_batch_size, delay, workers,
-                                               metrics.batcher("heads"))
+            self._encode_batcher = MicroBatcher(
+                self._encode_rows, options.max_batch_size, delay, workers, metrics.batcher("encoder")
+            )
+            self._heads_batcher = MicroBatcher(
+                self._heads_rows, options.max_batch_size, delay, workers, metrics.batcher("heads")
+            )
 
     @classmethod
-    def open(cls, repo: Path, options: EngineOptions, metrics: EngineMetrics | None = None,
-             text_encoder: TextEncoder | None = None) -> Engine:
+    def open(
+        cls,
+        repo: Path,
+        options: EngineOptions,
+        metrics: EngineMetrics | None = None,
+        text_encoder: TextEncoder | None = None,
+    ) -> Engine:
         """Read the repository's manifest, start its backend, and load the instruction encoder it was trained with
         (unless given); caches as `options` say. Metrics go to a registry of their own unless given."""
         manifest = read_manifest(repo)
@@ -221,8 +250,10 @@ class Engine:
         if not instruction.strip():
             raise InvalidInput("instruction is empty: give the task in words, e.g. 'pick up the cube'")
         if len(instruction) > self.options.max_instruction_chars:
-            raise InvalidInput(f"instruction has {len(instruction)} characters; the limit is "
-                               f"{self.options.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)")
+            raise InvalidInput(
+                f"instruction has {len(instruction)} characters; the limit is "
+                f"{self.options.max_instruction_chars} (SARM_MAX_INSTRUCTION_CHARS)"
+            )
         key = hashlib.sha256(instruction.encode()).hexdigest()  # the tiers' prefix names the encoder
         [cached] = await self.caches.instructions.get_many([key])
         if cached is None:
@@ -247,9 +278,11 @@ class Engine:
         if similarities[best] < self.options.task_match_min:
             self.metrics.task_refusals.inc()
             listed = "; ".join(f"'{t}'" for t in self._known)
-            raise UnknownTask(f"instruction '{instruction}' matches no task this model knows (best: "
-                              f"'{self._known[best]}', similarity {similarities[best]:.2f} < "
-                              f"{self.options.task_match_min:.2f}, SARM_TASK_MATCH_MIN); known instructions: {listed}")
+            raise UnknownTask(
+                f"instruction '{instruction}' matches no task this model knows (best: "
+                f"'{self._known[best]}', similarity {similarities[best]:.2f} < "
+                f"{self.options.task_match_min:.2f}, SARM_TASK_MATCH_MIN); known instructions: {listed}"
+            )
         return self._known[best], float(similarities[best])
 
     async def encode(self, frames: Sequence[FrameData], first_index: int = 0) -> Encoded:
@@ -288,7 +321,11 @@ class Engine:
         return Encoded(out, np.array(keys, dtype=object))
 
     async def _encode_missing(
-        self, frames: Sequence[FrameData], missing: dict[str, list[int]], out: np.ndarray, first_index: int,
+        self,
+        frames: Sequence[FrameData],
+        missing: dict[str, list[int]],
+        out: np.ndarray,
+        first_index: int,
         lookup_s: float,
     ) -> None:
         """Decode and encode one frame per key into `out`; concurrent calls wanting a key wait for it here.
@@ -329,14 +366,20 @@ class Engine:
     async def _heads_scores(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
         """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → the heads' score of each."""
         text_rows = np.broadcast_to(text.astype(np.float32), (len(frames), len(text)))
-        out = await self._heads(frames.astype(np.float32, copy=False), np.ascontiguousarray(text_rows),
-                                lengths.astype(np.int64).reshape(-1, 1))
+        out = await self._heads(
+            frames.astype(np.float32, copy=False),
+            np.ascontiguousarray(text_rows),
+            lengths.astype(np.int64).reshape(-1, 1),
+        )
         # Each row copied: a cached score must not pin its whole batch.
-        return [WindowScore.of(p.copy(), tau[0], progress[0], confidence[0], self.stage_names)
-                for p, tau, progress, confidence in zip(*out, strict=True)]
+        return [
+            WindowScore.of(p.copy(), tau[0], progress[0], confidence[0], self.stage_names)
+            for p, tau, progress, confidence in zip(*out, strict=True)
+        ]
 
-    async def _score_windows(self, frames: FrameSource, seq: SequenceIndices,
-                             instruction: Instruction) -> list[WindowScore]:
+    async def _score_windows(
+        self, frames: FrameSource, seq: SequenceIndices, instruction: Instruction
+    ) -> list[WindowScore]:
         """The windows `seq` from the score cache, or (each key once) from the heads, then cached."""
         started = time.perf_counter()
         keys = window_keys(self.version, instruction.key, frames.keys_at(seq.indices), seq.lengths)
@@ -349,8 +392,9 @@ class Engine:
         computed: dict[str, WindowScore] = {}
         if first:
             rows = list(first.values())
-            scores = await self._heads_scores(frames.embeddings_at(seq.indices[rows]), instruction.embedding,
-                                              seq.lengths[rows])
+            scores = await self._heads_scores(
+                frames.embeddings_at(seq.indices[rows]), instruction.embedding, seq.lengths[rows]
+            )
             computed = dict(zip(first, scores, strict=True))
             await self.caches.scores.put_many(computed)
         return [computed[key] if score is None else score for key, score in zip(keys, found, strict=True)]
@@ -361,16 +405,19 @@ class Engine:
         """Score the causal windows ending at frames `t` of an episode starting at frame 0, WINDOW_CHUNK at a time."""
         scores: list[WindowScore] = []
         for start in range(0, len(t), WINDOW_CHUNK):
-            seq = sequence_indices(np.asarray(t[start : start + WINDOW_CHUNK]), stride, 0, 0, self.window_frames,
-                                   self.max_rewind)
+            seq = sequence_indices(
+                np.asarray(t[start : start + WINDOW_CHUNK]), stride, 0, 0, self.window_frames, self.max_rewind
+            )
             scores += await self._score_windows(frames, seq, instruction)
         return scores
 
     def time_steps(self, images: int, what: str) -> int:
         """How many time steps `images` images make, or InvalidInput if the cameras don't add up."""
         if images == 0 or images % self.num_cameras:
-            raise InvalidInput(f"{what} has {images} images; send a positive multiple of the model's "
-                               f"{self.num_cameras} camera(s): every camera of each time step, time-major")
+            raise InvalidInput(
+                f"{what} has {images} images; send a positive multiple of the model's "
+                f"{self.num_cameras} camera(s): every camera of each time step, time-major"
+            )
         return images // self.num_cameras
 
 

@@ -45,9 +45,14 @@ class _CacheCollector(Collector):
         self.caches: dict[tuple[str, str], CacheCounts] = {}
 
     def collect(self) -> Iterator[Metric]:
-        families = {what: CounterMetricFamily(f"sarm_cache_{what}", f"Cache {what}, by tier and kind "
-                                              "(frame, instruction: embeddings; score: window scores)",
-                                              labels=("tier", "kind")) for what in ("hits", "misses", "errors")}
+        families = {
+            what: CounterMetricFamily(
+                f"sarm_cache_{what}",
+                f"Cache {what}, by tier and kind (frame, instruction: embeddings; score: window scores)",
+                labels=("tier", "kind"),
+            )
+            for what in ("hits", "misses", "errors")
+        }
         for (tier, kind), cache in self.caches.items():
             for what, family in families.items():
                 count = getattr(cache, what, None)
@@ -61,17 +66,31 @@ class EngineMetrics:
         self.registry = registry = registry or CollectorRegistry()
         # total: one gRPC unary call or stream step (what a control loop waits for); a whole uploaded video is one
         # HTTP request, timed by sarm_http_request_duration_seconds instead.
-        latency = Histogram("sarm_engine_latency_seconds", "Engine time by stage: queue (micro-batcher wait), cache "
-                            "(lookup incl. Redis), encode, heads (one backend batch), total (one gRPC call or step)",
-                            ("stage",), buckets=LATENCY_BUCKETS, registry=registry)
+        latency = Histogram(
+            "sarm_engine_latency_seconds",
+            "Engine time by stage: queue (micro-batcher wait), cache "
+            "(lookup incl. Redis), encode, heads (one backend batch), total (one gRPC call or step)",
+            ("stage",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.stage = {name: latency.labels(name) for name in STAGES}
-        self._batch_rows = Histogram("sarm_batcher_batch_size_rows", "Rows per micro-batch run, by model",
-                                     ("model",), buckets=ROW_BUCKETS, registry=registry)
-        self.queue_depth = Gauge("sarm_batcher_queue_depth_rows", "Rows waiting for a micro-batch, by model",
-                                 ("model",), registry=registry)
+        self._batch_rows = Histogram(
+            "sarm_batcher_batch_size_rows",
+            "Rows per micro-batch run, by model",
+            ("model",),
+            buckets=ROW_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "sarm_batcher_queue_depth_rows", "Rows waiting for a micro-batch, by model", ("model",), registry=registry
+        )
         self._model = Info("sarm_model", "The model being served", registry=registry)
-        self.task_refusals = Counter("sarm_task_refusals", "Instructions refused: no known task similar enough "
-                                     "(SARM_TASK_MATCH_MIN)", registry=registry)
+        self.task_refusals = Counter(
+            "sarm_task_refusals",
+            "Instructions refused: no known task similar enough (SARM_TASK_MATCH_MIN)",
+            registry=registry,
+        )
         self._caches = _CacheCollector()
         registry.register(self._caches)
 
@@ -83,8 +102,14 @@ class EngineMetrics:
         self._caches.caches.update({(tier, kind): cache for tier, kind, cache in caches if cache is not None})
 
     def model_info(self, model_version: str, frame_encoder: str, text_encoder: str, backend: str) -> None:
-        self._model.info({"model_version": model_version, "frame_encoder": frame_encoder,
-                          "text_encoder": text_encoder, "backend": backend})
+        self._model.info(
+            {
+                "model_version": model_version,
+                "frame_encoder": frame_encoder,
+                "text_encoder": text_encoder,
+                "backend": backend,
+            }
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,8 +25,12 @@ class EpisodeScores:
 
 @torch.inference_mode()
 def score_embeddings(
-    model: SARM, frames: np.ndarray, text: np.ndarray, stride: int,
-    frame_index: np.ndarray | None = None, batch_size: int = 256,
+    model: SARM,
+    frames: np.ndarray,
+    text: np.ndarray,
+    stride: int,
+    frame_index: np.ndarray | None = None,
+    batch_size: int = 256,
 ) -> EpisodeScores:
     """Score causal windows ending at `frame_index` (default: every frame) of one episode's embeddings.
 
@@ -39,8 +43,9 @@ def score_embeddings(
     text_row = torch.from_numpy(np.asarray(text, dtype=np.float32))[None]
     parts = []
     for start in range(0, len(t), batch_size):
-        seq = sequence_indices(t[start : start + batch_size], stride, 0, 0, model.config.window_frames,
-                               model.config.max_rewind)
+        seq = sequence_indices(
+            t[start : start + batch_size], stride, 0, 0, model.config.window_frames, model.config.max_rewind
+        )
         window = torch.from_numpy(frames[seq.indices]).float()
         parts.append(model.predict(window, text_row.expand(len(window), -1), torch.from_numpy(seq.lengths)))
     probs = torch.cat([p.stage_probs for p in parts]).numpy()

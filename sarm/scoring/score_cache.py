@@ -26,8 +26,9 @@ class WindowScore:
     confidence: float
 
     @classmethod
-    def of(cls, stage_probs: np.ndarray, tau: float, progress: float, confidence: float,
-           stage_names: Sequence[str]) -> WindowScore:
+    def of(
+        cls, stage_probs: np.ndarray, tau: float, progress: float, confidence: float, stage_names: Sequence[str]
+    ) -> WindowScore:
         stage = int(stage_probs.argmax())
         return cls(stage, stage_names[stage], stage_probs, float(tau), float(progress), float(confidence))
 
@@ -42,5 +43,7 @@ class WindowScore:
 def window_keys(version: str, instruction_key: str, frame_keys: np.ndarray, lengths: np.ndarray) -> list[str]:
     """One key per window from its frames' content keys (N, L, C) and valid positions `lengths` (N,)."""
     prefix = f"{version}|{instruction_key}|"
-    return [hashlib.sha256(f"{prefix}{length}|{'|'.join(keys.ravel())}".encode()).hexdigest()
-            for keys, length in zip(frame_keys, lengths.tolist(), strict=True)]
+    return [
+        hashlib.sha256(f"{prefix}{length}|{'|'.join(keys.ravel())}".encode()).hexdigest()
+        for keys, length in zip(frame_keys, lengths.tolist(), strict=True)
+    ]

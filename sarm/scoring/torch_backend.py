@@ -41,8 +41,9 @@ class TorchBackend:
     @torch.inference_mode()
     def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
         p = self.model.predict(torch.from_numpy(frames), torch.from_numpy(text), torch.from_numpy(lengths[:, 0]))
-        return HeadsOutput(p.stage_probs.numpy(), p.tau[:, None].numpy(), p.progress[:, None].numpy(),
-                           p.confidence[:, None].numpy())
+        return HeadsOutput(
+            p.stage_probs.numpy(), p.tau[:, None].numpy(), p.progress[:, None].numpy(), p.confidence[:, None].numpy()
+        )
 
     async def ready(self) -> bool:
         return True
@@ -57,5 +58,8 @@ def checkpoint_manifest(checkpoint: Path, model: SARM, info: CheckpointInfo) -> 
 
     cameras = info.training.get("cameras", {})
     height, width = next(iter(cameras.values()), (1, 1))
-    return Manifest.from_dict(manifest_dict(checkpoint, info, model.config, "torch", (height, width),
-                                            dict(info.frame_encoder), onnx={}, onnx_sha256={}))
+    return Manifest.from_dict(
+        manifest_dict(
+            checkpoint, info, model.config, "torch", (height, width), dict(info.frame_encoder), onnx={}, onnx_sha256={}
+        )
+    )

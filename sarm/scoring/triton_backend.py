@@ -39,8 +39,12 @@ class TritonBackend:
         tensors = infer_inputs(inputs)
         left = remaining()
         try:
-            result = await self._client.infer(model, tensors, outputs=[triton.InferRequestedOutput(n) for n in outputs],
-                                              client_timeout=self.timeout_s if left is None else left)
+            result = await self._client.infer(
+                model,
+                tensors,
+                outputs=[triton.InferRequestedOutput(n) for n in outputs],
+                client_timeout=self.timeout_s if left is None else left,
+            )
         except InferenceServerException as error:
             if "DEADLINE_EXCEEDED" in str(error.status()):
                 raise DeadlineExceeded(f"deadline exceeded waiting for Triton model {model}") from error
@@ -49,9 +53,12 @@ class TritonBackend:
 
     async def _batched(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
         rows, size = len(next(iter(inputs.values()))), self.max_batch
-        parts = await asyncio.gather(*(
-            self._infer(model, {k: v[i : i + size] for k, v in inputs.items()}, outputs) for i in range(0, rows, size)
-        ))
+        parts = await asyncio.gather(
+            *(
+                self._infer(model, {k: v[i : i + size] for k, v in inputs.items()}, outputs)
+                for i in range(0, rows, size)
+            )
+        )
         return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
 
     async def encode(self, images: np.ndarray) -> np.ndarray:
@@ -65,14 +72,12 @@ class TritonBackend:
     async def ready(self) -> bool:
         """Triton is up and both models are loaded."""
         try:
-            models = await asyncio.gather(*(
-                self._client.is_model_ready(name, client_timeout=READY_TIMEOUT_S) for name in self.models.values()
-            ))
+            models = await asyncio.gather(
+                *(self._client.is_model_ready(name, client_timeout=READY_TIMEOUT_S) for name in self.models.values())
+            )
             return bool(await self._client.is_server_ready(client_timeout=READY_TIMEOUT_S)) and all(models)
         except InferenceServerException:
             return False
 
     async def close(self) -> None:
         await self._client.close()
-
-

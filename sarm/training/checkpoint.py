@@ -1,9 +1,9 @@
 """SARM checkpoints: a directory with safetensors weights and one JSON that holds everything inference needs.
 
-    CKPT/model.safetensors     the SARM heads (stage and subtask networks, task instruction embeddings, state stats)
-    CKPT/config.json           model config (stage names, tasks and their ᾱ, sizes, window), encoder ids and versions,
-                               label mode, training provenance and figures
-    CKPT/trainer_state.pt      optimiser, scheduler, step and RNG (for --resume; not needed to score)
+CKPT/model.safetensors     the SARM heads (stage and subtask networks, task instruction embeddings, state stats)
+CKPT/config.json           model config (stage names, tasks and their ᾱ, sizes, window), encoder ids and versions,
+                           label mode, training provenance and figures
+CKPT/trainer_state.pt      optimiser, scheduler, step and RNG (for --resume; not needed to score)
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ WEIGHTS = "model.safetensors"
 def checkpoint_digest(path: Path) -> str:
     """sha256 of a checkpoint's weights file: its identity in model repositories and output provenance."""
     return hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
+
+
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
 # Absent in our own checkpoints; "lerobot-sarm" in those `sarm import lerobot` writes (see sarm.lerobot.checkpoint).

@@ -80,7 +80,10 @@ def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tup
 
 
 def episode_arrays(
-    ds: LeRobotDataset, embeddings: DatasetEmbeddings, vocabulary: Sequence[str], mode: LabelMode,
+    ds: LeRobotDataset,
+    embeddings: DatasetEmbeddings,
+    vocabulary: Sequence[str],
+    mode: LabelMode,
     stride_seconds: float = 1.0,
 ) -> list[EpisodeArrays]:
     stride = stride_frames(ds.fps, stride_seconds)
@@ -92,16 +95,18 @@ def episode_arrays(
             labels = regress_labels(labels, regress_start(meta.row))
         else:
             labels = frame_index_labels(meta.length)
-        episodes.append(EpisodeArrays(
-            dataset=str(ds.root),
-            episode=meta.index,
-            frames=embeddings.frames[meta.index],
-            text=embeddings.text[meta.task],
-            labels=labels,
-            stride=stride,
-            success=bool(meta.row["success"]) if "success" in columns else None,
-            quality=str(meta.row["quality"]) if "quality" in columns else None,
-        ))
+        episodes.append(
+            EpisodeArrays(
+                dataset=str(ds.root),
+                episode=meta.index,
+                frames=embeddings.frames[meta.index],
+                text=embeddings.text[meta.task],
+                labels=labels,
+                stride=stride,
+                success=bool(meta.row["success"]) if "success" in columns else None,
+                quality=str(meta.row["quality"]) if "quality" in columns else None,
+            )
+        )
     return episodes
 
 
@@ -159,7 +164,8 @@ class WindowSampler:
         # Only windows with distinct middle frames rewind (t ≥ 8 frames), so every rewound frame is earlier.
         rewinds = np.where(
             (rng.random(batch_size) < self.rewind_p) & rewindable(t, 0, self.window_frames),
-            rng.integers(1, self.max_rewind + 1, batch_size), 0,
+            rng.integers(1, self.max_rewind + 1, batch_size),
+            0,
         )
         wrong = rng.random(batch_size) < self.wrong_instruction_p
         distractor = np.where(wrong, rng.integers(self.num_distractors, size=batch_size), -1)

@@ -14,15 +14,23 @@ from sarm.training.checkpoint import CheckpointInfo, save_checkpoint
 
 
 def untrained_checkpoint(
-    path: Path, stage_names: list[str], proportions: list[float], image_size: tuple[int, int],
-    preset: str = "small", seed: int = 0, num_cameras: int = 1,
+    path: Path,
+    stage_names: list[str],
+    proportions: list[float],
+    image_size: tuple[int, int],
+    preset: str = "small",
+    seed: int = 0,
+    num_cameras: int = 1,
 ) -> Path:
     frame, text = load_frame_encoder(), load_text_encoder()
-    config = SARMConfig.from_preset(preset, stage_names, proportions, frame_dim=frame.dim, text_dim=text.dim,
-                                    num_cameras=num_cameras)
-    cameras = ["observation.images.camera"] if num_cameras == 1 else [
-        f"observation.images.camera{i}" for i in range(num_cameras)
-    ]
+    config = SARMConfig.from_preset(
+        preset, stage_names, proportions, frame_dim=frame.dim, text_dim=text.dim, num_cameras=num_cameras
+    )
+    cameras = (
+        ["observation.images.camera"]
+        if num_cameras == 1
+        else [f"observation.images.camera{i}" for i in range(num_cameras)]
+    )
     torch.manual_seed(seed)
     info = CheckpointInfo(
         model=config,

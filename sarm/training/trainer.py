@@ -163,19 +163,29 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     distractors = embeddings[0].distractors
     if config.distractor_pool:
         text_encoder = embeddings[0].text_encoder
-        generated = training_distractors(text_encoder["id"], text_encoder["version"],
-                                         tuple(t["instruction"] for t in tasks), config.distractor_pool, config.seed)
+        generated = training_distractors(
+            text_encoder["id"],
+            text_encoder["version"],
+            tuple(t["instruction"] for t in tasks),
+            config.distractor_pool,
+            config.seed,
+        )
         distractors = np.concatenate([distractors, generated])
     # Camera resolutions travel with the checkpoint: the exported encoder takes images of exactly this size.
     cameras = {key: datasets[0].info["features"][key]["shape"][:2] for key in datasets[0].camera_keys}
-    sampler = WindowSampler(train_eps, distractors, config.rewind_p, config.wrong_instruction_p,
-                            cross_task_p=config.cross_task_p)
+    sampler = WindowSampler(
+        train_eps, distractors, config.rewind_p, config.wrong_instruction_p, cross_task_p=config.cross_task_p
+    )
     val_batch = validation_batch(WindowSampler(val_eps or train_eps, distractors), np.random.default_rng(config.seed))
 
     sample = episodes[0].frames
     model_config = SARMConfig.from_preset(
-        config.preset, stage_names, tasks=tasks,
-        frame_dim=sample.shape[-1], text_dim=len(episodes[0].text), num_cameras=sample.shape[1],
+        config.preset,
+        stage_names,
+        tasks=tasks,
+        frame_dim=sample.shape[-1],
+        text_dim=len(episodes[0].text),
+        num_cameras=sample.shape[1],
         stride_seconds=config.stride_seconds,
     )
     torch.manual_seed(config.seed)
@@ -210,8 +220,10 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
         optimizer.step()
         scheduler.step()
         step += 1
-        report = {name: float(value.detach()) for name, value in
-                  (("loss", loss.total), ("stage_loss", loss.stage), ("tau_loss", loss.tau))}
+        report = {
+            name: float(value.detach())
+            for name, value in (("loss", loss.total), ("stage_loss", loss.stage), ("tau_loss", loss.tau))
+        }
         running = report["loss"] if step == start_step + 1 else 0.98 * running + 0.02 * report["loss"]
         if step % config.eval_every == 0 or step == config.steps:
             report |= evaluate_batch(model, val_batch)
@@ -222,11 +234,17 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
             info.training["cameras"] = cameras
             info.training["data_identity"] = data_identity
             save_checkpoint(config.out, model, info)
-            save_trainer_state(config.out, {
-                "step": step, "history": history, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            })
+            save_trainer_state(
+                config.out,
+                {
+                    "step": step,
+                    "history": history,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                },
+            )
         if on_step is not None:
             on_step(step, report)
     elapsed = time.perf_counter() - started
@@ -250,14 +268,22 @@ def _provenance(
     return {
         **settings,
         "datasets": [str(p) for p in config.datasets],
-        "lr": lr, "warmup_steps": warmup, "steps_done": step,
-        "train_episodes": n_train, "val_episodes": n_val, "history": history,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "steps_done": step,
+        "train_episodes": n_train,
+        "val_episodes": n_val,
+        "history": history,
     }
 
 
 def _resume(
-    out: Path, model: SARM, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-    rng: np.random.Generator, model_config: SARMConfig,
+    out: Path,
+    model: SARM,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    rng: np.random.Generator,
+    model_config: SARMConfig,
 ) -> tuple[int, list[dict[str, float]]]:
     state = load_trainer_state(out)
     if state is None:

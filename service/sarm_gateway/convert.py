@@ -48,9 +48,15 @@ def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
 
 def score_to_proto(score: WindowScore, version: str, instruction: Instruction) -> pb.Score:
     return pb.Score(
-        stage_index=score.stage_index, stage_name=score.stage_name, stage_probs=score.stage_probs.tolist(),
-        tau=score.tau, progress=score.progress, confidence=score.confidence, model_version=version,
-        matched_task=instruction.task, task_similarity=instruction.similarity,
+        stage_index=score.stage_index,
+        stage_name=score.stage_name,
+        stage_probs=score.stage_probs.tolist(),
+        tau=score.tau,
+        progress=score.progress,
+        confidence=score.confidence,
+        model_version=version,
+        matched_task=instruction.task,
+        task_similarity=instruction.similarity,
     )
 
 
@@ -66,11 +72,17 @@ def model_info(engine: Engine) -> pb.ModelInfo:
     return pb.ModelInfo(
         model_version=engine.version,
         stage_names=m.stage_names,
-        tasks=[pb.Task(instruction=t.instruction, stage_names=t.stage_names, proportions=t.proportions)
-               for t in m.tasks],
-        window=pb.Window(frames=m.window.frames, stride_seconds=m.window.stride_seconds or 0.0,
-                         max_rewind=m.window.max_rewind, sequence_length=m.window.sequence_length,
-                         mode=m.window.mode, stride_frames=m.window.stride_frames or 0),
+        tasks=[
+            pb.Task(instruction=t.instruction, stage_names=t.stage_names, proportions=t.proportions) for t in m.tasks
+        ],
+        window=pb.Window(
+            frames=m.window.frames,
+            stride_seconds=m.window.stride_seconds or 0.0,
+            max_rewind=m.window.max_rewind,
+            sequence_length=m.window.sequence_length,
+            mode=m.window.mode,
+            stride_frames=m.window.stride_frames or 0,
+        ),
         num_cameras=m.num_cameras,
         image=pb.ImageSize(height=m.image_height, width=m.image_width),
         frame_encoder=pb.Encoder(id=m.frame_encoder.id, version=m.frame_encoder.version, dim=m.frame_encoder.dim),

@@ -56,7 +56,8 @@ class Episode:
         steps = self.engine.time_steps(len(frames), "this step")
         start = self.frames_seen
         encoded = (await self.engine.encode(frames, first_index=start * self.engine.num_cameras)).steps(
-            self.engine.num_cameras)
+            self.engine.num_cameras
+        )
         for i in range(steps):
             self._history[start + i] = Encoded(encoded.embeddings[i], encoded.keys[i])
         self.frames_seen += steps
@@ -68,8 +69,9 @@ class Episode:
     def _forget(self) -> None:
         """Drop the embeddings no later window can use: windows only move forward, so the next frame's oldest
         middle frame bounds every later window's."""
-        window = sequence_indices(self.frames_seen, self.stride, 0, 0, self.engine.window_frames,
-                                  self.engine.max_rewind).indices[0]
+        window = sequence_indices(
+            self.frames_seen, self.stride, 0, 0, self.engine.window_frames, self.engine.max_rewind
+        ).indices[0]
         oldest_needed = int(window[1])
         for index in range(self._oldest_kept, oldest_needed):
             self._history.pop(index, None)

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from sarm.scoring.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
 
-__all__ = ["BackendUnavailable", "DeadlineExceeded", "InvalidInput", "Overloaded", "PermissionDenied",
-           "Unauthenticated"]
+__all__ = [
+    "BackendUnavailable",
+    "DeadlineExceeded",
+    "InvalidInput",
+    "Overloaded",
+    "PermissionDenied",
+    "Unauthenticated",
+]
 
 
 class Unauthenticated(PermissionError):

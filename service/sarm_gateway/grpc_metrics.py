@@ -29,8 +29,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def _record(self, method: str, context: grpc.aio.ServicerContext, started: float,
-                error: BaseException | None) -> None:
+    def _record(
+        self, method: str, context: grpc.aio.ServicerContext, started: float, error: BaseException | None
+    ) -> None:
         self.metrics.grpc_requests.labels(method, _code(context, error)).inc()
         self.metrics.grpc_duration.labels(method).observe(time.perf_counter() - started)
 
@@ -65,7 +66,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return timed
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)

@@ -51,9 +51,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 RETRY_AFTER = "retry-after-ms"
 # The engine's and auth's errors as gRPC status codes (the HTTP front end maps the same errors in http/app.py).
 STATUS: dict[type[Exception], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED, BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED, PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 Request = pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.StreamEpisodeRequest
 # The drain (Gateway.stop): how often it checks the work in flight, how long no new call must have come before the
@@ -82,8 +85,10 @@ class RewardService(pb_grpc.RewardServiceServicer):
     def _check_size(self, request: Request) -> None:
         size, limit = request_bytes(request), self.settings.max_message_bytes
         if size > limit:
-            raise InvalidInput(f"message is {size} bytes; the limit is {limit} (SARM_MAX_MESSAGE_BYTES): send fewer "
-                               "frames per message, or JPEG-encode them")
+            raise InvalidInput(
+                f"message is {size} bytes; the limit is {limit} (SARM_MAX_MESSAGE_BYTES): send fewer "
+                "frames per message, or JPEG-encode them"
+            )
 
     @asynccontextmanager
     async def _errors(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -106,8 +111,7 @@ class RewardService(pb_grpc.RewardServiceServicer):
         if operation is not None:
             self._authorize(context, operation)
         frames = len(request.frames) if isinstance(request, pb.ScoreWindowRequest | pb.ScoreFramesRequest) else 0
-        with (self.work.slot(frames) if operation is not None else nullcontext(),
-              self.metrics.stage["total"].time()):
+        with self.work.slot(frames) if operation is not None else nullcontext(), self.metrics.stage["total"].time():
             self._check_size(request)
             left = context.time_remaining()
             deadline = asyncio.timeout(left)
@@ -125,9 +129,11 @@ class RewardService(pb_grpc.RewardServiceServicer):
         async with self._errors(context), self._unit(context, request, Operation.SCORE):
             steps = engine.time_steps(len(request.frames), "the window")
             if steps != engine.window_frames:
-                raise InvalidInput(f"the window has {steps} time steps; the model takes exactly "
-                                   f"{engine.window_frames}: [episode start, t−7g, …, t−g, t] "
-                                   "(repeat frames early in an episode)")
+                raise InvalidInput(
+                    f"the window has {steps} time steps; the model takes exactly "
+                    f"{engine.window_frames}: [episode start, t−7g, …, t−g, t] "
+                    "(repeat frames early in an episode)"
+                )
             instruction = await engine.embed_instruction(request.instruction)
             encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
             # The window is already sampled: frames 0..8 at stride 1 are the window itself.
@@ -162,8 +168,9 @@ class RewardService(pb_grpc.RewardServiceServicer):
                     async with self._unit(context, request):
                         if kind == "open":
                             if episode is not None:
-                                raise InvalidInput("this stream already has an open episode: start a new stream "
-                                                   "for each episode")
+                                raise InvalidInput(
+                                    "this stream already has an open episode: start a new stream for each episode"
+                                )
                             opened = request.open
                             options = options_from_proto(opened.options)
                             instruction = await engine.embed_instruction(opened.instruction)
@@ -172,8 +179,10 @@ class RewardService(pb_grpc.RewardServiceServicer):
                         if kind != "step":
                             raise InvalidInput("empty message: set `open` (first message) or `step`")
                         if episode is None:
-                            raise InvalidInput("no episode is open: the first message of a stream must be `open` "
-                                               "(instruction, fps, options)")
+                            raise InvalidInput(
+                                "no episode is open: the first message of a stream must be `open` "
+                                "(instruction, fps, options)"
+                            )
                         step = request.step
                         results = await episode.step(frames_from_proto(step.frames), list(step.state))
                     yield pb.StreamEpisodeResponse(
@@ -214,11 +223,14 @@ class Gateway:
         deps.metrics.active_streams.set_function(lambda: self.service.streams.in_flight)
         # grpc's own limit sits above ours so that a too-large message gets our INVALID_ARGUMENT and advice.
         transport_limit = 2 * settings.max_message_bytes
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(deps.metrics)], options=[
-            ("grpc.max_receive_message_length", transport_limit),
-            ("grpc.max_send_message_length", transport_limit),
-            ("grpc.so_reuseport", 0),
-        ])
+        self.server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(deps.metrics)],
+            options=[
+                ("grpc.max_receive_message_length", transport_limit),
+                ("grpc.max_send_message_length", transport_limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
         pb_grpc.add_RewardServiceServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -227,10 +239,13 @@ class Gateway:
         )
         self.jobs = deps.jobs
         api = settings.http_port is not None
-        self.http = HttpServer(create_app(deps, self.readiness, api_routes=api),
-                               settings.http_host,
-                               settings.metrics_port if settings.http_port is None else settings.http_port,
-                               settings.drain_seconds, settings.retry_after_ms)
+        self.http = HttpServer(
+            create_app(deps, self.readiness, api_routes=api),
+            settings.http_host,
+            settings.metrics_port if settings.http_port is None else settings.http_port,
+            settings.drain_seconds,
+            settings.retry_after_ms,
+        )
         self.port = 0
         self.http_port = 0
         self._stopping: asyncio.Task[None] | None = None
@@ -322,5 +337,3 @@ async def serve(settings: Settings, on_started: Callable[[Gateway], None] | None
     if on_started is not None:
         on_started(gateway)
     await gateway.wait()
-
-

@@ -7,8 +7,14 @@ import importlib.util
 
 # Each of these starts a gateway, or uses the core's datasets, models or the simulator.
 NEED_THE_SERVICE = [
-    "test_client_auth.py", "test_client_cli.py", "test_client_evaluate.py", "test_client_gateway.py",
-    "test_client_rabc.py", "test_client_rabc_http.py", "test_client_rabc_training.py", "test_client_rl.py",
+    "test_client_auth.py",
+    "test_client_cli.py",
+    "test_client_evaluate.py",
+    "test_client_gateway.py",
+    "test_client_rabc.py",
+    "test_client_rabc_http.py",
+    "test_client_rabc_training.py",
+    "test_client_rl.py",
 ]
 
 

@@ -53,8 +53,14 @@ def tls_served(cpu_model_repo: Path, text_encoder: TextEncoder, pki: Pki) -> Ite
 @pytest.fixture(scope="module")
 def mutual(cpu_model_repo: Path, text_encoder: TextEncoder, pki: Pki) -> Iterator[RunningGateway]:
     """Mutual TLS and auth together."""
-    running = RunningGateway(cpu_model_repo, text_encoder, tls_cert_file=pki.server_cert, tls_key_file=pki.server_key,
-                             tls_client_ca_file=pki.ca, auth_tokens=TOKENS)
+    running = RunningGateway(
+        cpu_model_repo,
+        text_encoder,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
+        auth_tokens=TOKENS,
+    )
     yield running
     running.close()
 
@@ -91,14 +97,20 @@ def test_tls_with_the_servers_ca_and_a_token_the_server_does_not_ask_for(tls_ser
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "system-roots"])
 def test_tls_without_trusting_the_server_is_unavailable(tls_served: RunningGateway, tls: bool) -> None:
-    with SarmClient(target(tls_served), tls=tls, timeout=QUICK, retry=Retry(backoff=0.01)) as client, \
-            pytest.raises(Unavailable):
+    with (
+        SarmClient(target(tls_served), tls=tls, timeout=QUICK, retry=Retry(backoff=0.01)) as client,
+        pytest.raises(Unavailable),
+    ):
         client.info()
 
 
 def test_mutual_tls_needs_the_client_certificate_and_auth_still_applies(mutual: RunningGateway, pki: Pki) -> None:
-    with SarmClient(target(mutual), tls=TLS.from_files(pki.ca), token="robot-secret", timeout=QUICK,
-                    retry=Retry(backoff=0.01)) as anonymous, pytest.raises(Unavailable):
+    with (
+        SarmClient(
+            target(mutual), tls=TLS.from_files(pki.ca), token="robot-secret", timeout=QUICK, retry=Retry(backoff=0.01)
+        ) as anonymous,
+        pytest.raises(Unavailable),
+    ):
         anonymous.info()
     certified = TLS.from_files(pki.ca, pki.client_cert, pki.client_key)
     with SarmClient(target(mutual), tls=certified, token="robot-secret", timeout=QUICK) as client:
@@ -117,8 +129,9 @@ def sarm_client(*args: str, token: str | None = None) -> subprocess.CompletedPro
     env.pop("SARM_TOKEN", None)
     if token is not None:
         env["SARM_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "sarm_client", *args], env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "sarm_client", *args], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def test_cli_token_and_mutual_tls(mutual: RunningGateway, pki: Pki) -> None:

@@ -34,8 +34,9 @@ def video_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sarm_client(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT)}
     env.pop("SARM_TOKEN", None)
-    return subprocess.run([sys.executable, "-m", "sarm_client", *args], env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "sarm_client", *args], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def test_health(served: RunningGateway) -> None:
@@ -55,8 +56,9 @@ def test_info_as_text_and_json(served: RunningGateway) -> None:
 
 
 def test_score_video_as_json_and_table(served: RunningGateway, video_file: Path) -> None:
-    result = sarm_client("--target", target(served), "score-video", str(video_file), "--instruction", INSTRUCTION,
-                         "--json")
+    result = sarm_client(
+        "--target", target(served), "score-video", str(video_file), "--instruction", INSTRUCTION, "--json"
+    )
     assert result.returncode == 0, result.stderr
     curve = json.loads(result.stdout)
     assert curve["fps"] == 4.0 and curve["stage_names"] == ["reach", "grasp", "lift"]
@@ -67,22 +69,37 @@ def test_score_video_as_json_and_table(served: RunningGateway, video_file: Path)
         expected = client.score_video(video_file, INSTRUCTION)
     np.testing.assert_allclose([f["progress"] for f in frames], [s.score.progress for s in expected], atol=1e-6)
 
-    table = sarm_client("--target", target(served), "score-video", str(video_file), "--instruction", INSTRUCTION,
-                        "--fps", "2", "--score-every", "5", "--smoothing")
+    table = sarm_client(
+        "--target",
+        target(served),
+        "score-video",
+        str(video_file),
+        "--instruction",
+        INSTRUCTION,
+        "--fps",
+        "2",
+        "--score-every",
+        "5",
+        "--smoothing",
+    )
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split() == ["frame", "time_s", "stage", "tau", "progress", "confidence", "smoothed"]
     assert [row.split()[:2] for row in rows] == [["0", "0.000"], ["5", "2.500"], ["10", "5.000"]]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["score-video", "missing.mp4", "--instruction", "x"], "No such file or directory: 'missing.mp4'"),
-    (["--tls-ca", "missing.pem", "health"], "No such file or directory: 'missing.pem'"),
-    (["score-video", "VIDEO", "--instruction", " "], "INVALID_ARGUMENT: instruction is empty"),
-    (["score-video", "VIDEO", "--instruction", "x", "--score-every", "0"], "score_every and smoothing_history"),
-])
-def test_errors_are_one_line_and_exit_1(served: RunningGateway, video_file: Path, args: list[str],
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["score-video", "missing.mp4", "--instruction", "x"], "No such file or directory: 'missing.mp4'"),
+        (["--tls-ca", "missing.pem", "health"], "No such file or directory: 'missing.pem'"),
+        (["score-video", "VIDEO", "--instruction", " "], "INVALID_ARGUMENT: instruction is empty"),
+        (["score-video", "VIDEO", "--instruction", "x", "--score-every", "0"], "score_every and smoothing_history"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(
+    served: RunningGateway, video_file: Path, args: list[str], message: str
+) -> None:
     args = [str(video_file) if a == "VIDEO" else a for a in args]
     result = sarm_client("--target", target(served), *args)
     assert result.returncode == 1 and result.stdout == ""
@@ -101,11 +118,21 @@ def test_an_unreachable_server_is_reported() -> None:
 def test_the_control_loop_example_runs_and_checks_its_answers(served: RunningGateway) -> None:
     env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT)}
     example = CLIENT_ROOT / "examples" / "control_loop.py"
-    result = subprocess.run([sys.executable, str(example), "--target", target(served), "--steps", "12"], env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, str(example), "--target", target(served), "--steps", "12"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 12 and lines[-1].split()[0] == "11" and "progress" in lines[-1]
-    failing = subprocess.run([sys.executable, str(example), "--target", target(served), "--instruction", " "],
-                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    failing = subprocess.run(
+        [sys.executable, str(example), "--target", target(served), "--instruction", " "],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert failing.returncode == 1 and "FAILED: InvalidArgument: instruction is empty" in failing.stderr

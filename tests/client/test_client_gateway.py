@@ -62,9 +62,15 @@ def test_score_window_returns_the_gateways_answer_for_raw_and_encoded_frames(
     for sent in (frames, list(frames), [png(f) for f in frames]):
         score = client.score_window(INSTRUCTION, sent)
         assert (score.stage_index, score.stage_name, score.model_version) == (
-            wire.stage_index, wire.stage_name, wire.model_version)
-        np.testing.assert_allclose([score.tau, score.progress, score.confidence, *score.stage_probs],
-                                   [wire.tau, wire.progress, wire.confidence, *wire.stage_probs], atol=1e-6)
+            wire.stage_index,
+            wire.stage_name,
+            wire.model_version,
+        )
+        np.testing.assert_allclose(
+            [score.tau, score.progress, score.confidence, *score.stage_probs],
+            [wire.tau, wire.progress, wire.confidence, *wire.stage_probs],
+            atol=1e-6,
+        )
 
 
 def test_a_control_loop_streams_frame_by_frame_like_score_frames(served: RunningGateway, client: SarmClient) -> None:
@@ -84,15 +90,20 @@ def test_a_control_loop_streams_frame_by_frame_like_score_frames(served: Running
 
 
 def test_scoring_options_reach_the_server(client: SarmClient) -> None:
-    frames, options = episode_frames(10, seed=62), ScoringOptions(score_every=3, smoothing=True,
-                                                                  smoothing_min_confidence=0.01)
+    frames, options = (
+        episode_frames(10, seed=62),
+        ScoringOptions(score_every=3, smoothing=True, smoothing_min_confidence=0.01),
+    )
     with client.stream(INSTRUCTION, fps=5, options=options) as episode:
         streamed = [s for pair in (frames[i : i + 2] for i in range(0, 10, 2)) for s in episode.step(pair)]
     whole = client.score_frames(INSTRUCTION, frames, 5, options=options)
     assert [s.frame_index for s in streamed] == [s.frame_index for s in whole] == [0, 3, 6, 9]
     assert all(s.smoothed_progress is not None for s in streamed)
-    np.testing.assert_allclose(np.array([s.smoothed_progress for s in streamed], float),
-                               np.array([s.smoothed_progress for s in whole], float), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array([s.smoothed_progress for s in streamed], float),
+        np.array([s.smoothed_progress for s in whole], float),
+        atol=1e-5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +113,7 @@ def video_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "episode.mp4", frames, fps=5)
 
 
-def test_score_video_in_pieces_equals_score_frames_on_the_decoded_frames(
-    client: SarmClient, video_file: Path
-) -> None:
+def test_score_video_in_pieces_equals_score_frames_on_the_decoded_frames(client: SarmClient, video_file: Path) -> None:
     seen: list[tuple[int, int]] = []
     piece = 4 * H * W * 3  # 4 frames per message: several messages
     curve = client.score_video(video_file, INSTRUCTION, step_bytes=piece, on_progress=lambda *a: seen.append(a))
@@ -116,8 +125,9 @@ def test_score_video_in_pieces_equals_score_frames_on_the_decoded_frames(
     np.testing.assert_allclose(progress(curve), progress(whole), atol=1e-5)
     slower = client.score_frames(INSTRUCTION, frames, fps=1)
     assert not np.allclose(progress(slower), progress(whole), atol=1e-5)  # fps matters, so the check above does
-    np.testing.assert_allclose(progress(client.score_video(video_file, INSTRUCTION, fps=1)), progress(slower),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        progress(client.score_video(video_file, INSTRUCTION, fps=1)), progress(slower), atol=1e-5
+    )
 
 
 def test_score_video_refuses_what_it_cannot_read(client: SarmClient, tmp_path: Path) -> None:
@@ -151,8 +161,13 @@ def test_the_asyncio_client_gives_the_same_answers(served: RunningGateway, clien
             async with aclient.stream(INSTRUCTION, fps=4) as episode:
                 for frame in frames:
                     streamed += await episode.step(frame)
-            return window, streamed, await aclient.score_frames(INSTRUCTION, frames, 4), await aclient.info(), \
-                await aclient.health()
+            return (
+                window,
+                streamed,
+                await aclient.score_frames(INSTRUCTION, frames, 4),
+                await aclient.info(),
+                await aclient.health(),
+            )
 
     window, streamed, whole, info, health = asyncio.run(run())
     assert window == client.score_window(INSTRUCTION, frames[:9])
@@ -165,11 +180,14 @@ def test_the_asyncio_client_gives_the_same_answers(served: RunningGateway, clien
 GOOD = episode_frames(9, seed=65)
 
 
-@pytest.mark.parametrize(("frames", "message"), [
-    (GOOD[:8], "the window has 8 time steps; the model takes exactly 9"),
-    (np.zeros((9, 32, 32, 3), np.uint8), "raw image is 32x32x3, expected 48x64"),
-    ([*GOOD[:8], b"\xff\xd8garbage"], "frame 8: cannot decode"),
-])
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        (GOOD[:8], "the window has 8 time steps; the model takes exactly 9"),
+        (np.zeros((9, 32, 32, 3), np.uint8), "raw image is 32x32x3, expected 48x64"),
+        ([*GOOD[:8], b"\xff\xd8garbage"], "frame 8: cannot decode"),
+    ],
+)
 def test_bad_input_is_invalid_argument_with_the_servers_message(
     client: SarmClient, frames: np.ndarray, message: str
 ) -> None:
@@ -195,17 +213,23 @@ def test_deadline_expiry_is_deadline_exceeded(gated: RunningGateway) -> None:
         assert time.monotonic() - started < 3.0
         gated.wait_in_flight(0)
         # The whole episode's deadline, enforced by the server; then one step's, by the client.
-        with (client.stream(INSTRUCTION, fps=10, timeout=0.3, step_timeout=TIMEOUT) as episode,
-              pytest.raises(DeadlineExceeded)):
+        with (
+            client.stream(INSTRUCTION, fps=10, timeout=0.3, step_timeout=TIMEOUT) as episode,
+            pytest.raises(DeadlineExceeded),
+        ):
             episode.step(GOOD[0])
-        with (client.stream(INSTRUCTION, fps=10, step_timeout=0.3) as episode,
-              pytest.raises(DeadlineExceeded, match="no reply to step 0")):
+        with (
+            client.stream(INSTRUCTION, fps=10, step_timeout=0.3) as episode,
+            pytest.raises(DeadlineExceeded, match="no reply to step 0"),
+        ):
             episode.step(GOOD[1])
     wait_streams_closed(gated)
 
     async def asyncio_step() -> None:
-        async with AsyncSarmClient(target(gated)) as aclient, aclient.stream(INSTRUCTION, fps=10,
-                                                                              step_timeout=0.3) as episode:
+        async with (
+            AsyncSarmClient(target(gated)) as aclient,
+            aclient.stream(INSTRUCTION, fps=10, step_timeout=0.3) as episode,
+        ):
             with pytest.raises(DeadlineExceeded, match="no reply to step 0"):
                 await episode.step(GOOD[2])
             with pytest.raises(DeadlineExceeded):  # the stream is over
@@ -224,8 +248,10 @@ def wait_streams_closed(running: RunningGateway) -> None:
 
 
 def hold_two_calls(gated: RunningGateway) -> list[Any]:
-    held = [gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
-            for s in (66, 67)]
+    held = [
+        gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
+        for s in (66, 67)
+    ]
     gated.wait_in_flight(2)
     return held
 

@@ -113,13 +113,35 @@ def test_the_wheel_installs_its_generated_code_and_console_script(tmp_path: Path
     # Built from a copy (setuptools writes beside the sources) without network, installed into a bare directory.
     skip = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
     source = shutil.copytree(CLIENT_ROOT, tmp_path / "src", ignore=skip)
-    built = run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                "-w", tmp_path / "dist", source, path=tmp_path)
+    built = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        tmp_path / "dist",
+        source,
+        path=tmp_path,
+    )
     assert built.returncode == 0, built.stderr
     [wheel] = (tmp_path / "dist").glob("sarm_client-*.whl")
     target = tmp_path / "site"
-    installed = run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", target, wheel,
-                    path=tmp_path)
+    installed = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--target",
+        target,
+        wheel,
+        path=tmp_path,
+    )
     assert installed.returncode == 0, installed.stderr
     assert (target / "sarm_client" / "v1" / "sarm_pb2_grpc.py").is_file()
     assert (target / "sarm_client" / "py.typed").is_file()

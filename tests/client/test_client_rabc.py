@@ -58,8 +58,15 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(cpu_model_repo: Path, text_encoder: TextEncoder, data_root: Path) -> Iterator[RunningGateway]:
-    running = RunningGateway(cpu_model_repo, text_encoder, http_port=0, data_root=data_root, job_heartbeat_s=0.05,
-                             auth_tokens=TOKENS, rabc_max_jobs=2)
+    running = RunningGateway(
+        cpu_model_repo,
+        text_encoder,
+        http_port=0,
+        data_root=data_root,
+        job_heartbeat_s=0.05,
+        auth_tokens=TOKENS,
+        rabc_max_jobs=2,
+    )
     yield running
     running.close()
 
@@ -89,8 +96,13 @@ def ended(jobs: RabcJobs, *job_ids: str) -> list[RabcJob]:
 def test_fetched_weights_are_the_services_file_and_the_cores_formula(jobs: RabcJobs, tmp_path: Path) -> None:
     seen: list[RabcJob] = []
     job, data = jobs.compute("demos", CHUNK, stride=2, on_progress=seen.append, **FAST)
-    assert job.state == "succeeded" and job.params == {"chunk_size": CHUNK, "kappa": 0.01, "eps": 1e-6,
-                                                       "stats": "global", "stride": 2}
+    assert job.state == "succeeded" and job.params == {
+        "chunk_size": CHUNK,
+        "kappa": 0.01,
+        "eps": 1e-6,
+        "stats": "global",
+        "stride": 2,
+    }
     assert data == jobs.download(job.id, "weights")
 
     weights = RabcWeights.from_parquet(data)
@@ -165,11 +177,14 @@ def test_unknown_jobs_are_not_found(jobs: RabcJobs) -> None:
         jobs.download(NO_JOB, "secrets")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("dataset", "chunk_size", "error", "message"), [
-    ("demos", 0, InvalidArgument, r"body\.chunk_size: Input should be greater than or equal to 1"),
-    ("nope", CHUNK, InvalidArgument, "no dataset folder 'nope' under the data root"),
-    ("../", CHUNK, PermissionDenied, "outside the data root"),
-])
+@pytest.mark.parametrize(
+    ("dataset", "chunk_size", "error", "message"),
+    [
+        ("demos", 0, InvalidArgument, r"body\.chunk_size: Input should be greater than or equal to 1"),
+        ("nope", CHUNK, InvalidArgument, "no dataset folder 'nope' under the data root"),
+        ("../", CHUNK, PermissionDenied, "outside the data root"),
+    ],
+)
 def test_bad_requests(jobs: RabcJobs, dataset: str, chunk_size: int, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         jobs.submit(dataset, chunk_size)
@@ -196,14 +211,27 @@ def sarm_client(*args: str, token: str | None = "trainer-token") -> subprocess.C
     env.pop("SARM_TOKEN", None)
     if token is not None:
         env["SARM_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "sarm_client", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sarm_client", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_cli_writes_the_weights_and_prints_the_summary(served: RunningGateway, tmp_path: Path) -> None:
     out = tmp_path / "weights.parquet"
-    result = sarm_client("rabc", "--http", served.http_url, "demos", "--chunk-size", str(CHUNK), "--stride", "2",
-                         "--poll", "0.02", "--out", str(out))
+    result = sarm_client(
+        "rabc",
+        "--http",
+        served.http_url,
+        "demos",
+        "--chunk-size",
+        str(CHUNK),
+        "--stride",
+        "2",
+        "--poll",
+        "0.02",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{EPISODES * LENGTH} frames of {EPISODES} episodes: mean weight ")
     assert result.stdout.rstrip().endswith(f"-> {out}")
@@ -214,22 +242,40 @@ def test_the_cli_writes_the_weights_and_prints_the_summary(served: RunningGatewa
 
 def test_the_cli_reports_errors_in_one_line(served: RunningGateway, tmp_path: Path) -> None:
     out = tmp_path / "weights.parquet"
-    failed = sarm_client("rabc", "--http", served.http_url, "not-a-dataset", "--chunk-size", "5", "--poll", "0.02",
-                         "--out", str(out))
+    failed = sarm_client(
+        "rabc", "--http", served.http_url, "not-a-dataset", "--chunk-size", "5", "--poll", "0.02", "--out", str(out)
+    )
     assert failed.returncode == 1 and not out.exists()
     [line] = [line for line in failed.stderr.splitlines() if line.startswith("sarm-client: error:")]
     assert "JobFailed: RA-BC job" in line and "on 'not-a-dataset' failed:" in line and "not a LeRobot dataset" in line
-    anonymous = sarm_client("rabc", "--http", served.http_url, "demos", "--chunk-size", "5", "--out", str(out),
-                            token=None)
+    anonymous = sarm_client(
+        "rabc", "--http", served.http_url, "demos", "--chunk-size", "5", "--out", str(out), token=None
+    )
     assert anonymous.returncode == 1 and anonymous.stderr.startswith("sarm-client: error: Unauthenticated: ")
 
 
 def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT), "SARM_TOKEN": "trainer-token"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "sarm_client", "rabc", "--http", served.http_url, "demos", "--chunk-size", str(CHUNK),
-         "--poll", "0.02", "--out", str(tmp_path / "weights.parquet")],
-        env=env, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sarm_client",
+            "rabc",
+            "--http",
+            served.http_url,
+            "demos",
+            "--chunk-size",
+            str(CHUNK),
+            "--poll",
+            "0.02",
+            "--out",
+            str(tmp_path / "weights.parquet"),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stderr is not None
     line = process.stderr.readline()  # the first progress line names the job: "RA-BC job <id>: queued, ..."
     assert line.startswith("RA-BC job "), line

@@ -27,8 +27,19 @@ from sarm_client import (
 from tests.tls import make_pki
 
 JOB_ID = "ab" * 16
-JOB = {"id": JOB_ID, "dataset": "demos", "state": "running", "params": {"chunk_size": 5}, "episodes_done": 1,
-       "episodes_total": 4, "error": None, "summary": None, "created_at": 1.0, "heartbeat_at": 2.0, "results": {}}
+JOB = {
+    "id": JOB_ID,
+    "dataset": "demos",
+    "state": "running",
+    "params": {"chunk_size": 5},
+    "episodes_done": 1,
+    "episodes_total": 4,
+    "error": None,
+    "summary": None,
+    "created_at": 1.0,
+    "heartbeat_at": 2.0,
+    "results": {},
+}
 RETRY = Retry(attempts=3, backoff=0.01)
 
 
@@ -103,8 +114,10 @@ def test_idempotent_calls_are_retried_when_refused_for_now() -> None:
 
 
 def test_retries_end_at_the_last_attempt_and_a_submit_is_never_retried() -> None:
-    with (scripted(problem(503, "backend down"), problem(503, "still down")) as server,
-          pytest.raises(Unavailable, match="still down") as down):
+    with (
+        scripted(problem(503, "backend down"), problem(503, "still down")) as server,
+        pytest.raises(Unavailable, match="still down") as down,
+    ):
         RabcJobs(url(server), retry=Retry(attempts=2, backoff=0.01)).cancel(JOB_ID)
     assert down.value.http_status == 503 and len(server.requests) == 2
     assert server.requests[0][:3] == ("POST", f"/v1/rabc/jobs/{JOB_ID}:cancel", None)
@@ -112,19 +125,31 @@ def test_retries_end_at_the_last_attempt_and_a_submit_is_never_retried() -> None
         RabcJobs(url(server), retry=RETRY).submit("demos", 5, stride=2)
     [(method, path, _, body)] = server.requests
     assert (method, path) == ("POST", "/v1/rabc/jobs")
-    assert json.loads(body) == {"dataset": "demos", "chunk_size": 5, "kappa": 0.01, "eps": 1e-6, "stats": "global",
-                                "stride": 2}
+    assert json.loads(body) == {
+        "dataset": "demos",
+        "chunk_size": 5,
+        "kappa": 0.01,
+        "eps": 1e-6,
+        "stats": "global",
+        "stride": 2,
+    }
 
 
-@pytest.mark.parametrize(("reply", "error", "message"), [
-    (Reply(502, b"Bad Gateway\n"), SarmError, "^Bad Gateway$"),  # a proxy's page, not the API's JSON
-    (Reply(500), SarmError, "^HTTP 500 Internal Server Error$"),
-    (problem(504, "too slow"), DeadlineExceeded, "^too slow$"),
-    (problem(400, "There was an error parsing the body"), InvalidArgument, "parsing the body"),
-    (problem(422, [{"loc": ["body", "stride"], "msg": "too small"}, "odd"]), InvalidArgument,
-     "^body.stride: too small; odd$"),
-    (Reply(200, b"<html>hello</html>"), SarmError, "the reply is not a job .* the gateway's HTTP port"),
-])
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        (Reply(502, b"Bad Gateway\n"), SarmError, "^Bad Gateway$"),  # a proxy's page, not the API's JSON
+        (Reply(500), SarmError, "^HTTP 500 Internal Server Error$"),
+        (problem(504, "too slow"), DeadlineExceeded, "^too slow$"),
+        (problem(400, "There was an error parsing the body"), InvalidArgument, "parsing the body"),
+        (
+            problem(422, [{"loc": ["body", "stride"], "msg": "too small"}, "odd"]),
+            InvalidArgument,
+            "^body.stride: too small; odd$",
+        ),
+        (Reply(200, b"<html>hello</html>"), SarmError, "the reply is not a job .* the gateway's HTTP port"),
+    ],
+)
 def test_replies_map_onto_the_exceptions(reply: Reply, error: type[SarmError], message: str) -> None:
     with scripted(reply) as server, pytest.raises(error, match=message) as raised:
         RabcJobs(url(server)).status(JOB_ID)
@@ -147,12 +172,15 @@ def test_https_with_the_servers_ca(tmp_path: Path) -> None:
             RabcJobs(url(server, "https", "localhost"), retry=Retry(attempts=1)).status(JOB_ID)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"base_url": "file:///etc/passwd"}, "http:// or https://"),
-    ({"base_url": "localhost:8000"}, "http:// or https://"),
-    ({"base_url": "http://localhost:8000", "ca_file": "ca.pem"}, "ca_file verifies an https:// server"),
-    ({"base_url": "http://localhost:8000", "token": " "}, "token is empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"base_url": "file:///etc/passwd"}, "http:// or https://"),
+        ({"base_url": "localhost:8000"}, "http:// or https://"),
+        ({"base_url": "http://localhost:8000", "ca_file": "ca.pem"}, "ca_file verifies an https:// server"),
+        ({"base_url": "http://localhost:8000", "token": " "}, "token is empty"),
+    ],
+)
 def test_bad_configurations(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RabcJobs(**kwargs)  # type: ignore[arg-type]

@@ -23,10 +23,13 @@ torch.set_num_threads(1)
 @pytest.fixture
 def weights_file(tmp_path: Path) -> Path:
     """An rabc_weights.parquet from the service's own writer: two episodes whose global indices start at 100."""
-    progress = DatasetProgress([
-        EpisodeProgress(3, np.arange(100, 110), np.linspace(0, 1, 10, dtype=np.float32)),
-        EpisodeProgress(7, np.arange(110, 116), np.array([0, 0.5, 0.4, 0.3, 0.2, 0.9], np.float32)),
-    ], {"checkpoint": "test"})
+    progress = DatasetProgress(
+        [
+            EpisodeProgress(3, np.arange(100, 110), np.linspace(0, 1, 10, dtype=np.float32)),
+            EpisodeProgress(7, np.arange(110, 116), np.array([0, 0.5, 0.4, 0.3, 0.2, 0.9], np.float32)),
+        ],
+        {"checkpoint": "test"},
+    )
     params = core.RabcParams(chunk_size=2)
     result = core.compute([e.progress for e in progress.episodes], params)
     return write_weights(progress, result, params, tmp_path)
@@ -49,16 +52,25 @@ def test_weights_read_from_the_services_file(weights_file: Path) -> None:
 def test_for_indices_looks_weights_up_by_global_frame_index(weights_file: Path) -> None:
     weights = RabcWeights.from_parquet(weights_file)
     rows = np.random.default_rng(0).permutation(len(weights.index))
-    shuffled = RabcWeights(weights.index[rows], weights.episode_index[rows], weights.frame_index[rows],
-                           weights.delta[rows], weights.weight[rows], {})
+    shuffled = RabcWeights(
+        weights.index[rows],
+        weights.episode_index[rows],
+        weights.frame_index[rows],
+        weights.delta[rows],
+        weights.weight[rows],
+        {},
+    )
     batch = torch.tensor([[115, 100], [104, 111]])  # as a DataLoader yields them, any shape
     for table in (weights, shuffled):  # the row order of the file does not matter
         looked_up = table.for_indices(batch)
         assert looked_up.shape == (2, 2) and looked_up.dtype == np.float32
         np.testing.assert_array_equal(looked_up, weights.weight[[[15, 0], [4, 11]]])
     assert weights.for_indices([]).shape == (0,)
-    with pytest.raises(KeyError, match=r"2 frame index\(es\) without an RA-BC weight, e.g. \[99, 116\]: these "
-                                       r"weights hold frames 100\.\.115"):
+    with pytest.raises(
+        KeyError,
+        match=r"2 frame index\(es\) without an RA-BC weight, e.g. \[99, 116\]: these "
+        r"weights hold frames 100\.\.115",
+    ):
         weights.for_indices([100, 99, 116, 116])
     with pytest.raises(TypeError, match="must be integers"):
         weights.for_indices([100.0])
@@ -79,11 +91,14 @@ def test_weights_that_cannot_be_right_are_refused(weights_file: Path, tmp_path: 
         RabcWeights.from_parquet(other)
 
 
-@pytest.mark.parametrize(("losses", "weights"), [
-    ([1.0, 2.0, 3.0, 4.0], [1.0, 0.0, 0.5, 0.0]),  # (1 + 1.5) / 1.5
-    ([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]),  # all zero: 0, not NaN
-    ([0.5, 0.25], [0.2, 0.6]),
-])
+@pytest.mark.parametrize(
+    ("losses", "weights"),
+    [
+        ([1.0, 2.0, 3.0, 4.0], [1.0, 0.0, 0.5, 0.0]),  # (1 + 1.5) / 1.5
+        ([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]),  # all zero: 0, not NaN
+        ([0.5, 0.25], [0.2, 0.6]),
+    ],
+)
 def test_weighted_loss_is_eq_9_as_the_core_computes_it(losses: list[float], weights: list[float]) -> None:
     w = np.array(weights, np.float32)  # as RabcWeights holds them
     got = weighted_loss(torch.tensor(losses, dtype=torch.float64), w)
@@ -118,13 +133,16 @@ def test_the_sampler_never_draws_a_zero_weight() -> None:
     assert set(weighted_sampler([0.0, 0.0, 1e-9, 0.0], num_samples=500)) == {2}
 
 
-@pytest.mark.parametrize(("weights", "message"), [
-    ([0.0, 0.0, 0.0], "every weight is 0"),
-    ([1.0, -0.5], "finite and >= 0"),
-    ([1.0, float("nan")], "finite and >= 0"),
-    ([[1.0, 2.0]], "one per dataset position"),
-    ([], "one per dataset position"),
-])
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([0.0, 0.0, 0.0], "every weight is 0"),
+        ([1.0, -0.5], "finite and >= 0"),
+        ([1.0, float("nan")], "finite and >= 0"),
+        ([[1.0, 2.0]], "one per dataset position"),
+        ([], "one per dataset position"),
+    ],
+)
 def test_the_sampler_refuses_weights_it_cannot_draw_from(weights: list[float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         weighted_sampler(weights)
@@ -138,8 +156,14 @@ def test_a_training_loop_with_rabc_weights_learns_from_the_good_samples() -> Non
     good = torch.arange(128) % 2 == 0
     y = torch.where(good[:, None], 2 * x - 1, -x)
     index = torch.arange(1000, 1128)  # LeRobot's global frame index, what the weights are keyed by
-    weights = RabcWeights(index.numpy(), np.zeros(128, np.int64), np.arange(128), np.zeros(128, np.float32),
-                          good.numpy().astype(np.float32), {})
+    weights = RabcWeights(
+        index.numpy(),
+        np.zeros(128, np.int64),
+        np.arange(128),
+        np.zeros(128, np.float32),
+        good.numpy().astype(np.float32),
+        {},
+    )
     dataset = TensorDataset(index, x, y)
 
     def train(loader: DataLoader, weigh: bool) -> torch.Tensor:
@@ -156,8 +180,11 @@ def test_a_training_loop_with_rabc_weights_learns_from_the_good_samples() -> Non
         return torch.cat([model.weight.detach().flatten(), model.bias.detach()])
 
     uniform = DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
-    by_weight = DataLoader(dataset, batch_size=32, sampler=weighted_sampler(weights.for_indices(index),
-                                                                            generator=torch.Generator().manual_seed(1)))
+    by_weight = DataLoader(
+        dataset,
+        batch_size=32,
+        sampler=weighted_sampler(weights.for_indices(index), generator=torch.Generator().manual_seed(1)),
+    )
     target = torch.tensor([2.0, -1.0])
     torch.testing.assert_close(train(uniform, weigh=True), target, atol=0.05, rtol=0)
     torch.testing.assert_close(train(by_weight, weigh=False), target, atol=0.05, rtol=0)

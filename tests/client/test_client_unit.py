@@ -32,8 +32,17 @@ from sarm_client.errors import from_rpc_error, retry_after
 from sarm_client.v1 import sarm_pb2 as pb
 
 WINDOW = np.zeros((9, 4, 6, 3), np.uint8)
-SCORE = pb.ScoreWindowResponse(score=pb.Score(stage_index=1, stage_name="grasp", stage_probs=[0.2, 0.8], tau=0.5,
-                                              progress=0.6, confidence=0.8, model_version="abc"))
+SCORE = pb.ScoreWindowResponse(
+    score=pb.Score(
+        stage_index=1,
+        stage_name="grasp",
+        stage_probs=[0.2, 0.8],
+        tau=0.5,
+        progress=0.6,
+        confidence=0.8,
+        model_version="abc",
+    )
+)
 FAST = Retry(attempts=4, backoff=0.001, multiplier=2.0, max_backoff=0.01, jitter=0.0)
 
 
@@ -96,16 +105,19 @@ def busy(retry_after_ms: str | None = "100") -> FakeRpcError:
     return FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy", trailers)
 
 
-@pytest.mark.parametrize(("code", "kind"), [
-    (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
-    (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
-    (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, Overloaded),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
-    (grpc.StatusCode.UNAVAILABLE, Unavailable),
-    (grpc.StatusCode.INTERNAL, SarmError),
-    (grpc.StatusCode.NOT_FOUND, SarmError),
-])
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, Overloaded),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
+        (grpc.StatusCode.UNAVAILABLE, Unavailable),
+        (grpc.StatusCode.INTERNAL, SarmError),
+        (grpc.StatusCode.NOT_FOUND, SarmError),
+    ],
+)
 def test_status_codes_map_to_the_exception_tree(code: grpc.StatusCode, kind: type[SarmError]) -> None:
     error = from_rpc_error(FakeRpcError(code, "what happened"))
     assert type(error) is kind and isinstance(error, SarmError)
@@ -118,13 +130,16 @@ def test_exceptions_are_also_the_builtin_kinds_and_fall_back_to_the_code_name() 
     assert str(from_rpc_error(FakeRpcError(grpc.StatusCode.INTERNAL))) == "INTERNAL"
 
 
-@pytest.mark.parametrize(("trailers", "seconds"), [
-    ((("retry-after-ms", "250"),), 0.25),
-    ((("other", "1"), ("retry-after-ms", "0")), 0.0),
-    ((), None),
-    ((("retry-after-ms", "soon"),), None),
-    ((("retry-after-ms", "-5"),), None),
-])
+@pytest.mark.parametrize(
+    ("trailers", "seconds"),
+    [
+        ((("retry-after-ms", "250"),), 0.25),
+        ((("other", "1"), ("retry-after-ms", "0")), 0.0),
+        ((), None),
+        ((("retry-after-ms", "soon"),), None),
+        ((("retry-after-ms", "-5"),), None),
+    ],
+)
 def test_retry_after_hint(trailers: tuple[tuple[str, str], ...], seconds: float | None) -> None:
     assert retry_after(trailers) == seconds
     error = from_rpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", trailers))
@@ -140,8 +155,13 @@ def test_backoff_grows_exponentially_up_to_its_cap_and_stops_after_the_attempts(
 
 def test_only_unavailable_and_overloaded_are_retried() -> None:
     retry = Retry(jitter=0.0)
-    for error in (InvalidArgument("bad"), DeadlineExceeded("late"), Unauthenticated("who"),
-                  PermissionDenied("no"), SarmError("internal")):
+    for error in (
+        InvalidArgument("bad"),
+        DeadlineExceeded("late"),
+        Unauthenticated("who"),
+        PermissionDenied("no"),
+        SarmError("internal"),
+    ):
         assert retry.delay(0, error, None) is None, type(error)
     assert retry.delay(0, Overloaded("busy"), None) == pytest.approx(0.1)
 
@@ -172,8 +192,11 @@ def test_unavailable_is_retried_with_the_token_on_every_attempt_within_one_deadl
     channel = FakeChannel([unavailable(), unavailable(), SCORE])
     client = SarmClient(channel=channel, token="s3cret", retry=FAST, timeout=Timeout(call=5.0))
     score = client.score_window("pick", WINDOW)
-    assert (score.stage_name, score.stage_probs, score.progress) == ("grasp", pytest.approx((0.2, 0.8)),
-                                                                    pytest.approx(0.6))
+    assert (score.stage_name, score.stage_probs, score.progress) == (
+        "grasp",
+        pytest.approx((0.2, 0.8)),
+        pytest.approx(0.6),
+    )
     assert [c.method for c in channel.calls] == ["/sarm.v1.RewardService/ScoreWindow"] * 3
     assert all(c.metadata == (("authorization", "Bearer s3cret"),) for c in channel.calls)
     timeouts = [c.timeout for c in channel.calls]
@@ -226,12 +249,15 @@ def test_score_frames_is_retried_as_a_whole() -> None:
     assert channel.calls[1].request.fps == 10 and len(channel.calls) == 2
 
 
-@pytest.mark.parametrize(("frames", "message"), [
-    (np.zeros((9, 4, 6, 3), np.float32), "frame 0: float32 array of shape (4, 6, 3)"),
-    ([np.zeros((4, 6), np.uint8)] * 9, "frame 0: uint8 array of shape (4, 6)"),
-    ([*WINDOW[:8], "frame.png"], "frame 8: str"),
-    ([*WINDOW[:8], b""], "frame 8: empty bytes"),
-])
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        (np.zeros((9, 4, 6, 3), np.float32), "frame 0: float32 array of shape (4, 6, 3)"),
+        ([np.zeros((4, 6), np.uint8)] * 9, "frame 0: uint8 array of shape (4, 6)"),
+        ([*WINDOW[:8], "frame.png"], "frame 8: str"),
+        ([*WINDOW[:8], b""], "frame 8: empty bytes"),
+    ],
+)
 def test_bad_frames_are_refused_before_anything_is_sent(frames: Any, message: str) -> None:
     channel = FakeChannel([SCORE])
     with pytest.raises(InvalidArgument, match=re.escape(message)):
@@ -247,12 +273,15 @@ def test_frames_may_mix_raw_pixels_and_encoded_bytes() -> None:
     assert (sent[0].raw.height, sent[0].raw.width, sent[0].raw.channels) == (4, 6, 3)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({}, "a target"),
-    ({"target": "h:1", "channel": FakeChannel()}, "a target"),
-    ({"channel": FakeChannel(), "tls": True}, "injected"),
-    ({"target": "h:1", "token": " "}, "token is empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "a target"),
+        ({"target": "h:1", "channel": FakeChannel()}, "a target"),
+        ({"channel": FakeChannel(), "tls": True}, "injected"),
+        ({"target": "h:1", "token": " "}, "token is empty"),
+    ],
+)
 def test_client_arguments_are_checked(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SarmClient(**kwargs)

@@ -83,15 +83,22 @@ def test_onnx_runtime_embeddings_match_pytorch(
     """`sarm embed`'s default engine: the exported graph in ONNX Runtime, within the export parity tolerance, and
     recorded exactly as the PyTorch encoder is (a float checkpoint reads either)."""
     ds = LeRobotDataset(dataset)
-    onnx_encoder = OnnxFrameEncoder(frame_encoder.encoder_id, frame_encoder.version, frame_encoder.dim,
-                                    float_graphs(frame_encoder, tmp_path / "cache"))
+    onnx_encoder = OnnxFrameEncoder(
+        frame_encoder.encoder_id,
+        frame_encoder.version,
+        frame_encoder.dim,
+        float_graphs(frame_encoder, tmp_path / "cache"),
+    )
     embed_dataset(ds, onnx_encoder, text_encoder)
     loaded = load_embeddings(ds)
     for episode in (0, 2):
         want = frame_encoder.encode_frames(ds.frames(episode))
         np.testing.assert_allclose(loaded.frames[episode][:, 0], want, atol=2e-4)
-    assert loaded.frame_encoder == {"id": frame_encoder.encoder_id, "version": frame_encoder.version,
-                                    "dim": frame_encoder.dim}
+    assert loaded.frame_encoder == {
+        "id": frame_encoder.encoder_id,
+        "version": frame_encoder.version,
+        "dim": frame_encoder.dim,
+    }
     assert list((tmp_path / "cache").rglob("*.onnx")) == [
         tmp_path / "cache" / f"efficientnet-lite0@{frame_encoder.version}" / "32x48.onnx"
     ]
@@ -106,8 +113,11 @@ def test_int8_embeddings_are_recorded_and_a_float_checkpoint_refuses_them(datase
     assert loaded.frame_encoder["quantization"] == {"mode": "int8-qdq-per-channel", "calibrated_on": "embedded dataset"}
     require_same_encoders(loaded, loaded.frame_encoder, loaded.text_encoder)  # an INT8-trained checkpoint reads them
     float_checkpoint = {k: loaded.frame_encoder[k] for k in ("id", "version", "dim")}
-    with pytest.raises(EncoderMismatchError, match="embedded with the int8-qdq-per-channel frame encoder but the "
-                                                   "checkpoint expects the float one: re-embed the dataset"):
+    with pytest.raises(
+        EncoderMismatchError,
+        match="embedded with the int8-qdq-per-channel frame encoder but the "
+        "checkpoint expects the float one: re-embed the dataset",
+    ):
         require_same_encoders(loaded, float_checkpoint, loaded.text_encoder)
     # Float embeddings never land beside INT8 ones in the same store.
     result = CliRunner().invoke(app, ["embed", str(dataset), *cache])

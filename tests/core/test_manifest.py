@@ -46,18 +46,21 @@ def test_a_centered_window_strides_in_frames_whatever_the_fps() -> None:
     assert not manifest.window.live and manifest.window.stride(50.0) == 30 == manifest.window.stride(80.0)
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    (lambda r: r["window"].update(mode="sideways"), "window.mode"),
-    (lambda r: r["window"].update(mode="centered"), "stride_frames"),
-    (lambda r: r["window"].pop("stride_seconds"), "stride_seconds"),
-    (lambda r: r.update(heads=["sparse", "sparse"]), "heads"),
-    (lambda r: r.update(heads=["fine"]), "heads"),
-    (lambda r: r["tasks"][0].update(stage_names=["reach", "fly"]), "tasks[0]"),
-    (lambda r: r.update(num_cameras=0), "num_cameras"),
-    (lambda r: r["onnx"].pop("heads"), "'heads'"),
-    (lambda r: r.pop("image"), "'image'"),
-    (lambda r: r.update(format="sarm-model-repo/0"), "format"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: r["window"].update(mode="sideways"), "window.mode"),
+        (lambda r: r["window"].update(mode="centered"), "stride_frames"),
+        (lambda r: r["window"].pop("stride_seconds"), "stride_seconds"),
+        (lambda r: r.update(heads=["sparse", "sparse"]), "heads"),
+        (lambda r: r.update(heads=["fine"]), "heads"),
+        (lambda r: r["tasks"][0].update(stage_names=["reach", "fly"]), "tasks[0]"),
+        (lambda r: r.update(num_cameras=0), "num_cameras"),
+        (lambda r: r["onnx"].pop("heads"), "'heads'"),
+        (lambda r: r.pop("image"), "'image'"),
+        (lambda r: r.update(format="sarm-model-repo/0"), "format"),
+    ],
+)
 def test_inconsistent_manifests_are_refused_naming_the_field(change: Any, field: str) -> None:
     raw = copy.deepcopy(RAW)
     change(raw)

@@ -24,10 +24,16 @@ def test_cpu_repository_layout_and_manifest(cpu_model_repo: Path) -> None:
     manifest = read_manifest(repo).to_dict()
     assert manifest == json.loads((repo / "sarm_manifest.json").read_text())  # parsing loses nothing
     assert manifest["stage_names"] == ["reach", "grasp", "lift"] and manifest["image"] == {"height": 48, "width": 64}
-    assert manifest["tasks"] == [{"instruction": "", "stage_names": ["reach", "grasp", "lift"],
-                                  "proportions": [0.5, 0.2, 0.3]}]
-    assert manifest["window"] == {"mode": "causal", "frames": 9, "max_rewind": 4, "stride_seconds": 1.0,
-                                  "sequence_length": 13}
+    assert manifest["tasks"] == [
+        {"instruction": "", "stage_names": ["reach", "grasp", "lift"], "proportions": [0.5, 0.2, 0.3]}
+    ]
+    assert manifest["window"] == {
+        "mode": "causal",
+        "frames": 9,
+        "max_rewind": 4,
+        "stride_seconds": 1.0,
+        "sequence_length": 13,
+    }
     assert manifest["heads"] == ["sparse"] and manifest["state_dim"] == 0 and manifest["max_batch"] == 64
     assert manifest["frame_encoder"]["id"] == "efficientnet-lite0" and manifest["checkpoint"]["labels"] == "stage"
     for name in (ENCODER_MODEL, HEADS_MODEL):

@@ -33,12 +33,25 @@ torch.set_num_threads(1)
 
 FRAME, TEXT, L = 16, 8, 13
 CLASSES = ["reach", "grasp", "lift", "place", "move", "insert"]
-PICK_PLACE = {"instruction": "pick and place", "stage_names": ["reach", "grasp", "lift", "place"],
-              "proportions": [0.2, 0.1, 0.3, 0.4]}
-ASSEMBLY = {"instruction": "assemble", "stage_names": ["reach", "grasp", "lift", "move", "insert"],
-            "proportions": [0.1, 0.2, 0.1, 0.2, 0.4]}
-SIZES = {"frame_dim": FRAME, "text_dim": TEXT, "d_model": 32, "n_layers": 1, "n_heads": 4, "ffn_dim": 64,
-         "dropout": 0.0}
+PICK_PLACE = {
+    "instruction": "pick and place",
+    "stage_names": ["reach", "grasp", "lift", "place"],
+    "proportions": [0.2, 0.1, 0.3, 0.4],
+}
+ASSEMBLY = {
+    "instruction": "assemble",
+    "stage_names": ["reach", "grasp", "lift", "move", "insert"],
+    "proportions": [0.1, 0.2, 0.1, 0.2, 0.4],
+}
+SIZES = {
+    "frame_dim": FRAME,
+    "text_dim": TEXT,
+    "d_model": 32,
+    "n_layers": 1,
+    "n_heads": 4,
+    "ffn_dim": 64,
+    "dropout": 0.0,
+}
 
 
 def two_tasks(**overrides: object) -> SARMConfig:
@@ -98,10 +111,8 @@ def test_two_task_progress_map_by_hand() -> None:
     model = SARM(two_tasks())
     # low: Σ ᾱ of the task's earlier stages; width: ᾱ; (0, 0) for classes outside the task.
     #                  reach grasp lift place move insert
-    low = torch.tensor([[0.0, 0.2, 0.3, 0.6, 0.0, 0.0],
-                        [0.0, 0.1, 0.3, 0.0, 0.4, 0.6]])
-    width = torch.tensor([[0.2, 0.1, 0.3, 0.4, 0.0, 0.0],
-                          [0.1, 0.2, 0.1, 0.0, 0.2, 0.4]])
+    low = torch.tensor([[0.0, 0.2, 0.3, 0.6, 0.0, 0.0], [0.0, 0.1, 0.3, 0.0, 0.4, 0.6]])
+    width = torch.tensor([[0.2, 0.1, 0.3, 0.4, 0.0, 0.0], [0.1, 0.2, 0.1, 0.0, 0.2, 0.4]])
     torch.testing.assert_close(model.progress_low, low)
     torch.testing.assert_close(model.progress_width, width)
     task, stage = torch.tensor([0, 1, 1, 0, 1, 0]), torch.tensor([3, 3, 5, 2, 1, 5])
@@ -169,8 +180,11 @@ def test_task_embeddings_travel_with_the_weights_and_old_checkpoints_load(tmp_pa
     loaded.load_state_dict(legacy)
     frames, text = torch.randn(2, L, 1, FRAME), torch.randn(2, TEXT)
     with torch.no_grad():
-        for x, y in zip(old.predict(frames, text, torch.tensor([9, 13])),
-                        loaded.predict(frames, text, torch.tensor([9, 13])), strict=True):
+        for x, y in zip(
+            old.predict(frames, text, torch.tensor([9, 13])),
+            loaded.predict(frames, text, torch.tensor([9, 13])),
+            strict=True,
+        ):
             assert torch.equal(x, y)
 
 
@@ -204,10 +218,14 @@ def annotated(task: str, length: int, *spans: tuple[str, int, int]) -> EpisodeDa
     return replace(episode, task=task, annotations={"sparse": EpisodeAnnotation(tuple(Subtask(*s) for s in spans))})
 
 
-PICK = [annotated("pick", 20, ("reach", 0, 4), ("grasp", 4, 10), ("lift", 10, 20)),
-        annotated("pick", 40, ("reach", 0, 8), ("grasp", 8, 20), ("lift", 20, 40))]
-PEG = [annotated("peg", 20, ("reach", 0, 5), ("insert", 5, 20)),
-       annotated("peg", 12, ("reach", 0, 3), ("insert", 3, 12))]
+PICK = [
+    annotated("pick", 20, ("reach", 0, 4), ("grasp", 4, 10), ("lift", 10, 20)),
+    annotated("pick", 40, ("reach", 0, 8), ("grasp", 8, 20), ("lift", 20, 40)),
+]
+PEG = [
+    annotated("peg", 20, ("reach", 0, 5), ("insert", 5, 20)),
+    annotated("peg", 12, ("reach", 0, 3), ("insert", 3, 12)),
+]
 
 
 def test_label_vocabulary_of_datasets_with_different_vocabularies(tmp_path: Path) -> None:
@@ -237,8 +255,10 @@ def two_embedded(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("multitask")
     frame, text = load_frame_encoder(), load_text_encoder()
     roots = []
-    for name, task, stages in (("pick", "pick up the cube", ("reach", "grasp", "lift")),
-                               ("peg", "insert the peg", ("reach", "insert"))):
+    for name, task, stages in (
+        ("pick", "pick up the cube", ("reach", "grasp", "lift")),
+        ("peg", "insert the peg", ("reach", "insert")),
+    ):
         episodes = [replace(synthetic_episode(20 + 3 * seed, seed, stages=stages), task=task) for seed in range(4)]
         if name == "peg":
             # Different tasks look different (a blue bar, not an orange one): training shows each video under
@@ -252,8 +272,9 @@ def two_embedded(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_multi_task_training_lowers_the_loss(two_embedded: list[Path], tmp_path: Path) -> None:
     data = [Path(shutil.copytree(p, tmp_path / p.name)) for p in two_embedded]
-    config = TrainConfig(datasets=data, out=tmp_path / "ckpt", steps=120, batch_size=16, eval_every=40,
-                         val_fraction=0.25, seed=3)
+    config = TrainConfig(
+        datasets=data, out=tmp_path / "ckpt", steps=120, batch_size=16, eval_every=40, val_fraction=0.25, seed=3
+    )
     result = train(config)
     model, info = load_checkpoint(tmp_path / "ckpt")
     assert info.model.stage_names == ["reach", "grasp", "lift", "insert"]
@@ -265,8 +286,9 @@ def test_multi_task_training_lowers_the_loss(two_embedded: list[Path], tmp_path:
     assert model.select_task(texts).tolist() == [0, 1]
 
     classes, _ = label_vocabulary(datasets, "stage")
-    episodes = [e for ds, emb in zip(datasets, embeddings, strict=True)
-                for e in episode_arrays(ds, emb, classes, "stage")]
+    episodes = [
+        e for ds, emb in zip(datasets, embeddings, strict=True) for e in episode_arrays(ds, emb, classes, "stage")
+    ]
     batch = validation_batch(WindowSampler(episodes, embeddings[0].distractors), np.random.default_rng(0))
     torch.manual_seed(3)
     untrained = SARM(info.model)

@@ -49,8 +49,18 @@ def int8_repo(sarm_checkpoint: Path, calibration: Path, tmp_path_factory: pytest
     repo = tmp_path_factory.mktemp("int8") / "repo"
     result = runner.invoke(
         app,
-        ["export", str(sarm_checkpoint), "--out", str(repo), "--target", "cpu", "--quantize", "int8",
-         "--calibration", str(calibration)],
+        [
+            "export",
+            str(sarm_checkpoint),
+            "--out",
+            str(repo),
+            "--target",
+            "cpu",
+            "--quantize",
+            "int8",
+            "--calibration",
+            str(calibration),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "frame encoder INT8, calibrated on 95 frames of 3 episodes" in result.output
@@ -96,8 +106,9 @@ def test_refusals_name_the_fix(sarm_checkpoint: Path, dataset: Path, tmp_path: P
     gpu = [*export, str(tmp_path / "d"), "--target", "gpu", "--quantize", "int8", "--calibration", str(dataset)]
     result = runner.invoke(app, gpu)
     assert result.exit_code == 2 and "is for --target cpu" in result.output
-    result = runner.invoke(app, [*export, str(tmp_path / "e"), "--quantize", "int8", "--calibration",
-                                 str(tmp_path / "nowhere")])
+    result = runner.invoke(
+        app, [*export, str(tmp_path / "e"), "--quantize", "int8", "--calibration", str(tmp_path / "nowhere")]
+    )
     assert result.exit_code == 2 and "is not a LeRobot dataset" in result.output
 
 

@@ -61,8 +61,12 @@ def _demos(actions: list[float], length: int = 20, qualities: tuple[str, ...] = 
     # Every episode visits the same states and disagrees only on the action.
     states = [np.linspace(0, 1, length * len(STATE_NAMES), dtype=np.float32).reshape(length, -1) for _ in actions]
     return Demos(
-        task="pick-place-v3", episodes=list(range(len(actions))), quality=list(qualities),
-        perturbations=[""] * len(actions), success=[q != "failed" for q in qualities], state=states,
+        task="pick-place-v3",
+        episodes=list(range(len(actions))),
+        quality=list(qualities),
+        perturbations=[""] * len(actions),
+        success=[q != "failed" for q in qualities],
+        state=states,
         action=[np.full((length, 4), value, np.float32) for value in actions],
     )
 

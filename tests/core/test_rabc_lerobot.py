@@ -34,20 +34,41 @@ def aloha(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copied("lerobot_aloha_insertion", tmp_path_factory)
 
 
-@pytest.mark.parametrize(("golden_name", "heads"), [("lerobot_sarm_insertion", ("sparse", "dense")),
-                                                    ("lerobot_sarm_insertion_single", ("sparse",))])
+@pytest.mark.parametrize(
+    ("golden_name", "heads"),
+    [("lerobot_sarm_insertion", ("sparse", "dense")), ("lerobot_sarm_insertion_single", ("sparse",))],
+)
 def test_sarm_rabc_on_an_imported_checkpoint_gives_lerobots_progress(
-    golden_name: str, heads: tuple[str, ...], aloha: Path, tmp_path_factory: pytest.TempPathFactory,
+    golden_name: str,
+    heads: tuple[str, ...],
+    aloha: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     golden = copied(golden_name, tmp_path_factory)
     work = tmp_path_factory.mktemp("work")
     ckpt, out = work / "ckpt", work / "out"
-    imported = runner.invoke(app, ["import", "lerobot", str(golden / "checkpoint"), "--clip", str(golden / "clip"),
-                                   "--out", str(ckpt)])
+    imported = runner.invoke(
+        app, ["import", "lerobot", str(golden / "checkpoint"), "--clip", str(golden / "clip"), "--out", str(ckpt)]
+    )
     assert imported.exit_code == 0, imported.output
     head = heads[-1]
-    result = runner.invoke(app, ["rabc", str(aloha), "--checkpoint", str(ckpt), "--chunk-size", "10", "--stride",
-                                 str(STRIDE), "--head", head, "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "rabc",
+            str(aloha),
+            "--checkpoint",
+            str(ckpt),
+            "--chunk-size",
+            "10",
+            "--stride",
+            str(STRIDE),
+            "--head",
+            head,
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ours = pq.read_table(out / "sarm_progress.parquet")
     theirs = pq.read_table(golden / "sarm_progress.parquet")
@@ -72,11 +93,28 @@ def test_a_dense_head_and_an_export_are_refused_for_an_imported_single_stage_mod
 ) -> None:
     golden = copied("lerobot_sarm_insertion_single", tmp_path_factory)
     work = tmp_path_factory.mktemp("work")
-    imported = runner.invoke(app, ["import", "lerobot", str(golden / "checkpoint"), "--clip", str(golden / "clip"),
-                                   "--out", str(work / "ckpt")])
+    imported = runner.invoke(
+        app,
+        ["import", "lerobot", str(golden / "checkpoint"), "--clip", str(golden / "clip"), "--out", str(work / "ckpt")],
+    )
     assert imported.exit_code == 0, imported.output
-    result = runner.invoke(app, ["rabc", str(aloha), "--checkpoint", str(work / "ckpt"), "--chunk-size", "10",
-                                 "--stride", "50", "--head", "dense", "--out", str(work / "out")])
+    result = runner.invoke(
+        app,
+        [
+            "rabc",
+            str(aloha),
+            "--checkpoint",
+            str(work / "ckpt"),
+            "--chunk-size",
+            "10",
+            "--stride",
+            "50",
+            "--head",
+            "dense",
+            "--out",
+            str(work / "out"),
+        ],
+    )
     assert result.exit_code == 2 and "no 'dense' progress" in result.output and "Traceback" not in result.output
     exported = runner.invoke(app, ["export", str(work / "ckpt"), "--out", str(work / "repo")])
     assert exported.exit_code == 2 and "cannot be served" in exported.output and "sarm rabc" in exported.output

@@ -48,8 +48,11 @@ def distinct_frames(ds: LeRobotDataset, episode: int, indices: np.ndarray | None
 def counting_engine(checkpoint: Path, text_encoder: TextEncoder) -> tuple[EngineHandle, CountingBackend]:
     """The engine `sarm rabc` opens on the checkpoint, with its backend counting what it encodes."""
     loop = asyncio.new_event_loop()
-    engine = Engine.open(repository_for(checkpoint), EngineOptions(frame_cache_entries=0, score_cache_entries=0),
-                         text_encoder=text_encoder)
+    engine = Engine.open(
+        repository_for(checkpoint),
+        EngineOptions(frame_cache_entries=0, score_cache_entries=0),
+        text_encoder=text_encoder,
+    )
     backend = CountingBackend(engine.backend, gated=False)
     engine.backend = backend
 
@@ -80,7 +83,10 @@ def full(
     (handle, counting), calls = counting_engine(sarm_checkpoint, text_encoder), []
     try:
         progress = dataset_progress(
-            LeRobotDataset(ds_root), sarm_checkpoint, 1, on_episode=lambda done, total: calls.append((done, total)),
+            LeRobotDataset(ds_root),
+            sarm_checkpoint,
+            1,
+            on_episode=lambda done, total: calls.append((done, total)),
             engine=handle,
         )
     finally:
@@ -96,8 +102,12 @@ def test_progress_is_the_causal_score_of_every_frame(
     assert [e.episode_index for e in progress.episodes] == [0, 1, 2]
     assert [len(e.progress) for e in progress.episodes] == list(LENGTHS)
     model, info = load_checkpoint(sarm_checkpoint)
-    direct = score_embeddings(model, frame_encoder.encode_frames(ds.frames(1)),
-                              text_encoder.encode([ds.episode(1).task])[0], stride_frames(ds.fps))
+    direct = score_embeddings(
+        model,
+        frame_encoder.encode_frames(ds.frames(1)),
+        text_encoder.encode([ds.episode(1).task])[0],
+        stride_frames(ds.fps),
+    )
     np.testing.assert_allclose(progress.episodes[1].progress, direct.progress, atol=1e-5)
     index = ds.frames_table.column("index").to_numpy()
     np.testing.assert_array_equal(np.concatenate([e.index for e in progress.episodes]), index)
@@ -133,15 +143,20 @@ def test_stride_scores_every_nth_and_the_last_frame_and_interpolates_between(
         p = strided_ep.progress
         assert p[2] == pytest.approx((p[0] + p[4]) / 2, abs=1e-6)
         assert p[9] == pytest.approx(0.75 * p[8] + 0.25 * p[12], abs=1e-6)
-        needed += distinct_frames(LeRobotDataset(ds_root), every.episode_index,
-                                  np.unique(sequence_indices(scored, 10).indices))
+        needed += distinct_frames(
+            LeRobotDataset(ds_root), every.episode_index, np.unique(sequence_indices(scored, 10).indices)
+        )
     # Only frames some scored window reads are encoded (fewer than all of them), each once.
     assert counting.encoded == needed < sum(LENGTHS)
 
 
 def test_stored_embeddings_give_the_same_progress_without_touching_video(
-    full: dict[str, Any], ds_root: Path, sarm_checkpoint: Path, frame_encoder: FrameEncoder,
-    text_encoder: TextEncoder, tmp_path: Path,
+    full: dict[str, Any],
+    ds_root: Path,
+    sarm_checkpoint: Path,
+    frame_encoder: FrameEncoder,
+    text_encoder: TextEncoder,
+    tmp_path: Path,
 ) -> None:
     root = Path(shutil.copytree(ds_root, tmp_path / "embedded"))
     ds = LeRobotDataset(root)
@@ -156,8 +171,15 @@ def test_stored_embeddings_give_the_same_progress_without_touching_video(
 def test_cancel_stops_between_episodes_and_writes_nothing(ds_root: Path, sarm_checkpoint: Path, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     with pytest.raises(Cancelled, match="after 1 of 3"):
-        run_rabc(ds_root, sarm_checkpoint, RabcParams(5), tmp_path / "out", stride=100,
-                 on_episode=lambda done, total: calls.append((done, total)), should_stop=lambda: len(calls) > 1)
+        run_rabc(
+            ds_root,
+            sarm_checkpoint,
+            RabcParams(5),
+            tmp_path / "out",
+            stride=100,
+            on_episode=lambda done, total: calls.append((done, total)),
+            should_stop=lambda: len(calls) > 1,
+        )
     assert calls == [(0, 3), (1, 3)]
     assert not (tmp_path / "out").exists()
     stop = threading.Event()
@@ -173,8 +195,12 @@ def test_output_files_follow_lerobots_schema_and_carry_provenance(full: dict[str
     summary = weigh(progress, params, tmp_path)
 
     table = pq.read_table(tmp_path / PROGRESS_FILE)
-    expected = [("index", pa.int64()), ("episode_index", pa.int64()), ("frame_index", pa.int64()),
-                ("progress_sparse", pa.float32())]
+    expected = [
+        ("index", pa.int64()),
+        ("episode_index", pa.int64()),
+        ("frame_index", pa.int64()),
+        ("progress_sparse", pa.float32()),
+    ]
     assert [(f.name, f.type) for f in table.schema] == expected
     assert table.num_rows == sum(LENGTHS)
     assert table.column("episode_index").to_pylist() == [e for e, n in enumerate(LENGTHS) for _ in range(n)]
@@ -183,7 +209,8 @@ def test_output_files_follow_lerobots_schema_and_carry_provenance(full: dict[str
     provenance = json.loads(table.schema.metadata[b"sarm.provenance"])
     assert provenance == progress.provenance
     assert {"checkpoint", "checkpoint_sha256", "frame_encoder", "text_encoder", "window", "score_stride"} <= set(
-        provenance)
+        provenance
+    )
     back = read_progress(tmp_path / PROGRESS_FILE)
     for a, b in zip(back.episodes, progress.episodes, strict=True):
         np.testing.assert_array_equal(a.progress, b.progress)
@@ -207,8 +234,12 @@ def test_output_files_follow_lerobots_schema_and_carry_provenance(full: dict[str
 
 
 def test_read_progress_takes_rows_in_any_order_and_refuses_gaps(tmp_path: Path) -> None:
-    rows = {"index": [12, 10, 11, 3], "episode_index": [4, 4, 4, 1], "frame_index": [2, 0, 1, 0],
-            "progress_sparse": [0.3, 0.1, 0.2, 0.9]}
+    rows = {
+        "index": [12, 10, 11, 3],
+        "episode_index": [4, 4, 4, 1],
+        "frame_index": [2, 0, 1, 0],
+        "progress_sparse": [0.3, 0.1, 0.2, 0.9],
+    }
     pq.write_table(pa.table(rows), tmp_path / "a.parquet")  # e.g. written by another tool, no metadata
     progress = read_progress(tmp_path / "a.parquet")
     assert [e.episode_index for e in progress.episodes] == [1, 4]
@@ -225,8 +256,22 @@ def test_read_progress_takes_rows_in_any_order_and_refuses_gaps(tmp_path: Path) 
 
 def test_cli_end_to_end(ds_root: Path, sarm_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = runner.invoke(app, ["rabc", str(ds_root), "--checkpoint", str(sarm_checkpoint), "--chunk-size", "5",
-                                 "--stride", "3", "--out", str(out), "--plot"])
+    result = runner.invoke(
+        app,
+        [
+            "rabc",
+            str(ds_root),
+            "--checkpoint",
+            str(sarm_checkpoint),
+            "--chunk-size",
+            "5",
+            "--stride",
+            "3",
+            "--out",
+            str(out),
+            "--plot",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in (PROGRESS_FILE, WEIGHTS_FILE, SUMMARY_FILE, "rabc_weights.png"):
         assert (out / name).is_file(), name
@@ -266,7 +311,20 @@ def test_cli_reports_bad_input_in_one_line(
 
 
 def test_cli_refuses_an_unknown_statistic(ds_root: Path, sarm_checkpoint: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["rabc", str(ds_root), "--checkpoint", str(sarm_checkpoint), "--chunk-size", "5",
-                                 "--stats", "median", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "rabc",
+            str(ds_root),
+            "--checkpoint",
+            str(sarm_checkpoint),
+            "--chunk-size",
+            "5",
+            "--stats",
+            "median",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2
     assert "median" in result.output

@@ -126,8 +126,9 @@ def staged_splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     root = tmp_path_factory.mktemp("staged")
     shares = (0.15, 0.7, 0.3, 0.55, 0.2, 0.65, 0.4, 0.1)
     train_ds = write_dataset(root / "train", [staged_episode(30 + 2 * i, s, i) for i, s in enumerate(shares)])
-    held = write_dataset(root / "heldout", [staged_episode(33 + 3 * i, s, 50 + i)
-                                            for i, s in enumerate((0.12, 0.6, 0.35, 0.68))])
+    held = write_dataset(
+        root / "heldout", [staged_episode(33 + 3 * i, s, 50 + i) for i, s in enumerate((0.12, 0.6, 0.35, 0.68))]
+    )
     frame, text = load_frame_encoder(), load_text_encoder()
     for ds in (train_ds, held):
         embed_dataset(ds, frame, text)
@@ -141,8 +142,16 @@ def test_eval_on_held_out_demos_sarm_beats_the_frame_index_baseline(
     for name, labels in (("sarm", "stage"), ("baseline", "frame-index")):
         train(small_config(data, tmp_path / name, labels=labels, steps=200, eval_every=100, val_fraction=0.0))
     result = runner.invoke(
-        app, ["eval", str(tmp_path / "sarm"), str(tmp_path / "baseline"), "--data", str(heldout),
-              "--out", str(tmp_path / "report")]
+        app,
+        [
+            "eval",
+            str(tmp_path / "sarm"),
+            str(tmp_path / "baseline"),
+            "--data",
+            str(heldout),
+            "--out",
+            str(tmp_path / "report"),
+        ],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "report/metrics.json").read_text())["checkpoints"]
@@ -182,8 +191,9 @@ def test_a_copy_or_a_subset_of_the_training_data_is_not_held_out(embedded: Path,
     with pytest.raises(InSampleError, match="it is training dataset"):
         evaluate([tmp_path / "sarm"], copy, tmp_path / "r1")
     # Two of the training episodes re-packed with a new one into another dataset: caught by fingerprints.
-    mixed = write_dataset(tmp_path / "mixed", [synthetic_episode(24, 0), synthetic_episode(27, 1),
-                                                synthetic_episode(40, 99)])
+    mixed = write_dataset(
+        tmp_path / "mixed", [synthetic_episode(24, 0), synthetic_episode(27, 1), synthetic_episode(40, 99)]
+    )
     embed_dataset(mixed, load_frame_encoder(), load_text_encoder())
     with pytest.raises(InSampleError, match="2 of its 3 episodes are training episodes"):
         evaluate([tmp_path / "sarm"], mixed.root, tmp_path / "r2")

@@ -77,15 +77,17 @@ def test_triton_matches_in_process_onnxruntime(triton: TritonServer, cpu_model_r
     served = infer(url, ENCODER_MODEL, {"images": images}, ["embeddings"])[0]
     np.testing.assert_allclose(served, local(cpu_model_repo, ENCODER_MODEL, {"images": images})[0], atol=1e-5)
     inputs = heads_inputs(5)
-    for got, want in zip(infer(url, HEADS_MODEL, inputs, HEADS_OUTPUTS), local(cpu_model_repo, HEADS_MODEL, inputs),
-                         strict=True):
+    for got, want in zip(
+        infer(url, HEADS_MODEL, inputs, HEADS_OUTPUTS), local(cpu_model_repo, HEADS_MODEL, inputs), strict=True
+    ):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_concurrent_requests_are_batched(triton: TritonServer) -> None:
     def counts() -> tuple[int, int]:
         stats = grpcclient.InferenceServerClient(triton.endpoints.grpc).get_inference_statistics(
-            HEADS_MODEL, as_json=True)["model_stats"][0]
+            HEADS_MODEL, as_json=True
+        )["model_stats"][0]
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
     async def burst(n: int) -> None:
@@ -113,7 +115,9 @@ def test_metrics_endpoint_answers(triton: TritonServer) -> None:
 def test_example_client_scores_a_window(triton: TritonServer, cpu_model_repo: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLE_CLIENT), "--url", triton.endpoints.grpc, "--repo", str(cpu_model_repo)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("stage ") and "progress" in result.stdout

@@ -58,8 +58,11 @@ def load_triton_cpu() -> ModuleType:
 def listening_ports(name: str, service: dict[str, Any]) -> set[int]:
     """Container ports a service listens on, from what runs in it."""
     if name == "triton":
-        return {int(port) for line in re.findall(r"^EXPOSE (.+)$", (ROOT / "Dockerfile.gpu").read_text(), re.M)
-                for port in line.split()}
+        return {
+            int(port)
+            for line in re.findall(r"^EXPOSE (.+)$", (ROOT / "Dockerfile.gpu").read_text(), re.M)
+            for port in line.split()
+        }
     if name == "triton-cpu":
         args = load_triton_cpu().parse_args(service["command"])
         return {args.grpc_port, args.http_port, args.metrics_port}
@@ -99,7 +102,8 @@ def test_services_present_with_health_checks() -> None:
 def test_start_order_waits_for_health() -> None:
     gateway = services()["gateway"]["depends_on"]
     assert {dep: spec["condition"] for dep, spec in gateway.items()} == dict.fromkeys(
-        ("triton", "triton-cpu", "redis"), "service_healthy")
+        ("triton", "triton-cpu", "redis"), "service_healthy"
+    )
     # Exactly one of the two Triton services runs (profiles): the other must not be required.
     assert gateway["triton"]["required"] is False and gateway["triton-cpu"]["required"] is False
     assert gateway["redis"].get("required", True) is True
@@ -171,8 +175,12 @@ def test_docker_compose_config() -> None:
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("no docker compose plugin on this machine: compose.yaml is checked as data above")
     for profile in ("gpu", "cpu"):
-        result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--profile", profile, "config", "--quiet"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [docker, "compose", "-f", str(COMPOSE), "--profile", profile, "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
 
 

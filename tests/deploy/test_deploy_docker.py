@@ -76,23 +76,33 @@ def args_of(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_hadolint_clean(dockerfile: str) -> None:
-    result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "style", dockerfile],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", "--failure-threshold", "style", dockerfile],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_catches_what_it_should(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install torch\n")
-    result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "style", str(bad)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", "--failure-threshold", "style", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "DL3007" in result.stdout and "DL3013" in result.stdout  # `latest`, unpinned pip package
 
 
 def test_shellcheck_clean() -> None:
-    result = subprocess.run([tool("shellcheck"), "--severity=style", str(ENTRYPOINT)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [tool("shellcheck"), "--severity=style", str(ENTRYPOINT)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert os.access(ENTRYPOINT, os.X_OK)
 
@@ -136,8 +146,13 @@ def in_context(path: str) -> bool:
 
 
 def tracked_files() -> list[str]:
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return listing.stdout.split()
 
 
@@ -169,13 +184,28 @@ def test_build_context_holds_what_copy_needs(dockerfile: str) -> None:
 
 
 def test_build_context_leaves_out_local_state() -> None:
-    for path in (".venv/bin/python", ".cache/model_repo/default/sarm_manifest.json", ".git/HEAD", "runs/sarm/x",
-                 "data/pick-place/meta/info.json", "tests/test_deploy_docker.py", "bench/results/x.json",
-                 "sarm/__pycache__/cli.cpython-311.pyc", "model_repo/default/checkpoint/trainer_state.pt"):
+    for path in (
+        ".venv/bin/python",
+        ".cache/model_repo/default/sarm_manifest.json",
+        ".git/HEAD",
+        "runs/sarm/x",
+        "data/pick-place/meta/info.json",
+        "tests/test_deploy_docker.py",
+        "bench/results/x.json",
+        "sarm/__pycache__/cli.cpython-311.pyc",
+        "model_repo/default/checkpoint/trainer_state.pt",
+    ):
         assert not in_context(path), path
-    for path in ("pyproject.toml", "README.md", "sarm/__init__.py", "service/sarm_gateway/server.py",
-                 "model_repo/default/checkpoint/model.safetensors", "model_repo/default/checkpoint/config.json",
-                 "deploy/docker/triton_cpu.py", "deploy/docker/triton-gpu-entrypoint.sh"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "sarm/__init__.py",
+        "service/sarm_gateway/server.py",
+        "model_repo/default/checkpoint/model.safetensors",
+        "model_repo/default/checkpoint/config.json",
+        "deploy/docker/triton_cpu.py",
+        "deploy/docker/triton-gpu-entrypoint.sh",
+    ):
         assert in_context(path), path
 
 
@@ -202,8 +232,11 @@ def test_gateway_image() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_torch_is_pinned_to_the_cpu_build(dockerfile: str) -> None:
-    pins = [dep for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-            if dep.startswith("torch==")]
+    pins = [
+        dep
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if dep.startswith("torch==")
+    ]
     runs = [args for keyword, args in instructions(ROOT / dockerfile) if keyword == "RUN"]
     torch_install = runs.index(f"pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu {pins[0]}")
     assert torch_install < runs.index("pip install --no-cache-dir .")  # before anything could pull a CUDA torch
@@ -268,10 +301,17 @@ class Entrypoint:
             (self.bin / name).chmod(0o755)
         self.repo, self.calls, self.served = tmp / "models", tmp / "calls", tmp / "served"
         self.env = {
-            "PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(tmp), "SARM_MODEL_SOURCE": str(source),
-            "SARM_MODEL_REPOSITORY": str(self.repo), "TRTEXEC": str(self.bin / "trtexec"),
-            "SARM_TRT_LIBS": "/opt/trt-lib", "EXPECT_TRT_LIBS": "/opt/trt-lib", "TRT_VERSION": "10.5.0",
-            "SARM_IMAGE_RELEASE": "24.10", "FAKE_GPU": "NVIDIA H200", "CALLS": str(self.calls),
+            "PATH": f"{self.bin}:/usr/bin:/bin",
+            "HOME": str(tmp),
+            "SARM_MODEL_SOURCE": str(source),
+            "SARM_MODEL_REPOSITORY": str(self.repo),
+            "TRTEXEC": str(self.bin / "trtexec"),
+            "SARM_TRT_LIBS": "/opt/trt-lib",
+            "EXPECT_TRT_LIBS": "/opt/trt-lib",
+            "TRT_VERSION": "10.5.0",
+            "SARM_IMAGE_RELEASE": "24.10",
+            "FAKE_GPU": "NVIDIA H200",
+            "CALLS": str(self.calls),
             "SERVED": str(self.served),
         }
 
@@ -279,8 +319,13 @@ class Entrypoint:
         """Exit status, the engines trtexec built, and tritonserver's arguments (None: not started)."""
         self.calls.unlink(missing_ok=True)
         self.served.unlink(missing_ok=True)
-        result = subprocess.run(["bash", str(ENTRYPOINT), "--strict-readiness=true"], env={**self.env, **env},
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", str(ENTRYPOINT), "--strict-readiness=true"],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         built = self.calls.read_text().split() if self.calls.exists() else []
         served = self.served.read_text().split() if self.served.exists() else None
         return result, built, served
@@ -362,11 +407,22 @@ def load_triton_cpu() -> ModuleType:
 
 def test_rebind_sets_every_endpoint() -> None:
     triton_cpu = load_triton_cpu()
-    command = ["tritonserver", "--grpc-address=127.0.0.1", "--grpc-port=1", "--http-address=127.0.0.1",
-               "--metrics-address=127.0.0.1", "--log-verbose=0"]
+    command = [
+        "tritonserver",
+        "--grpc-address=127.0.0.1",
+        "--grpc-port=1",
+        "--http-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        "--log-verbose=0",
+    ]
     assert triton_cpu.rebind(command, "0.0.0.0") == [
-        "tritonserver", "--grpc-address=0.0.0.0", "--grpc-port=1", "--http-address=0.0.0.0",
-        "--metrics-address=0.0.0.0", "--log-verbose=0"]
+        "tritonserver",
+        "--grpc-address=0.0.0.0",
+        "--grpc-port=1",
+        "--http-address=0.0.0.0",
+        "--metrics-address=0.0.0.0",
+        "--log-verbose=0",
+    ]
     with pytest.raises(SystemExit, match="--metrics-address="):
         triton_cpu.rebind(command[:4], "0.0.0.0")
 
@@ -399,9 +455,20 @@ def triton_cpu_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes]
         pytest.fail(f"the default model repository is not built at {DEFAULT_MODEL_REPO}: run `make setup`")
     ports = free_ports(3)
     log = tmp_path / "triton.log"
-    command = [sys.executable, str(DOCKER / "triton_cpu.py"), "--model-repository", str(DEFAULT_MODEL_REPO),
-               "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
-               "--exit-timeout", "5"]
+    command = [
+        sys.executable,
+        str(DOCKER / "triton_cpu.py"),
+        "--model-repository",
+        str(DEFAULT_MODEL_REPO),
+        "--grpc-port",
+        str(ports[0]),
+        "--http-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--exit-timeout",
+        "5",
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

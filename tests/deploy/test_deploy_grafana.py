@@ -92,8 +92,12 @@ def test_every_gateway_metric_is_on_the_dashboard() -> None:
 def test_latency_quantiles_per_pipeline_stage() -> None:
     compact = [" ".join(expr.split()) for expr in exprs().values()]
     for quantile in ("0.5", "0.95", "0.99"):
-        assert any(expr.startswith(f"histogram_quantile({quantile}, sum by (stage, le) (rate(sarm_engine_latency_"
-                                   "seconds_bucket{") for expr in compact), quantile
+        assert any(
+            expr.startswith(
+                f"histogram_quantile({quantile}, sum by (stage, le) (rate(sarm_engine_latency_seconds_bucket{{"
+            )
+            for expr in compact
+        ), quantile
 
 
 def test_panels_for_operators() -> None:
@@ -105,8 +109,14 @@ def test_panels_for_operators() -> None:
     assert panel_using("sarm_cache_hits_total", "sarm_cache_misses_total", "by (tier, kind)")  # hit ratio by tier
     assert panel_using("rate(sarm_grpc_requests_total", "by (method, code)")  # request rate
     assert panel_using('code=~"UNKNOWN|DEADLINE_EXCEEDED')  # error ratio, same codes as the alert
-    for metric in ("sarm_batcher_batch_size_rows", "sarm_engine_in_flight_requests", "sarm_batcher_queue_depth_rows",
-                   "sarm_grpc_active_streams", "sarm_service_ready", "sarm_model_info"):
+    for metric in (
+        "sarm_batcher_batch_size_rows",
+        "sarm_engine_in_flight_requests",
+        "sarm_batcher_queue_depth_rows",
+        "sarm_grpc_active_streams",
+        "sarm_service_ready",
+        "sarm_model_info",
+    ):
         assert panel_using(metric), metric
 
 

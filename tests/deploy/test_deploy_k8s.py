@@ -53,8 +53,11 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def deployment_behind(service: dict[str, Any]) -> dict[str, Any]:
-    (match,) = [d for d in objects("Deployment").values()
-                if selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+    (match,) = [
+        d
+        for d in objects("Deployment").values()
+        if selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+    ]
     return match
 
 
@@ -201,8 +204,9 @@ def test_hpa_scales_the_gateway_on_metrics_the_adapter_serves(monkeypatch: pytes
     assert all(METRICS[name] == "gauge" for name in names)
     # Targets below the gateway's own limits: scale out before it refuses calls.
     settings = settings_from_env(gateway_config(), monkeypatch)
-    targets = {metric["pods"]["metric"]["name"]: float(metric["pods"]["target"]["averageValue"])
-               for metric in hpa["metrics"]}
+    targets = {
+        metric["pods"]["metric"]["name"]: float(metric["pods"]["target"]["averageValue"]) for metric in hpa["metrics"]
+    }
     assert targets["sarm_engine_in_flight_requests"] < settings.max_in_flight
     assert targets["sarm_grpc_active_streams"] < settings.max_streams
     rules = yaml.safe_load((K8S / ADAPTER_VALUES).read_text())["rules"]["custom"]
@@ -220,8 +224,11 @@ def test_service_monitors_select_one_service_and_its_metrics_port() -> None:
     assert set(monitors) == {"sarm-gateway", "sarm-triton"}
     for name, monitor in monitors.items():
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-        selected = [s for s in services.values() if selects(monitor["spec"]["selector"]["matchLabels"],
-                                                             s["metadata"].get("labels", {}))]
+        selected = [
+            s
+            for s in services.values()
+            if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"].get("labels", {}))
+        ]
         # One Service: the job label is its name (what the alerts select on), and no pod is scraped twice.
         assert [s["metadata"]["name"] for s in selected] == [name]
         port_names = {p["name"] for p in selected[0]["spec"]["ports"]}
@@ -229,6 +236,8 @@ def test_service_monitors_select_one_service_and_its_metrics_port() -> None:
             assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
             assert re.fullmatch(r"\d+s", endpoint["interval"])
     gateway_metrics = monitors["sarm-gateway"]["spec"]["endpoints"][0]["port"]
-    _, target = service_port("sarm-gateway", next(p["port"] for p in services["sarm-gateway"]["spec"]["ports"]
-                                                  if p["name"] == gateway_metrics))
+    _, target = service_port(
+        "sarm-gateway",
+        next(p["port"] for p in services["sarm-gateway"]["spec"]["ports"] if p["name"] == gateway_metrics),
+    )
     assert target == int(gateway_config()["SARM_HTTP_PORT"])  # /metrics is served on the HTTP port

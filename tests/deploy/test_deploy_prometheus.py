@@ -36,8 +36,21 @@ METRICS: dict[str, str] = {
     "sarm_service_ready": "gauge",
 }
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
-             "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -48,7 +61,7 @@ def promql_metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)  # label lists
     names = set()
     for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
-        if text[match.end():].lstrip().startswith("(") or match.group().lower() in _KEYWORDS:
+        if text[match.end() :].lstrip().startswith("(") or match.group().lower() in _KEYWORDS:
             continue
         names.add(match.group())
     return names
@@ -78,8 +91,16 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def check_promql(exprs: dict[str, str], tmp_path: Path) -> None:
     """Parse every expression with Prometheus' own parser (promtool check rules on recording rules)."""
-    rules = {"groups": [{"name": "check", "rules": [{"record": re.sub(r"\W", "_", f"check:{name}"), "expr": expr}
-                                                    for name, expr in exprs.items()]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "check",
+                "rules": [
+                    {"record": re.sub(r"\W", "_", f"check:{name}"), "expr": expr} for name, expr in exprs.items()
+                ],
+            }
+        ]
+    }
     path = tmp_path / "exprs.yml"
     path.write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", path)
@@ -96,14 +117,17 @@ def alerts() -> dict[str, dict[str, Any]]:
 
 
 def test_metric_name_parser() -> None:
-    expr = ('histogram_quantile(0.99, sum by (job, le) (rate(sarm_engine_latency_seconds_bucket{stage="total",'
-            'job=~"$job"}[$__rate_interval]))) > 1e-3 and on (job) absent(up{job="x"}) or sarm_service_ready == 0')
+    expr = (
+        'histogram_quantile(0.99, sum by (job, le) (rate(sarm_engine_latency_seconds_bucket{stage="total",'
+        'job=~"$job"}[$__rate_interval]))) > 1e-3 and on (job) absent(up{job="x"}) or sarm_service_ready == 0'
+    )
     assert promql_metric_names(expr) == {"sarm_engine_latency_seconds_bucket", "up", "sarm_service_ready"}
     assert metric_family("sarm_engine_latency_seconds_bucket") == "sarm_engine_latency_seconds"
     assert metric_family("sarm_cache_hits_total_bucket") is None  # a counter has no buckets
     assert metric_family("sarm_requests_total") is None
     assert unknown_metrics("rate(sarm_grpc_requests_total[5m]) / rate(nv_inference_count[5m])") == {
-        "nv_inference_count"}
+        "nv_inference_count"
+    }
 
 
 def test_scrape_config_is_valid() -> None:

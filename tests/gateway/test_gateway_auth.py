@@ -58,11 +58,14 @@ def test_authenticator_roles() -> None:
     assert ROLE_OPERATIONS["admin"] == frozenset(Operation)
 
 
-@pytest.mark.parametrize(("tokens", "message"), [
-    ({"robot": "x"}, "unknown role"),
-    ({"controller": " "}, "empty token"),
-    ({"controller": "same", "trainer": "same"}, "share a token"),
-])
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ({"robot": "x"}, "unknown role"),
+        ({"controller": " "}, "empty token"),
+        ({"controller": "same", "trainer": "same"}, "share a token"),
+    ],
+)
 def test_bad_token_settings_are_refused(tokens: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(auth_tokens=tokens)
@@ -77,8 +80,9 @@ def test_calls_without_a_good_token_are_unauthenticated(guarded: RunningGateway)
     stub = guarded.stub
     code, details = code_of(lambda: stub.ScoreWindow(WINDOW, timeout=TIMEOUT))
     assert code == grpc.StatusCode.UNAUTHENTICATED and "authorization: Bearer" in details
-    code, details = code_of(lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT,
-                                                      metadata=bearer("guess")))
+    code, details = code_of(
+        lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT, metadata=bearer("guess"))
+    )
     assert code == grpc.StatusCode.UNAUTHENTICATED and "not recognised" in details
     opening = pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction=INSTRUCTION, fps=10))
     code, _ = code_of(lambda: list(stub.StreamEpisode(iter([opening]), timeout=TIMEOUT)))
@@ -95,8 +99,9 @@ def test_each_role_calls_what_it_may(guarded: RunningGateway) -> None:
     [response] = stub.StreamEpisode(iter([opening, step]), timeout=TIMEOUT, metadata=bearer("robot-secret"))
     assert [s.frame_index for s in response.scores] == [0]
     assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT, metadata=bearer("eval-secret")).stage_names
-    code, details = code_of(lambda: list(stub.StreamEpisode(iter([opening, step]), timeout=TIMEOUT,
-                                                            metadata=bearer("trainer-secret"))))
+    code, details = code_of(
+        lambda: list(stub.StreamEpisode(iter([opening, step]), timeout=TIMEOUT, metadata=bearer("trainer-secret")))
+    )
     assert code == grpc.StatusCode.PERMISSION_DENIED and "role 'trainer' may not call stream" in details
 
 
@@ -135,8 +140,13 @@ def test_tls(cpu_model_repo: Path, text_encoder: TextEncoder, pki: Pki) -> None:
 
 
 def test_mutual_tls_needs_a_client_certificate(cpu_model_repo: Path, text_encoder: TextEncoder, pki: Pki) -> None:
-    running = RunningGateway(cpu_model_repo, text_encoder, tls_cert_file=pki.server_cert,
-                             tls_key_file=pki.server_key, tls_client_ca_file=pki.ca)
+    running = RunningGateway(
+        cpu_model_repo,
+        text_encoder,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
+    )
     try:
         channel, stub = tls_stub(running.gateway.port, pki, client_cert=True)
         with channel:
@@ -149,11 +159,14 @@ def test_mutual_tls_needs_a_client_certificate(cpu_model_repo: Path, text_encode
         running.close()
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"tls_cert_file": "cert"}, "needs both"),
-    ({"tls_client_ca_file": "ca"}, "mutual TLS"),
-    ({"tls_cert_file": "nope.pem", "tls_key_file": "nope.key"}, "not a readable file"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tls_cert_file": "cert"}, "needs both"),
+        ({"tls_client_ca_file": "ca"}, "mutual TLS"),
+        ({"tls_cert_file": "nope.pem", "tls_key_file": "nope.key"}, "not a readable file"),
+    ],
+)
 def test_incomplete_tls_settings_are_refused(fields: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(**fields)  # type: ignore[arg-type]

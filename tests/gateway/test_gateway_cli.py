@@ -37,18 +37,39 @@ def test_serve_refuses_a_busy_http_port(cpu_model_repo: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = runner.invoke(app, ["serve", "--model-repo", str(cpu_model_repo), "--grpc-port", "0",
-                                     "--http-port", str(port)], env={"SARM_HTTP_HOST": "127.0.0.1"})
+        result = runner.invoke(
+            app,
+            ["serve", "--model-repo", str(cpu_model_repo), "--grpc-port", "0", "--http-port", str(port)],
+            env={"SARM_HTTP_HOST": "127.0.0.1"},
+        )
     assert result.exit_code == 2 and f"cannot listen for HTTP on 127.0.0.1:{port}" in result.output
 
 
 @pytest.mark.timeout(120)
 def test_serve_process_runs_both_front_ends_and_stops_cleanly_on_sigterm(cpu_model_repo: Path) -> None:
-    env = {**os.environ, "SARM_GRPC_HOST": "127.0.0.1", "SARM_HTTP_HOST": "127.0.0.1", "SARM_DRAIN_SECONDS": "2",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "service")])}
+    env = {
+        **os.environ,
+        "SARM_GRPC_HOST": "127.0.0.1",
+        "SARM_HTTP_HOST": "127.0.0.1",
+        "SARM_DRAIN_SECONDS": "2",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "service")]),
+    }
     process = subprocess.Popen(
-        [sys.executable, "-c", "from sarm.cli import app; app()", "serve", "--model-repo", str(cpu_model_repo),
-         "--grpc-port", "0", "--http-port", "0"], env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from sarm.cli import app; app()",
+            "serve",
+            "--model-repo",
+            str(cpu_model_repo),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stderr is not None

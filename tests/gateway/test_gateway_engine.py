@@ -79,8 +79,12 @@ def test_ttl_cache_expires_and_evicts_least_recently_used() -> None:
 
 def test_content_key_depends_on_bytes_shape_and_encoder() -> None:
     raw = FrameData(bytes(12), (2, 2, 3))
-    keys = {content_key(raw, "enc@1"), content_key(raw, "enc@2"), content_key(FrameData(bytes(12), (1, 4, 3)), "enc@1"),
-            content_key(FrameData(bytes(12)), "enc@1")}
+    keys = {
+        content_key(raw, "enc@1"),
+        content_key(raw, "enc@2"),
+        content_key(FrameData(bytes(12), (1, 4, 3)), "enc@1"),
+        content_key(FrameData(bytes(12)), "enc@1"),
+    }
     assert len(keys) == 4 and content_key(raw, "enc@1") == content_key(FrameData(bytes(12), (2, 2, 3)), "enc@1")
 
 
@@ -131,13 +135,21 @@ def test_engine_refuses_a_text_encoder_other_than_the_repository_s(cpu_model_rep
     manifest = read_manifest(cpu_model_repo)
     other = SimpleNamespace(encoder_id=manifest.text_encoder.id, version="0.0.0+different", dim=384)
     with pytest.raises(EncoderMismatchError, match="different"):
-        Engine(manifest, SimpleNamespace(batches_itself=True), other, EngineOptions(),
-               EngineCaches.build(EngineOptions(), manifest, "minilm-l6@different"), EngineMetrics())
+        Engine(
+            manifest,
+            SimpleNamespace(batches_itself=True),
+            other,
+            EngineOptions(),
+            EngineCaches.build(EngineOptions(), manifest, "minilm-l6@different"),
+            EngineMetrics(),
+        )
 
 
 def test_the_core_imports_without_the_gateway() -> None:
-    code = ("import sys, sarm.cli, sarm.scoring.engine, sarm.scoring.curve, sarm.rabc.pipeline; "
-            "assert 'sarm_gateway' not in sys.modules, 'core imports the gateway'")
+    code = (
+        "import sys, sarm.cli, sarm.scoring.engine, sarm.scoring.curve, sarm.rabc.pipeline; "
+        "assert 'sarm_gateway' not in sys.modules, 'core imports the gateway'"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -145,6 +157,7 @@ def test_the_core_imports_without_the_gateway() -> None:
 
 def test_episode_memory_stays_within_one_window_span() -> None:
     """A long stream keeps frame 0 and the last 7g frames between steps, and scores every frame from them."""
+
     async def encode(frames: list[FrameData], first_index: int = 0) -> Encoded:
         return Encoded(np.zeros((len(frames), 4), np.float32), np.array(["k"] * len(frames), dtype=object))
 
@@ -154,8 +167,15 @@ def test_episode_memory_stays_within_one_window_span() -> None:
         return [SimpleNamespace(progress=0.5, confidence=1.0) for _ in t]
 
     window = Window("causal", frames=9, max_rewind=4, sequence_length=13, stride_seconds=1.0, stride_frames=None)
-    engine = SimpleNamespace(manifest=SimpleNamespace(window=window), num_cameras=1, window_frames=9, max_rewind=4,
-                             encode=encode, score_at=score_at, time_steps=lambda n, what: n)
+    engine = SimpleNamespace(
+        manifest=SimpleNamespace(window=window),
+        num_cameras=1,
+        window_frames=9,
+        max_rewind=4,
+        encode=encode,
+        score_at=score_at,
+        time_steps=lambda n, what: n,
+    )
     episode = Episode(engine, Instruction(np.zeros(3), "i"), fps=3, options=ScoringOptions())
 
     async def run() -> list[int]:

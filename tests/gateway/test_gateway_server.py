@@ -38,13 +38,15 @@ from tests.gateway_harness import (
 )
 
 
-def reference_scores(repo: Path, checkpoint: Path, text_encoder: TextEncoder, frames: np.ndarray, stride: int,
-                     frame_index: list[int]) -> Any:
+def reference_scores(
+    repo: Path, checkpoint: Path, text_encoder: TextEncoder, frames: np.ndarray, stride: int, frame_index: list[int]
+) -> Any:
     """The in-process scorer: embeddings from the repository's encoder, heads from the PyTorch checkpoint."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    encoder = ort.InferenceSession(str(repo / read_manifest(repo).onnx["encoder"]), options,
-                                   providers=["CPUExecutionProvider"])
+    encoder = ort.InferenceSession(
+        str(repo / read_manifest(repo).onnx["encoder"]), options, providers=["CPUExecutionProvider"]
+    )
     embeddings = encoder.run(None, {"images": frames})[0]
     model, _ = load_checkpoint(checkpoint)
     text = text_encoder.encode([INSTRUCTION])[0]
@@ -63,15 +65,20 @@ def test_score_window_matches_the_in_process_scorer(
         assert score.stage_index == expected.stage[0]
         assert score.stage_name == ["reach", "grasp", "lift"][score.stage_index]
         np.testing.assert_allclose(score.stage_probs, expected.stage_probs[0], atol=1e-4)
-        np.testing.assert_allclose([score.tau, score.progress, score.confidence],
-                                   [expected.tau[0], expected.progress[0], expected.confidence[0]], atol=1e-4)
+        np.testing.assert_allclose(
+            [score.tau, score.progress, score.confidence],
+            [expected.tau[0], expected.progress[0], expected.confidence[0]],
+            atol=1e-4,
+        )
         assert score.model_version == read_manifest(cpu_model_repo).checkpoint.sha256[:12]
 
 
-def stream_requests(frames: np.ndarray, fps: float, options: pb.ScoringOptions, per_step: int = 1) -> Iterator[
-        pb.StreamEpisodeRequest]:
-    yield pb.StreamEpisodeRequest(open=pb.EpisodeOpen(instruction=INSTRUCTION, fps=fps, options=options,
-                                                      episode_id="ep-1"))
+def stream_requests(
+    frames: np.ndarray, fps: float, options: pb.ScoringOptions, per_step: int = 1
+) -> Iterator[pb.StreamEpisodeRequest]:
+    yield pb.StreamEpisodeRequest(
+        open=pb.EpisodeOpen(instruction=INSTRUCTION, fps=fps, options=options, episode_id="ep-1")
+    )
     for start in range(0, len(frames), per_step):
         yield pb.StreamEpisodeRequest(step=pb.FrameStep(frames=[raw(f) for f in frames[start : start + per_step]]))
 
@@ -88,9 +95,11 @@ def test_stream_scores_like_score_frames_and_offline_and_encodes_each_frame_once
     streamed = [r.scores[0] for r in replies]
     assert [s.frame_index for s in streamed] == list(range(len(frames)))
 
-    curve = list(served.stub.ScoreFrames(
-        pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=fps), timeout=TIMEOUT
-    ))
+    curve = list(
+        served.stub.ScoreFrames(
+            pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=fps), timeout=TIMEOUT
+        )
+    )
     assert served.backend.encoded - before == len(frames)  # the repeat came from the frame cache
     np.testing.assert_allclose([s.score.progress for s in streamed], [s.score.progress for s in curve], atol=1e-5)
     expected = reference_scores(cpu_model_repo, sarm_checkpoint, text_encoder, frames, stride, list(range(40)))
@@ -104,16 +113,19 @@ def test_stream_scoring_interval_and_smoothing_match_score_frames(served: Runnin
     options = pb.ScoringOptions(score_every=3, smoothing=True, smoothing_min_confidence=0.01)
     replies = list(served.stub.StreamEpisode(stream_requests(frames, fps, options, per_step=2), timeout=TIMEOUT))
     streamed = [s for r in replies for s in r.scores]
-    curve = list(served.stub.ScoreFrames(
-        pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=fps, options=options),
-        timeout=TIMEOUT,
-    ))
+    curve = list(
+        served.stub.ScoreFrames(
+            pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=fps, options=options),
+            timeout=TIMEOUT,
+        )
+    )
     # A whole episode also scores its last frame (sarm.scoring.curve); a stream cannot know which frame is last.
     assert [s.frame_index for s in streamed] == [0, 3, 6, 9]
     assert [s.frame_index for s in curve] == [0, 3, 6, 9, 11]
     assert all(s.HasField("smoothed_progress") for s in streamed)
-    np.testing.assert_allclose([s.smoothed_progress for s in streamed], [s.smoothed_progress for s in curve[:4]],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        [s.smoothed_progress for s in streamed], [s.smoothed_progress for s in curve[:4]], atol=1e-5
+    )
 
 
 def test_model_info_health_and_reflection(served: RunningGateway, cpu_model_repo: Path) -> None:
@@ -131,23 +143,32 @@ def test_model_info_health_and_reflection(served: RunningGateway, cpu_model_repo
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
-    [reply] = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                        timeout=TIMEOUT)
+    [reply] = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT
+    )
     names = {s.name for s in reply.list_services_response.service}
     assert {"sarm.v1.RewardService", "grpc.health.v1.Health"} <= names
 
 
 GOOD = episode_frames(9, seed=4)
 BAD_WINDOWS = {
-    "wrong raw size": (window_request([raw(np.zeros((32, 32, 3), np.uint8))] * 9),
-                       "raw image is 32x32x3, expected 48x64"),
-    "wrong png size": (window_request([encoded(np.zeros((40, 64, 3), np.uint8))] * 9),
-                       "image is 40x64, expected 48x64"),
-    "undecodable": (window_request([raw(f) for f in GOOD[:8]] + [pb.Frame(encoded=b"\xff\xd8garbage")]),
-                    "frame 8: cannot decode"),
+    "wrong raw size": (
+        window_request([raw(np.zeros((32, 32, 3), np.uint8))] * 9),
+        "raw image is 32x32x3, expected 48x64",
+    ),
+    "wrong png size": (
+        window_request([encoded(np.zeros((40, 64, 3), np.uint8))] * 9),
+        "image is 40x64, expected 48x64",
+    ),
+    "undecodable": (
+        window_request([raw(f) for f in GOOD[:8]] + [pb.Frame(encoded=b"\xff\xd8garbage")]),
+        "frame 8: cannot decode",
+    ),
     "empty window": (window_request([]), "the window has 0 images"),
-    "short window": (window_request([raw(f) for f in GOOD[:8]]),
-                     "the window has 8 time steps; the model takes exactly 9"),
+    "short window": (
+        window_request([raw(f) for f in GOOD[:8]]),
+        "the window has 8 time steps; the model takes exactly 9",
+    ),
     "no image set": (window_request([pb.Frame()] * 9), "frame 0: empty image"),
     "empty instruction": (window_request([raw(f) for f in GOOD], instruction=" "), "instruction is empty"),
     "oversized": (window_request([raw(f) for f in episode_frames(60, seed=5)]), "the limit is 524288"),
@@ -192,14 +213,19 @@ def test_bad_stream_is_invalid_argument(served: RunningGateway, case: str) -> No
 
 def test_score_frames_refuses_a_missing_fps(served: RunningGateway) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        list(served.stub.ScoreFrames(pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(GOOD[0])]),
-                                     timeout=TIMEOUT))
+        list(
+            served.stub.ScoreFrames(
+                pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(GOOD[0])]), timeout=TIMEOUT
+            )
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fps" in caught.value.details()
 
 
 def test_burst_beyond_the_in_flight_bound_is_refused_fast(gated: RunningGateway) -> None:
-    held = [gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
-            for s in (6, 7)]
+    held = [
+        gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
+        for s in (6, 7)
+    ]
     gated.wait_in_flight(2)
     started = time.monotonic()
     for _ in range(10):
@@ -214,8 +240,10 @@ def test_burst_beyond_the_in_flight_bound_is_refused_fast(gated: RunningGateway)
 
 
 def test_an_open_stream_is_not_cut_by_a_burst(gated: RunningGateway) -> None:
-    held = [gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
-            for s in (40, 41)]
+    held = [
+        gated.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=s)]), timeout=TIMEOUT)
+        for s in (40, 41)
+    ]
     gated.wait_in_flight(2)  # unary calls now get RESOURCE_EXHAUSTED, but the stream's steps go on
     replies = gated.stub.StreamEpisode(iter([opening(), step(GOOD[:1]), step(GOOD[1:2])]), timeout=TIMEOUT)
     time.sleep(0.2)
@@ -268,8 +296,12 @@ def test_concurrent_calls_share_encoder_batches(cpu_model_repo: Path, text_encod
     running = RunningGateway(cpu_model_repo, text_encoder, gated=True, max_batch_size=64)
     try:
         running.run(running.gateway.engine.embed_instruction(INSTRUCTION))  # calls go straight to the encoder
-        calls = [running.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=20 + i)]),
-                                                 timeout=TIMEOUT) for i in range(5)]
+        calls = [
+            running.stub.ScoreWindow.future(
+                window_request([raw(f) for f in episode_frames(9, seed=20 + i)]), timeout=TIMEOUT
+            )
+            for i in range(5)
+        ]
         running.wait_in_flight(5)
         time.sleep(0.2)  # decoding done: four calls wait behind the first, held at the gate
         running.open_gate()
@@ -291,8 +323,9 @@ def test_two_cameras_time_major(tmp_path: Path, text_encoder: TextEncoder) -> No
     running = RunningGateway(repo, text_encoder)
     try:
         window = running.stub.ScoreWindow(window_request([raw(f) for f in frames[:18]]), timeout=TIMEOUT).score
-        replies = list(running.stub.StreamEpisode(stream_requests(frames, 4.0, pb.ScoringOptions(), per_step=2),
-                                                  timeout=TIMEOUT))
+        replies = list(
+            running.stub.StreamEpisode(stream_requests(frames, 4.0, pb.ScoringOptions(), per_step=2), timeout=TIMEOUT)
+        )
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.ScoreWindow(window_request([raw(f) for f in frames[:17]]), timeout=TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -301,8 +334,9 @@ def test_two_cameras_time_major(tmp_path: Path, text_encoder: TextEncoder) -> No
         running.close()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    encoder = ort.InferenceSession(str(repo / read_manifest(repo).onnx["encoder"]), options,
-                                   providers=["CPUExecutionProvider"])
+    encoder = ort.InferenceSession(
+        str(repo / read_manifest(repo).onnx["encoder"]), options, providers=["CPUExecutionProvider"]
+    )
     embeddings = encoder.run(None, {"images": frames})[0].reshape(12, 2, -1)
     model, _ = load_checkpoint(checkpoint)
     text = text_encoder.encode([INSTRUCTION])[0]

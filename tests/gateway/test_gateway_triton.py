@@ -39,9 +39,12 @@ def test_triton_backend_scores_like_the_local_backend(
         running = RunningGateway(cpu_model_repo, text_encoder, backend=backend, **extra)
         try:
             window = running.stub.ScoreWindow(window_request([raw(f) for f in frames[:9]]), timeout=TIMEOUT).score
-            curve = list(running.stub.ScoreFrames(
-                pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=4), timeout=TIMEOUT
-            ))
+            curve = list(
+                running.stub.ScoreFrames(
+                    pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in frames], fps=4),
+                    timeout=TIMEOUT,
+                )
+            )
             info = running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
         finally:
             running.close()

@@ -59,9 +59,17 @@ def upload_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(cpu_model_repo: Path, text_encoder: TextEncoder, upload_dir: Path) -> Iterator[RunningGateway]:
-    running = RunningGateway(cpu_model_repo, text_encoder, http_port=0, upload_dir=upload_dir,
-                             max_video_seconds=20, max_video_frames=200, max_video_pixels=4 * H * W,
-                             max_upload_bytes=1024 * 1024, upload_timeout_s=1.0)
+    running = RunningGateway(
+        cpu_model_repo,
+        text_encoder,
+        http_port=0,
+        upload_dir=upload_dir,
+        max_video_seconds=20,
+        max_video_frames=200,
+        max_video_pixels=4 * H * W,
+        max_upload_bytes=1024 * 1024,
+        upload_timeout_s=1.0,
+    )
     yield running
     running.close()
 
@@ -81,11 +89,16 @@ def assert_removed(upload_dir: Path) -> None:
         time.sleep(0.02)
 
 
-def score(client: httpx.Client, video: Path | bytes, query: dict[str, str] | None = None,
-          **fields: str) -> httpx.Response:
+def score(
+    client: httpx.Client, video: Path | bytes, query: dict[str, str] | None = None, **fields: str
+) -> httpx.Response:
     content = video.read_bytes() if isinstance(video, Path) else video
-    return client.post("/v1/videos:score", params=query, data={"instruction": INSTRUCTION, **fields},
-                       files={"video": ("episode.mp4", content, "video/mp4")})
+    return client.post(
+        "/v1/videos:score",
+        params=query,
+        data={"instruction": INSTRUCTION, **fields},
+        files={"video": ("episode.mp4", content, "video/mp4")},
+    )
 
 
 def test_video_curve_matches_score_frames_on_the_same_frames(
@@ -110,8 +123,9 @@ def test_video_curve_matches_score_frames_on_the_same_frames(
     assert served.backend.heads_rows == heads_rows  # and its windows' scores
     for name in ("tau", "progress", "confidence"):
         np.testing.assert_allclose([f[name] for f in frames], [getattr(c.score, name) for c in curve], atol=1e-5)
-    np.testing.assert_allclose([f["smoothed_progress"] for f in frames], [c.smoothed_progress for c in curve],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        [f["smoothed_progress"] for f in frames], [c.smoothed_progress for c in curve], atol=1e-5
+    )
     assert [f["stage_index"] for f in frames] == [c.score.stage_index for c in curve]
 
 
@@ -143,7 +157,11 @@ def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[
     assert 'filename="sarm_progress.parquet"' in reply.headers["content-disposition"]
     table = pq.read_table(io.BytesIO(reply.content))
     assert [(f.name, str(f.type)) for f in table.schema] == [
-        ("index", "int64"), ("episode_index", "int64"), ("frame_index", "int64"), ("progress_sparse", "float")]
+        ("index", "int64"),
+        ("episode_index", "int64"),
+        ("frame_index", "int64"),
+        ("progress_sparse", "float"),
+    ]
     assert table.column("frame_index").to_pylist() == list(range(30)) == table.column("index").to_pylist()
     (tmp_path / "sarm_progress.parquet").write_bytes(reply.content)
     progress = read_progress(tmp_path / "sarm_progress.parquet")  # what the RA-BC weights read
@@ -161,8 +179,9 @@ def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[
     assert len(sparse.progress) == 30 and interpolated.provenance["interpolation"] == "linear"
     np.testing.assert_allclose(sparse.progress[::2], episode.progress[::2], atol=1e-6)  # the scored frames
     np.testing.assert_allclose(sparse.progress[29], episode.progress[29], atol=1e-6)  # and the last
-    np.testing.assert_allclose(sparse.progress[1:28:2], (sparse.progress[0:27:2] + sparse.progress[2:29:2]) / 2,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        sparse.progress[1:28:2], (sparse.progress[0:27:2] + sparse.progress[2:29:2]) / 2, atol=1e-6
+    )
 
 
 def test_format_in_query_and_form_must_agree(client: httpx.Client, videos: dict[str, Path]) -> None:
@@ -182,8 +201,17 @@ def test_probes_model_info_and_openapi(served: RunningGateway, client: httpx.Cli
     assert info["frame_encoder"]["id"] == grpc_info.frame_encoder.id and info["backend"] == "local"
     schema = client.get("/openapi.json").json()
     operations = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
-    assert operations == {"livez", "readyz", "metrics", "getModelInfo", "scoreVideo", "createRabcJob", "getRabcJob",
-                          "cancelRabcJob", "getRabcJobResult"}
+    assert operations == {
+        "livez",
+        "readyz",
+        "metrics",
+        "getModelInfo",
+        "scoreVideo",
+        "createRabcJob",
+        "getRabcJob",
+        "cancelRabcJob",
+        "getRabcJobResult",
+    }
     body = schema["paths"]["/v1/videos:score"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["video", "instruction"] and body["properties"]["video"]["format"] == "binary"
 
@@ -209,29 +237,57 @@ def bad_form_cases(videos: dict[str, Path]) -> dict[str, tuple[dict[str, object]
     video = ("v.mp4", episode, "video/mp4")
     return {
         "no video": ({"files": {"instruction": (None, INSTRUCTION)}}, 422, "no 'video' field"),
-        "unknown field": ({"data": {"instruction": INSTRUCTION}, "files": {"video": video, "other": ("x", b"1")}},
-                          422, "unknown form field 'other'"),
+        "unknown field": (
+            {"data": {"instruction": INSTRUCTION}, "files": {"video": video, "other": ("x", b"1")}},
+            422,
+            "unknown form field 'other'",
+        ),
         "missing instruction": ({"files": {"video": video}}, 422, "instruction"),
         "empty instruction": ({"data": {"instruction": " "}, "files": {"video": video}}, 422, "instruction is empty"),
         "fps zero": ({"data": {"instruction": INSTRUCTION, "fps": "0"}, "files": {"video": video}}, 422, "fps"),
         "fps text": ({"data": {"instruction": INSTRUCTION, "fps": "fast"}, "files": {"video": video}}, 422, "fps"),
-        "score_every zero": ({"data": {"instruction": INSTRUCTION, "score_every": "0"}, "files": {"video": video}},
-                             422, "score_every"),
-        "two videos": ({"data": {"instruction": INSTRUCTION}, "files": [("video", video), ("video", video)]}, 422,
-                       "sent twice"),
+        "score_every zero": (
+            {"data": {"instruction": INSTRUCTION, "score_every": "0"}, "files": {"video": video}},
+            422,
+            "score_every",
+        ),
+        "two videos": (
+            {"data": {"instruction": INSTRUCTION}, "files": [("video", video), ("video", video)]},
+            422,
+            "sent twice",
+        ),
         "json body": ({"json": {"instruction": INSTRUCTION}}, 415, "multipart/form-data"),
-        "random bytes": ({"data": {"instruction": INSTRUCTION},
-                          "files": {"video": ("v.mp4", np.random.default_rng(0).bytes(4000), "video/mp4")}}, 422,
-                         "cannot be read as a video"),
-        "truncated mp4": ({"data": {"instruction": INSTRUCTION},
-                           "files": {"video": ("v.mp4", episode[: len(episode) // 2], "video/mp4")}}, 422,
-                          "corrupt or truncated"),
-        "text file": ({"data": {"instruction": INSTRUCTION}, "files": {"video": ("v.txt", b"hello " * 100)}}, 422,
-                      "cannot be read as a video"),
-        "png image": ({"data": {"instruction": INSTRUCTION}, "files": {"video": ("v.png", png_bytes())}}, 422,
-                      "cannot be read as a video"),
-        "empty file": ({"data": {"instruction": INSTRUCTION}, "files": {"video": ("v.mp4", b"")}}, 422,
-                       "cannot be read as a video"),
+        "random bytes": (
+            {
+                "data": {"instruction": INSTRUCTION},
+                "files": {"video": ("v.mp4", np.random.default_rng(0).bytes(4000), "video/mp4")},
+            },
+            422,
+            "cannot be read as a video",
+        ),
+        "truncated mp4": (
+            {
+                "data": {"instruction": INSTRUCTION},
+                "files": {"video": ("v.mp4", episode[: len(episode) // 2], "video/mp4")},
+            },
+            422,
+            "corrupt or truncated",
+        ),
+        "text file": (
+            {"data": {"instruction": INSTRUCTION}, "files": {"video": ("v.txt", b"hello " * 100)}},
+            422,
+            "cannot be read as a video",
+        ),
+        "png image": (
+            {"data": {"instruction": INSTRUCTION}, "files": {"video": ("v.png", png_bytes())}},
+            422,
+            "cannot be read as a video",
+        ),
+        "empty file": (
+            {"data": {"instruction": INSTRUCTION}, "files": {"video": ("v.mp4", b"")}},
+            422,
+            "cannot be read as a video",
+        ),
     }
 
 
@@ -241,9 +297,22 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-CASES = ["no video", "unknown field", "missing instruction", "empty instruction", "fps zero", "fps text",
-         "score_every zero", "two videos", "json body", "random bytes", "truncated mp4", "text file", "png image",
-         "empty file"]
+CASES = [
+    "no video",
+    "unknown field",
+    "missing instruction",
+    "empty instruction",
+    "fps zero",
+    "fps text",
+    "score_every zero",
+    "two videos",
+    "json body",
+    "random bytes",
+    "truncated mp4",
+    "text file",
+    "png image",
+    "empty file",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -283,9 +352,11 @@ def test_frame_limit_holds_while_decoding_a_stream_without_a_header(client: http
 
 def test_upload_over_the_size_limit_is_413_while_streaming(served: RunningGateway, client: httpx.Client) -> None:
     boundary = "sarmtestboundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="instruction"\r\n\r\n{INSTRUCTION}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n'
-            "Content-Type: video/mp4\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="instruction"\r\n\r\n{INSTRUCTION}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode()
     sent = 0
 
     def body() -> Iterator[bytes]:  # chunked, no Content-Length: only counting the stream can stop it
@@ -295,21 +366,26 @@ def test_upload_over_the_size_limit_is_413_while_streaming(served: RunningGatewa
             sent += 1
             yield b"\0" * 65536
 
-    reply = client.post("/v1/videos:score", content=body(),
-                        headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    reply = client.post(
+        "/v1/videos:score", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert reply.status_code == 413 and "SARM_MAX_UPLOAD_BYTES" in reply.text
     # Declared too large: refused from the header alone.
-    reply = client.post("/v1/videos:score", content=b"x" * (1024 * 1024 + 1),
-                        headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    reply = client.post(
+        "/v1/videos:score",
+        content=b"x" * (1024 * 1024 + 1),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert reply.status_code == 413 and "the upload is 1048577 bytes" in reply.text
 
 
 def raw_upload(port: int, body: bytes, declared: int) -> socket.socket:
     """A socket that has sent a multipart request's headers and `body` (of `declared` bytes) and then waits."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    sock.sendall(b"POST /v1/videos:score HTTP/1.1\r\nHost: test\r\n"
-                 b"Content-Type: multipart/form-data; boundary=b\r\n" + f"Content-Length: {declared}\r\n\r\n".encode()
-                 + body)
+    sock.sendall(
+        b"POST /v1/videos:score HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n" + f"Content-Length: {declared}\r\n\r\n".encode() + body
+    )
     return sock
 
 
@@ -326,9 +402,7 @@ def read_reply(sock: socket.socket) -> str:
     return (head + b"\r\n\r\n" + body).decode()
 
 
-def test_a_stalled_upload_is_408_and_a_vanished_client_leaves_no_file(
-    served: RunningGateway, upload_dir: Path
-) -> None:
+def test_a_stalled_upload_is_408_and_a_vanished_client_leaves_no_file(served: RunningGateway, upload_dir: Path) -> None:
     part = b'--b\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n' + b"\0" * 1000
     with raw_upload(served.gateway.http_port, part, 100_000) as stalled:
         reply = read_reply(stalled)  # the server gives up after upload_timeout_s (1 s)
@@ -352,11 +426,13 @@ def test_a_truncated_multipart_body_is_400(served: RunningGateway, upload_dir: P
 def test_a_full_gateway_refuses_uploads_with_429_before_reading_them(
     cpu_model_repo: Path, text_encoder: TextEncoder, videos: dict[str, Path], tmp_path: Path
 ) -> None:
-    running = RunningGateway(cpu_model_repo, text_encoder, gated=True, http_port=0, max_in_flight=1,
-                             upload_dir=tmp_path)
+    running = RunningGateway(
+        cpu_model_repo, text_encoder, gated=True, http_port=0, max_in_flight=1, upload_dir=tmp_path
+    )
     try:
-        held = running.stub.ScoreWindow.future(window_request([raw(f) for f in episode_frames(9, seed=60)]),
-                                               timeout=TIMEOUT)
+        held = running.stub.ScoreWindow.future(
+            window_request([raw(f) for f in episode_frames(9, seed=60)]), timeout=TIMEOUT
+        )
         running.wait_in_flight(1)  # the gRPC call holds the only slot: HTTP shares the bound
         with httpx.Client(base_url=running.http_url, timeout=TIMEOUT) as http:
             reply = score(http, videos["short"])

@@ -32,8 +32,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(cpu_model_repo: Path, text_encoder: TextEncoder, data_root: Path) -> Iterator[RunningGateway]:
-    running = RunningGateway(cpu_model_repo, text_encoder, http_port=0, data_root=data_root, job_heartbeat_s=0.05,
-                             auth_tokens=TOKENS)
+    running = RunningGateway(
+        cpu_model_repo, text_encoder, http_port=0, data_root=data_root, job_heartbeat_s=0.05, auth_tokens=TOKENS
+    )
     yield running
     running.close()
 
@@ -98,14 +99,17 @@ def test_datasets_outside_the_data_root_are_refused(client: httpx.Client, datase
         assert reply.status_code == 403 and "outside the data root" in reply.json()["detail"]
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"dataset": "demos"}, 422),  # no chunk size
-    ({"dataset": "demos", "chunk_size": 0}, 422),
-    ({"dataset": "demos", "chunk_size": 5, "stats": "median"}, 422),
-    ({"dataset": "demos", "chunk_size": 5, "kappa": -1}, 422),
-    ({"dataset": "demos", "chunk_size": 5, "unknown": 1}, 422),
-    ({"dataset": "nope", "chunk_size": 5}, 422),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"dataset": "demos"}, 422),  # no chunk size
+        ({"dataset": "demos", "chunk_size": 0}, 422),
+        ({"dataset": "demos", "chunk_size": 5, "stats": "median"}, 422),
+        ({"dataset": "demos", "chunk_size": 5, "kappa": -1}, 422),
+        ({"dataset": "demos", "chunk_size": 5, "unknown": 1}, 422),
+        ({"dataset": "nope", "chunk_size": 5}, 422),
+    ],
+)
 def test_bad_job_requests(client: httpx.Client, body: dict[str, Any], status: int) -> None:
     assert client.post("/v1/rabc/jobs", json=body).status_code == status
 

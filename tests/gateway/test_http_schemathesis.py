@@ -23,15 +23,31 @@ from sarm.encoders.base import TextEncoder
 from tests.gateway_harness import RunningGateway
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-OPERATIONS = ["livez", "readyz", "metrics", "getModelInfo", "scoreVideo", "createRabcJob", "getRabcJob",
-              "cancelRabcJob", "getRabcJobResult"]
+OPERATIONS = [
+    "livez",
+    "readyz",
+    "metrics",
+    "getModelInfo",
+    "scoreVideo",
+    "createRabcJob",
+    "getRabcJob",
+    "cancelRabcJob",
+    "getRabcJobResult",
+]
 
 
 @pytest.fixture(scope="module")
-def served(cpu_model_repo: Path, text_encoder: TextEncoder, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[RunningGateway]:
-    running = RunningGateway(cpu_model_repo, text_encoder, http_port=0, upload_dir=tmp_path_factory.mktemp("up"),
-                             max_upload_bytes=256 * 1024, data_root=tmp_path_factory.mktemp("no-datasets"))
+def served(
+    cpu_model_repo: Path, text_encoder: TextEncoder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    running = RunningGateway(
+        cpu_model_repo,
+        text_encoder,
+        http_port=0,
+        upload_dir=tmp_path_factory.mktemp("up"),
+        max_upload_bytes=256 * 1024,
+        data_root=tmp_path_factory.mktemp("no-datasets"),
+    )
     yield running
     running.close()
     assert list(running.settings.upload_dir.iterdir()) == []  # type: ignore[union-attr]
@@ -44,7 +60,8 @@ def api_schema(served: RunningGateway) -> schemathesis.BaseSchema:
 
 # Negative cases need inputs to break: the upload and the job request have them.
 CASES = [(op, schemathesis.GenerationMode.POSITIVE) for op in OPERATIONS] + [
-    (op, schemathesis.GenerationMode.NEGATIVE) for op in ("scoreVideo", "createRabcJob")]
+    (op, schemathesis.GenerationMode.NEGATIVE) for op in ("scoreVideo", "createRabcJob")
+]
 
 
 @pytest.mark.parametrize(("operation_id", "mode"), CASES)

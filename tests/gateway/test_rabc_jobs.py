@@ -133,8 +133,9 @@ async def test_a_cancelled_job_stops_between_episodes(
 
 
 @pytest.mark.asyncio
-async def test_bad_requests_and_the_queue_bound(data_root: Path, cpu_model_repo: Path,
-                                                text_encoder: TextEncoder) -> None:
+async def test_bad_requests_and_the_queue_bound(
+    data_root: Path, cpu_model_repo: Path, text_encoder: TextEncoder
+) -> None:
     jobs = runner(settings_for(data_root, rabc_max_jobs=1), MemoryJobStore(60), cpu_model_repo, text_encoder)
     try:
         with pytest.raises(OutsideDataRoot):
@@ -199,8 +200,9 @@ async def test_replicas_share_jobs_through_redis(
 
 
 @pytest.mark.asyncio
-async def test_redis_down_is_a_clear_unavailable(cpu_model_repo: Path, data_root: Path,
-                                                 text_encoder: TextEncoder) -> None:
+async def test_redis_down_is_a_clear_unavailable(
+    cpu_model_repo: Path, data_root: Path, text_encoder: TextEncoder
+) -> None:
     from sarm_gateway.jobs.store import JobStoreUnavailable
     from tests.gateway_harness import free_port
 

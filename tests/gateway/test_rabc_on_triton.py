@@ -45,8 +45,20 @@ def triton(sarm_checkpoint: Path) -> Iterator[TritonServer]:
 
 
 def label(data_root: Path, checkpoint: Path, out: Path, *backend: str) -> np.ndarray:
-    result = runner.invoke(app, ["rabc", str(data_root / "demos"), "--checkpoint", str(checkpoint), "--chunk-size",
-                                 "5", "--out", str(out), *backend])
+    result = runner.invoke(
+        app,
+        [
+            "rabc",
+            str(data_root / "demos"),
+            "--checkpoint",
+            str(checkpoint),
+            "--chunk-size",
+            "5",
+            "--out",
+            str(out),
+            *backend,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return np.concatenate([e.progress for e in read_progress(out / "sarm_progress.parquet").episodes])
 
@@ -55,13 +67,28 @@ def test_sarm_rabc_on_triton_writes_what_the_local_backend_writes(
     triton: TritonServer, data_root: Path, sarm_checkpoint: Path, tmp_path: Path
 ) -> None:
     local = label(data_root, sarm_checkpoint, tmp_path / "local")
-    served = label(data_root, sarm_checkpoint, tmp_path / "triton", "--backend", "triton", "--triton-url",
-                   triton.endpoints.grpc)
+    served = label(
+        data_root, sarm_checkpoint, tmp_path / "triton", "--backend", "triton", "--triton-url", triton.endpoints.grpc
+    )
     np.testing.assert_allclose(served, local, atol=1e-5)
     # Triton gone: one line, exit 2, no traceback.
-    gone = runner.invoke(app, ["rabc", str(data_root / "demos"), "--checkpoint", str(sarm_checkpoint), "--chunk-size",
-                               "5", "--out", str(tmp_path / "gone"), "--backend", "triton", "--triton-url",
-                               "127.0.0.1:1"])
+    gone = runner.invoke(
+        app,
+        [
+            "rabc",
+            str(data_root / "demos"),
+            "--checkpoint",
+            str(sarm_checkpoint),
+            "--chunk-size",
+            "5",
+            "--out",
+            str(tmp_path / "gone"),
+            "--backend",
+            "triton",
+            "--triton-url",
+            "127.0.0.1:1",
+        ],
+    )
     assert gone.exit_code == 2 and "Triton" in gone.output and "Traceback" not in gone.output
 
 
@@ -72,7 +99,11 @@ def local_progress(data_root: Path, sarm_checkpoint: Path, tmp_path_factory: pyt
 
 @pytest.mark.asyncio
 async def test_a_job_of_a_triton_backed_gateway_scores_on_triton(
-    triton: TritonServer, data_root: Path, sarm_checkpoint: Path, text_encoder: TextEncoder, tmp_path: Path,
+    triton: TritonServer,
+    data_root: Path,
+    sarm_checkpoint: Path,
+    text_encoder: TextEncoder,
+    tmp_path: Path,
     local_progress: np.ndarray,
 ) -> None:
     options = EngineOptions(backend="triton", triton_url=triton.endpoints.grpc)

@@ -42,8 +42,11 @@ def test_a_paraphrase_is_scored_and_names_its_task(default_gateway: RunningGatew
     assert score.matched_task == PICK_PLACE and 0.9 < score.task_similarity < 1.0
     exact = default_gateway.stub.ScoreWindow(window_request(window, PICK_PLACE), timeout=TIMEOUT).score
     assert exact.matched_task == PICK_PLACE and exact.task_similarity == pytest.approx(1.0, abs=1e-5)
-    curve = list(default_gateway.stub.ScoreFrames(
-        pb.ScoreFramesRequest(instruction=PARAPHRASE, frames=window, fps=80), timeout=TIMEOUT))
+    curve = list(
+        default_gateway.stub.ScoreFrames(
+            pb.ScoreFramesRequest(instruction=PARAPHRASE, frames=window, fps=80), timeout=TIMEOUT
+        )
+    )
     assert {s.score.matched_task for s in curve} == {PICK_PLACE}
     info = default_gateway.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
     assert info.task_match_min == pytest.approx(0.63) and info.window.mode == "causal"
@@ -81,9 +84,13 @@ def test_http_upload_gets_422_or_the_matched_task(default_gateway: RunningGatewa
     with VideoWriter(video, 10, 128, 128) as writer:
         writer.append(frames(12, 4))
     with httpx.Client(base_url=default_gateway.http_url, timeout=TIMEOUT) as http:
+
         def upload(instruction: str) -> httpx.Response:
-            return http.post("/v1/videos:score", data={"instruction": instruction},
-                             files={"video": ("rollout.mp4", video.read_bytes(), "video/mp4")})
+            return http.post(
+                "/v1/videos:score",
+                data={"instruction": instruction},
+                files={"video": ("rollout.mp4", video.read_bytes(), "video/mp4")},
+            )
 
         refused = upload(UNKNOWN)
         assert refused.status_code == 422 and PICK_PLACE in refused.json()["detail"]

@@ -25,8 +25,16 @@ from sarm_gateway.readiness import Readiness
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS: dict[type[Exception], int] = {
-    OutsideDataRoot: 403, JobNotFound: 404, JobsDisabled: 404, JobNotFinished: 409, InvalidInput: 422,
-    Unauthenticated: 401, PermissionDenied: 403, Overloaded: 429, BackendUnavailable: 503, DeadlineExceeded: 504,
+    OutsideDataRoot: 403,
+    JobNotFound: 404,
+    JobsDisabled: 404,
+    JobNotFinished: 409,
+    InvalidInput: 422,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    Overloaded: 429,
+    BackendUnavailable: 503,
+    DeadlineExceeded: 504,
 }
 
 
@@ -43,9 +51,11 @@ async def _engine_error(request: Request, error: Exception) -> JSONResponse:
 def create_app(deps: Deps, readiness: Readiness, api_routes: bool = True) -> FastAPI:
     """The whole HTTP API, or (`api_routes` False) only /livez, /readyz and /metrics."""
     app = FastAPI(
-        title="SARM reward service", version="1",
+        title="SARM reward service",
+        version="1",
         summary="Stage-aware reward model: a video and its instruction → per-frame stage and progress.",
-        openapi_url="/openapi.json" if api_routes else None, docs_url="/docs" if api_routes else None,
+        openapi_url="/openapi.json" if api_routes else None,
+        docs_url="/docs" if api_routes else None,
         redoc_url=None,
     )
     app.state.deps, app.state.readiness = deps, readiness

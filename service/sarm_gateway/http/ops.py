@@ -18,15 +18,23 @@ async def livez() -> Status:
     return Status(status="alive")
 
 
-@router.get("/readyz", operation_id="readyz", response_model=Status,
-            responses={503: {"model": Status, "description": "Not ready"}})
+@router.get(
+    "/readyz",
+    operation_id="readyz",
+    response_model=Status,
+    responses={503: {"model": Status, "description": "Not ready"}},
+)
 async def readyz(readiness: ReadinessDep) -> JSONResponse:
     """200 while the backend can run the models and no drain has begun; 503 otherwise."""
     return JSONResponse({"status": readiness.reason}, 200 if readiness.ready else 503)
 
 
-@router.get("/metrics", operation_id="metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+)
 async def metrics(engine: EngineDep) -> Response:
     """Every metric of both front ends and the engine, in the Prometheus text format."""
     return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

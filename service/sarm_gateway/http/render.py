@@ -20,13 +20,26 @@ from sarm_gateway.http.scoring import VideoCurve
 
 def scores(curve: VideoCurve, model_version: str) -> VideoScores:
     return VideoScores(
-        model_version=model_version, instruction=curve.instruction, matched_task=curve.matched.task,
-        task_similarity=curve.matched.similarity, fps=curve.fps, stride_frames=curve.stride,
+        model_version=model_version,
+        instruction=curve.instruction,
+        matched_task=curve.matched.task,
+        task_similarity=curve.matched.similarity,
+        fps=curve.fps,
+        stride_frames=curve.stride,
         num_frames=curve.num_frames,
-        frames=[FrameScore(frame_index=r.frame_index, timestamp=r.frame_index / curve.fps,
-                           stage_index=r.score.stage_index, stage_name=r.score.stage_name, tau=r.score.tau,
-                           progress=r.score.progress, confidence=r.score.confidence,
-                           smoothed_progress=r.smoothed_progress) for r in curve.results],
+        frames=[
+            FrameScore(
+                frame_index=r.frame_index,
+                timestamp=r.frame_index / curve.fps,
+                stage_index=r.score.stage_index,
+                stage_name=r.score.stage_name,
+                tau=r.score.tau,
+                progress=r.score.progress,
+                confidence=r.score.confidence,
+                smoothed_progress=r.smoothed_progress,
+            )
+            for r in curve.results
+        ],
     )
 
 
@@ -40,13 +53,23 @@ def plot(curve: VideoCurve, stage_names: list[str], model_version: str) -> bytes
     progress_axes.plot(seconds, [r.score.progress for r in curve.results], lw=1.5, label="progress")
     if any(r.smoothed_progress is not None for r in curve.results):
         progress_axes.plot(seconds, [r.smoothed_progress for r in curve.results], lw=1.5, label="smoothed")
-    progress_axes.set(ylabel="task progress", ylim=(-0.02, 1.02), title=f"“{curve.instruction}” — model "
-                      f"{model_version}, {curve.num_frames} frames at {curve.fps:g} fps")
+    progress_axes.set(
+        ylabel="task progress",
+        ylim=(-0.02, 1.02),
+        title=f"“{curve.instruction}” — model {model_version}, {curve.num_frames} frames at {curve.fps:g} fps",
+    )
     progress_axes.grid(alpha=0.3)
     progress_axes.legend(loc="upper left")
     stage_axes.step(seconds, [r.score.stage_index for r in curve.results], where="post", color="black", lw=1)
-    points = stage_axes.scatter(seconds, [r.score.stage_index for r in curve.results],
-                                c=[r.score.confidence for r in curve.results], cmap="viridis", vmin=0, vmax=1, s=12)
+    points = stage_axes.scatter(
+        seconds,
+        [r.score.stage_index for r in curve.results],
+        c=[r.score.confidence for r in curve.results],
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        s=12,
+    )
     figure.colorbar(points, ax=stage_axes, label="confidence")
     stage_axes.set_yticks(range(len(stage_names)), stage_names)
     stage_axes.set(xlabel="time (s)", ylabel="stage", ylim=(-0.5, len(stage_names) - 0.5))
@@ -63,11 +86,17 @@ def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) 
     progress = progress_of_every_frame(curve.results, curve.num_frames)
     episode = EpisodeProgress(0, np.arange(len(progress), dtype=np.int64), progress)
     every = curve.options.score_every
-    provenance = {"source": "POST /v1/videos:score", "model_version": model_version,
-                  "instruction": curve.instruction, "fps": curve.fps, "smoothing": curve.options.smoothing,
-                  "task": {"matched": curve.matched.task, "similarity": curve.matched.similarity},
-                  "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride},
-                  "score_stride": every, "interpolation": "linear" if every > 1 else "none"}
+    provenance = {
+        "source": "POST /v1/videos:score",
+        "model_version": model_version,
+        "instruction": curve.instruction,
+        "fps": curve.fps,
+        "smoothing": curve.options.smoothing,
+        "task": {"matched": curve.matched.task, "similarity": curve.matched.similarity},
+        "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride},
+        "score_stride": every,
+        "interpolation": "linear" if every > 1 else "none",
+    }
     buffer = io.BytesIO()
     pq.write_table(progress_table(DatasetProgress([episode], provenance)), buffer)
     return buffer.getvalue()
@@ -78,6 +107,8 @@ def render(curve: VideoCurve, output: OutputFormat, engine: Engine) -> tuple[byt
     if output == "png":
         return plot(curve, engine.stage_names, engine.version), {}
     if output == "parquet":
-        return (progress_parquet(curve, engine.version, engine.window_frames),
-                {"Content-Disposition": f'attachment; filename="{PROGRESS_FILE}"'})
+        return (
+            progress_parquet(curve, engine.version, engine.window_frames),
+            {"Content-Disposition": f'attachment; filename="{PROGRESS_FILE}"'},
+        )
     return scores(curve, engine.version).model_dump_json().encode(), {}

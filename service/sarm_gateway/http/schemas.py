@@ -13,8 +13,11 @@ from sarm_gateway.episode import MAX_FPS
 from sarm_gateway.http.upload import FILE_FIELD
 
 OutputFormat = Literal["json", "png", "parquet"]
-MEDIA_TYPES: dict[str, str] = {"json": "application/json", "png": "image/png",
-                               "parquet": "application/vnd.apache.parquet"}
+MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "png": "image/png",
+    "parquet": "application/vnd.apache.parquet",
+}
 
 
 class ScoreForm(BaseModel):
@@ -30,16 +33,18 @@ class ScoreForm(BaseModel):
     smoothing: bool = Field(False, description="Add confidence-weighted smoothed progress.")
     smoothing_history: int = Field(10, ge=1, description="Scores the smoothing remembers.")
     smoothing_min_confidence: float = Field(0.9, gt=0, le=1, description="Scores below this confidence are ignored.")
-    format: OutputFormat | SkipJsonSchema[None] = Field(None, description="json (default), png or parquet; "
-                                                        "the `format` query parameter does the same.")
+    format: OutputFormat | SkipJsonSchema[None] = Field(
+        None, description="json (default), png or parquet; the `format` query parameter does the same."
+    )
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> ScoreForm:
         try:
             return cls.model_validate(fields)
         except ValidationError as error:  # FastAPI's usual 422 body, located in the form
-            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
-                                         ) from error
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
+            ) from error
 
     def options(self) -> ScoringOptions:
         return ScoringOptions(self.score_every, self.smoothing, self.smoothing_history, self.smoothing_min_confidence)
@@ -48,9 +53,14 @@ class ScoreForm(BaseModel):
     def request_body(cls) -> dict[str, Any]:
         """The OpenAPI requestBody: these fields plus the video file."""
         schema = cls.model_json_schema()
-        schema["properties"] = {FILE_FIELD: {"type": "string", "format": "binary",
-                                             "description": "The video: mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF."},
-                                **schema["properties"]}
+        schema["properties"] = {
+            FILE_FIELD: {
+                "type": "string",
+                "format": "binary",
+                "description": "The video: mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF.",
+            },
+            **schema["properties"],
+        }
         schema["required"] = [FILE_FIELD, *schema.get("required", [])]
         return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
@@ -69,10 +79,14 @@ class FrameScore(BaseModel):
 class VideoScores(BaseModel):
     model_version: str
     instruction: str
-    matched_task: str = Field(description="The known task the instruction matched (its instruction as the model "
-                              "knows it; empty for a model whose one task names none).")
-    task_similarity: float = Field(description="Cosine similarity of the instruction to that task's; below "
-                                   "ModelInfo.task_match_min the upload is refused with 422.")
+    matched_task: str = Field(
+        description="The known task the instruction matched (its instruction as the model "
+        "knows it; empty for a model whose one task names none)."
+    )
+    task_similarity: float = Field(
+        description="Cosine similarity of the instruction to that task's; below "
+        "ModelInfo.task_match_min the upload is refused with 422."
+    )
     fps: float
     stride_frames: int = Field(description="The window stride g in frames (1 s of frames).")
     num_frames: int = Field(description="Frames decoded from the video.")
@@ -125,8 +139,9 @@ class Status(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: str | list[dict[str, Any]] = Field(description="What is wrong and what to change; for a malformed "
-                                               "field, FastAPI's list of field errors.")
+    detail: str | list[dict[str, Any]] = Field(
+        description="What is wrong and what to change; for a malformed field, FastAPI's list of field errors."
+    )
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -59,8 +59,10 @@ async def _embed(engine: Engine, reader: VideoReader) -> Encoded:
 
 async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: VideoLimits) -> VideoCurve:
     if engine.num_cameras != 1:
-        raise InvalidInput(f"this model takes {engine.num_cameras} cameras per time step; a video upload is one "
-                           "camera: use the gRPC ScoreFrames call with every camera's frames")
+        raise InvalidInput(
+            f"this model takes {engine.num_cameras} cameras per time step; a video upload is one "
+            "camera: use the gRPC ScoreFrames call with every camera's frames"
+        )
     options = form.options()
     instruction = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before decoding
     height, width = engine.image_size

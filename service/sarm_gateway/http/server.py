@@ -33,9 +33,14 @@ class _Draining:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.draining and scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
-            reply = JSONResponse({"detail": "draining: this server is shutting down and takes no new requests; "
-                                            "retry on another replica"}, 503,
-                                 {"Retry-After": str(self.retry_after_s), "Connection": "close"})
+            reply = JSONResponse(
+                {
+                    "detail": "draining: this server is shutting down and takes no new requests; "
+                    "retry on another replica"
+                },
+                503,
+                {"Retry-After": str(self.retry_after_s), "Connection": "close"},
+            )
             await reply(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -52,8 +57,11 @@ class HttpServer:
         self.host, self.port = host, port
         self._app = _Draining(app, math.ceil(retry_after_ms / 1000))
         # uvicorn takes whole seconds for the drain.
-        self._server = _Server(uvicorn.Config(self._app, lifespan="off", log_config=None,
-                                              timeout_graceful_shutdown=math.ceil(drain_seconds)))
+        self._server = _Server(
+            uvicorn.Config(
+                self._app, lifespan="off", log_config=None, timeout_graceful_shutdown=math.ceil(drain_seconds)
+            )
+        )
         self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> int:

@@ -71,8 +71,9 @@ class _Parts:
             self.seen_file, self._target = True, None
             return
         if name not in self.names:
-            raise HTTPException(422, f"unknown form field '{name}'; the fields are "
-                                     f"{', '.join([FILE_FIELD, *sorted(self.names)])}")
+            raise HTTPException(
+                422, f"unknown form field '{name}'; the fields are {', '.join([FILE_FIELD, *sorted(self.names)])}"
+            )
         if name in self.fields:
             raise HTTPException(422, f"form field '{name}' is sent twice")
         self._target = self.fields[name] = bytearray()
@@ -89,8 +90,9 @@ class _Parts:
         self.ended = True
 
 
-async def _receive(request: Request, parser: MultipartParser, parts: _Parts, file: BinaryIO, max_bytes: int,
-                   timeout_s: float) -> None:
+async def _receive(
+    request: Request, parser: MultipartParser, parts: _Parts, file: BinaryIO, max_bytes: int, timeout_s: float
+) -> None:
     received = 0
     chunks = request.stream().__aiter__()
     while True:
@@ -132,11 +134,18 @@ async def receive_upload(
     if length.isdigit() and int(length) > max_bytes:  # refused before a byte is read
         raise HTTPException(413, f"the upload is {length} bytes; the limit is {max_bytes} (SARM_MAX_UPLOAD_BYTES)")
     parts = _Parts(field_names)
-    parser = MultipartParser(options[b"boundary"], callbacks={
-        "on_part_begin": parts.on_part_begin, "on_header_field": parts.on_header_field,
-        "on_header_value": parts.on_header_value, "on_header_end": parts.on_header_end,
-        "on_headers_finished": parts.on_headers_finished, "on_part_data": parts.on_part_data, "on_end": parts.on_end,
-    })
+    parser = MultipartParser(
+        options[b"boundary"],
+        callbacks={
+            "on_part_begin": parts.on_part_begin,
+            "on_header_field": parts.on_header_field,
+            "on_header_value": parts.on_header_value,
+            "on_header_end": parts.on_header_end,
+            "on_headers_finished": parts.on_headers_finished,
+            "on_part_data": parts.on_part_data,
+            "on_end": parts.on_end,
+        },
+    )
     handle, name = tempfile.mkstemp(prefix="sarm-upload-", dir=directory)
     path = Path(name)
     try:

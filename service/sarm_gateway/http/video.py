@@ -41,9 +41,10 @@ class VideoReader:
             self._container = av.open(str(path), options=OPEN_OPTIONS)
         except (av.error.FFmpegError, OSError) as error:
             # strerror, not str(error): that would name our temp file
-            raise InvalidInput(f"the upload cannot be read as a video: it is not one, or it is corrupt or truncated "
-                               f"({error.strerror}); send an mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF file"
-                               ) from error
+            raise InvalidInput(
+                f"the upload cannot be read as a video: it is not one, or it is corrupt or truncated "
+                f"({error.strerror}); send an mp4/mov, mkv/webm, avi, MPEG-TS, IVF or GIF file"
+            ) from error
         try:
             if not self._container.streams.video:
                 raise InvalidInput("the upload has no video stream")
@@ -64,18 +65,22 @@ class VideoReader:
 
     def _check_resolution(self, width: int, height: int) -> None:
         if width * height > self.limits.max_pixels:
-            raise InvalidInput(f"the video is {width}x{height} ({width * height} pixels); the limit is "
-                               f"{self.limits.max_pixels} pixels per frame (SARM_MAX_VIDEO_PIXELS)")
+            raise InvalidInput(
+                f"the video is {width}x{height} ({width * height} pixels); the limit is "
+                f"{self.limits.max_pixels} pixels per frame (SARM_MAX_VIDEO_PIXELS)"
+            )
 
     def _check_duration(self, seconds: float, what: str) -> None:
         if seconds > self.limits.max_seconds:
-            raise InvalidInput(f"{what} {seconds:.1f} s; the limit is {self.limits.max_seconds:g} s "
-                               "(SARM_MAX_VIDEO_SECONDS)")
+            raise InvalidInput(
+                f"{what} {seconds:.1f} s; the limit is {self.limits.max_seconds:g} s (SARM_MAX_VIDEO_SECONDS)"
+            )
 
     def _check_frames(self, frames: int, what: str) -> None:
         if frames > self.limits.max_frames:
-            raise InvalidInput(f"{what} {frames} frames; the limit is {self.limits.max_frames} frames "
-                               "(SARM_MAX_VIDEO_FRAMES)")
+            raise InvalidInput(
+                f"{what} {frames} frames; the limit is {self.limits.max_frames} frames (SARM_MAX_VIDEO_FRAMES)"
+            )
 
     def read(self, n: int) -> np.ndarray:
         """Up to `n` next frames; fewer only at the end of the video (none: the end)."""
@@ -86,8 +91,9 @@ class VideoReader:
                 try:
                     frame = next(self._frames, None)
                 except av.error.FFmpegError as error:
-                    raise InvalidInput(f"the video is corrupt or truncated after {self.decoded} frames "
-                                       f"({error.strerror})") from error
+                    raise InvalidInput(
+                        f"the video is corrupt or truncated after {self.decoded} frames ({error.strerror})"
+                    ) from error
                 if frame is None:
                     break
                 self._check_resolution(frame.width, frame.height)  # the size may change mid-stream

@@ -19,8 +19,10 @@ def dataset_dir(root: Path, requested: str) -> Path:
     base = root.resolve()
     candidate = (base / requested).resolve()  # an absolute `requested` replaces the base; resolve() follows links
     if not candidate.is_relative_to(base):
-        raise OutsideDataRoot(f"dataset {requested!r} is outside the data root (SARM_DATA_ROOT): name a folder "
-                              "relative to it, without '..'")
+        raise OutsideDataRoot(
+            f"dataset {requested!r} is outside the data root (SARM_DATA_ROOT): name a folder "
+            "relative to it, without '..'"
+        )
     if not candidate.is_dir():
         raise InvalidInput(f"no dataset folder {requested!r} under the data root (SARM_DATA_ROOT)")
     return candidate

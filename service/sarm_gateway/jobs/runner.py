@@ -72,8 +72,11 @@ class JobRunner:
         if stride < 1:
             raise InvalidInput(f"stride must be >= 1 frame, got {stride}")
         if len(self._stops) >= self.settings.rabc_max_jobs:
-            raise Overloaded(f"{len(self._stops)} jobs are queued or running on this replica (limit "
-                             f"{self.settings.rabc_max_jobs}, SARM_RABC_MAX_JOBS); retry later", 30_000)
+            raise Overloaded(
+                f"{len(self._stops)} jobs are queued or running on this replica (limit "
+                f"{self.settings.rabc_max_jobs}, SARM_RABC_MAX_JOBS); retry later",
+                30_000,
+            )
         job = Job(id=uuid.uuid4().hex, dataset=dataset, params={**params.to_dict(), "stride": stride})
         await self.store.save(job)
         stop = threading.Event()
@@ -90,8 +93,7 @@ class JobRunner:
         silent = time.time() - job.heartbeat_at
         if job.state in ACTIVE and job.id not in self._stops and silent > self.settings.job_lease_s:
             job.state = JobState.FAILED
-            job.error = (f"the replica running this job stopped ({silent:.0f} s without a heartbeat); submit it "
-                         "again")
+            job.error = f"the replica running this job stopped ({silent:.0f} s without a heartbeat); submit it again"
         return job
 
     async def cancel(self, job_id: str) -> Job:
@@ -132,7 +134,8 @@ class JobRunner:
                 job.state = JobState.RUNNING
                 await self._save(job)
                 summary = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._compute, job, folder, params, stride, out_dir, stop, asyncio.get_running_loop())
+                    self._pool, self._compute, job, folder, params, stride, out_dir, stop, asyncio.get_running_loop()
+                )
             for name in RESULT_FILES.values():
                 await self.store.put_file(job.id, name, (out_dir / name).read_bytes())
             job.summary = summary.to_dict()
@@ -150,8 +153,16 @@ class JobRunner:
             shutil.rmtree(out_dir, ignore_errors=True)
             await self._save(job)
 
-    def _compute(self, job: Job, folder: Path, params: RabcParams, stride: int, out_dir: Path,
-                 stop: threading.Event, loop: asyncio.AbstractEventLoop) -> RabcSummary:
+    def _compute(
+        self,
+        job: Job,
+        folder: Path,
+        params: RabcParams,
+        stride: int,
+        out_dir: Path,
+        stop: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+    ) -> RabcSummary:
         def on_episode(done: int, total: int) -> None:  # from this thread; the heartbeat saves it
             job.episodes_done, job.episodes_total = done, total
 
@@ -159,8 +170,9 @@ class JobRunner:
             return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
 
         checkpoint = Path(self._engine.manifest.checkpoint.path)  # provenance only: the engine holds the model
-        return run_rabc(folder, checkpoint, params, out_dir, stride, on_episode, stop.is_set,
-                        engine=EngineHandle(self._engine, run))
+        return run_rabc(
+            folder, checkpoint, params, out_dir, stride, on_episode, stop.is_set, engine=EngineHandle(self._engine, run)
+        )
 
     async def _beat(self, job: Job, stop: threading.Event) -> None:
         while True:

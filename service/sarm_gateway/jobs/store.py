@@ -83,8 +83,9 @@ class RedisJobStore(JobStore):
         try:
             yield self._client
         except (RedisError, OSError) as error:  # OSError covers asyncio's TimeoutError
-            raise JobStoreUnavailable(f"the job store (Redis) is unavailable: {error or type(error).__name__}; "
-                                      "retry shortly") from error
+            raise JobStoreUnavailable(
+                f"the job store (Redis) is unavailable: {error or type(error).__name__}; retry shortly"
+            ) from error
 
     async def save(self, job: Job) -> None:
         async with self._redis() as redis:
