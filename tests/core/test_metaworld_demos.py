@@ -230,6 +230,12 @@ def test_forced_drop_sends_progress_back_and_the_expert_regrasps() -> None:
 @pytest.mark.parametrize("task", ["assembly-v3", "peg-insert-side-v3", "handle-press-v3", "window-open-v3"])
 def test_clean_demos_of_other_tasks_succeed_through_their_stages(task: str) -> None:
     (ep,) = generate_episodes(task, 1, image_size=SIZE, seed=0, mix=parse_mix("clean=1"))
-    assert ep.episode_columns == {"success": True, "quality": "clean", "perturbations": "noise=0.00"}
+    # A clean demo has no give-up retreat: regress_from_frame -1.
+    assert ep.episode_columns == {
+        "success": True,
+        "quality": "clean",
+        "perturbations": "noise=0.00",
+        "regress_from_frame": -1,
+    }
     assert ep.annotations["sparse"].names == stage_names(task)
     assert annotation_problems(ep.annotations["sparse"], ep.length) == []
