@@ -21,8 +21,6 @@ class JobStoreUnavailable(BackendUnavailable):
 
 
 class JobStore(ABC):
-    durable: bool  # state and results survive a restart of this replica
-
     @abstractmethod
     async def save(self, job: Job) -> None: ...
 
@@ -43,8 +41,6 @@ class JobStore(ABC):
 
 
 class MemoryJobStore(JobStore):
-    durable = False
-
     def __init__(self, ttl_s: float, max_jobs: int = 1000) -> None:
         self._jobs: TTLCache[str] = TTLCache(max_jobs, ttl_s)  # JSON, so a caller never holds a live record
         self._cancels: TTLCache[bool] = TTLCache(max_jobs, ttl_s)
@@ -71,8 +67,6 @@ class MemoryJobStore(JobStore):
 
 
 class RedisJobStore(JobStore):
-    durable = True
-
     def __init__(self, client: Redis, ttl_s: float, prefix: str = "sarm:job:") -> None:
         self._client = client
         self._ttl_ms = max(1, round(ttl_s * 1000))
