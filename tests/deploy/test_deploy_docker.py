@@ -492,7 +492,10 @@ def test_triton_cpu_serves_the_repository_on_every_interface(
         time.sleep(0.5)
     cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
     assert Path(cmdline[0].decode()).name == "tritonserver"  # it replaced itself: SIGTERM reaches the server
-    assert {grpc, http, metrics} <= listening_on_all_interfaces()
+    # The metrics port may open a moment after the HTTP one reports ready (seen on a loaded machine).
+    while not {grpc, http, metrics} <= listening_on_all_interfaces():
+        assert time.monotonic() < deadline, f"listening: {listening_on_all_interfaces()}, wanted {grpc, http, metrics}"
+        time.sleep(0.5)
     for model in ("sarm_frame_encoder", "sarm_heads"):
         assert http_status(f"http://127.0.0.1:{http}/v2/models/{model}/ready") == 200
     assert http_status(f"http://127.0.0.1:{metrics}/metrics") == 200
