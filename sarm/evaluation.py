@@ -8,7 +8,6 @@ stages include the data's), and AUROC of final progress separating successful fr
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_enc
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.modeling_sarm import SARM
 from sarm.model.windows import stride_frames
-from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction
+from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction, instruction_key
 from sarm.scoring.metrics import EngineMetrics
 from sarm.scoring.options import EngineOptions
 from sarm.scoring.pytorch import EpisodeScores
@@ -97,14 +96,11 @@ async def _score_episodes(
             frames = embeddings.frames[meta.index]
             if frames.ndim == 2:
                 frames = frames[:, None]
-            keys = np.array(
-                [[f"{ds.root}|{meta.index}|{t}|{c}" for c in range(frames.shape[1])] for t in range(len(frames))],
-                dtype=object,
-            )
-            key = hashlib.sha256(f"{manifest.text_encoder.fingerprint}|{meta.task}".encode()).hexdigest()
+            key = instruction_key(manifest.text_encoder.fingerprint, meta.task)
             instruction = Instruction(np.asarray(embeddings.text[meta.task], np.float32), key)
+            source = Encoded.stored(frames.astype(np.float32, copy=False), f"{ds.root}|{meta.index}")
             t = list(range(meta.length))
-            scores = await engine.score_at(Encoded(frames.astype(np.float32, copy=False), keys), t, stride, instruction)
+            scores = await engine.score_at(source, t, stride, instruction)
             probs = np.stack([s.stage_probs for s in scores])
             out[meta.index] = EpisodeScores(
                 frame_index=np.asarray(t, np.int64),

@@ -1,7 +1,7 @@
 """Score a LeRobot dataset with a LeRobot SARM the way LeRobot's compute_sarm_progress does.
 
-Frame rule: frames with (i − episode start) % stride == 0 and each episode's last frame are scored; with
-stride > 1 and more than one scored frame, the others are linearly interpolated (float32), as LeRobot does.
+Frame rule (sarm.scoring.curve, the one rule every path uses, which is LeRobot's): frames with
+(i − episode start) % stride == 0 and each episode's last frame are scored, the others linearly interpolated.
 Each scored frame t sees the centred window t + k·frame_gap (k = −n/2 … n/2, clamped to the episode) and its
 progress is the model output at the centre. Unlike LeRobot, which CLIP-encodes every window's images and
 the instruction on every query, each needed frame is decoded and encoded once per episode and each
@@ -22,6 +22,7 @@ from sarm.lerobot.clip import LeRobotCLIP
 from sarm.lerobot.modeling import LeRobotSARM
 from sarm.lerobot.normalizer import StateNormalizer
 from sarm.lerobot.windows import centered_windows
+from sarm.scoring.curve import interpolate, scored_frames
 
 
 @dataclass
@@ -35,23 +36,6 @@ class EpisodeScores:
     @property
     def index(self) -> np.ndarray:
         return self.dataset_from_index + np.arange(self.length, dtype=np.int64)
-
-
-def scored_frames(length: int, stride: int) -> np.ndarray:
-    """LeRobot's choice: every stride-th frame from the episode start, plus the last frame."""
-    if stride < 1 or length < 1:
-        raise ValueError(f"need stride >= 1 and a non-empty episode, got stride={stride}, length={length}")
-    return np.union1d(np.arange(0, length, stride), [length - 1]).astype(np.int64)
-
-
-def fill_frames(scored: np.ndarray, values: np.ndarray, length: int, stride: int) -> np.ndarray:
-    """Per-frame values: LeRobot's np.interp (then float32) when stride > 1 and several frames were
-    scored; otherwise the scored values, NaN elsewhere."""
-    if stride > 1 and len(scored) > 1:
-        return np.interp(np.arange(length), scored, values.astype(np.float64)).astype(np.float32)
-    out = np.full(length, np.nan, dtype=np.float32)
-    out[scored] = values
-    return out
 
 
 class LeRobotScorer:
@@ -120,7 +104,7 @@ class LeRobotScorer:
         result = EpisodeScores(meta.index, meta.dataset_from_index, meta.length, scored)
         centre = self.score_windows(features[rows], text, state[windows], heads or self.heads)
         for head, outputs in centre.items():
-            result.progress[head] = fill_frames(scored, outputs["progress"], meta.length, stride)
+            result.progress[head] = interpolate(scored, outputs["progress"], meta.length)
         return result
 
     def score_dataset(

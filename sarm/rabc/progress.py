@@ -9,7 +9,6 @@ scored, and the interpolation between them, is the one rule of sarm.scoring.curv
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -25,11 +24,11 @@ from sarm.encoders.base import TextEncoder
 from sarm.manifest import Manifest
 from sarm.model.windows import sequence_indices
 from sarm.scoring.curve import interpolate, scored_frames
-from sarm.scoring.engine import Encoded, Engine, Instruction
+from sarm.scoring.engine import Encoded, Engine, Instruction, instruction_key
 from sarm.scoring.images import FrameData
 from sarm.scoring.options import EngineOptions
 from sarm.scoring.repository import repository_for
-from sarm.training.checkpoint import LEROBOT_ARCHITECTURE, checkpoint_architecture
+from sarm.training.checkpoint import LEROBOT_ARCHITECTURE, checkpoint_architecture, checkpoint_digest
 
 OnEpisode = Callable[[int, int], None]  # (episodes done, episodes in total)
 ShouldStop = Callable[[], bool]
@@ -281,14 +280,11 @@ class EpisodeScorer:
         """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames, and its instruction."""
         engine, cameras = self._handle.engine, len(self._cameras)
         if self._store is not None:
-            text = self._store.text[meta.task]
-            key = hashlib.sha256(f"{self._store.manifest['text_encoder']}|{meta.task}".encode()).hexdigest()
-            # Keys name the stored rows: the store is per dataset and encoder, so they are unique where they meet.
-            keys = np.array(
-                [[f"{self._ds.root}|{meta.index}|{t}|{c}" for c in range(cameras)] for t in range(meta.length)],
-                dtype=object,
+            key = instruction_key(engine.manifest.text_encoder.fingerprint, meta.task)
+            return (
+                Encoded.stored(self._store.frames[meta.index], f"{self._ds.root}|{meta.index}"),
+                Instruction(self._store.text[meta.task], key),
             )
-            return Encoded(self._store.frames[meta.index], keys), Instruction(text, key)
         height, width = engine.image_size
         images = np.stack(
             [resize_frames(self._ds.frames(meta.index, camera, needed), height, width) for camera in self._cameras],
@@ -322,7 +318,7 @@ class LeRobotEpisodes:
         self.provenance: dict[str, Any] = {
             "dataset": str(ds.root),
             "checkpoint": str(checkpoint),
-            "checkpoint_sha256": hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest(),
+            "checkpoint_sha256": checkpoint_digest(checkpoint),
             "architecture": LEROBOT_ARCHITECTURE,
             "heads": list(self._scorer.heads),
             "frame_encoder": {"id": "clip", "digest": info.clip_digest},

@@ -55,6 +55,11 @@ class Instruction(NamedTuple):
     similarity: float = 1.0  # cosine similarity to that task's instruction
 
 
+def instruction_key(text_encoder: str, instruction: str) -> str:
+    """What the score cache knows an instruction by: its text encoder (id@version) and its text, hashed."""
+    return hashlib.sha256(f"{text_encoder}|{instruction}".encode()).hexdigest()
+
+
 class UnknownTask(InvalidInput):
     """An instruction too far from every task the model knows: its scores would look real and mean nothing."""
 
@@ -74,6 +79,14 @@ class Encoded:
     def steps(self, cameras: int) -> Encoded:
         """Time-major: (T, C, D) embeddings and (T, C) keys."""
         return Encoded(self.embeddings.reshape(-1, cameras, self.embeddings.shape[-1]), self.keys.reshape(-1, cameras))
+
+    @classmethod
+    def stored(cls, embeddings: np.ndarray, source: str) -> Encoded:
+        """Time steps (T, C, D) read from an embedding store, keyed by `source` (dataset and episode) and position:
+        a store is per dataset and encoder, so its rows' keys are unique where they meet in a cache."""
+        steps, cameras = embeddings.shape[:2]
+        keys = np.array([[f"{source}|{t}|{c}" for c in range(cameras)] for t in range(steps)], dtype=object)
+        return cls(embeddings, keys)
 
     def keys_at(self, indices: np.ndarray) -> np.ndarray:
         return self.keys[indices]
@@ -202,11 +215,13 @@ class Engine:
         options: EngineOptions,
         metrics: EngineMetrics | None = None,
         text_encoder: TextEncoder | None = None,
+        backend: Backend | None = None,
     ) -> Engine:
-        """Read the repository's manifest, start its backend, and load the instruction encoder it was trained with
-        (unless given); caches as `options` say. Metrics go to a registry of their own unless given."""
+        """Read the repository's manifest, start the backend `options` name (unless given), and load the instruction
+        encoder it was trained with (unless given); caches as `options` say. Metrics go to a registry of their own
+        unless given."""
         manifest = read_manifest(repo)
-        backend = make_backend(options, repo, manifest)
+        backend = backend or make_backend(options, repo, manifest)
         if text_encoder is None:  # slow (torch): after the cheap checks
             from sarm.encoders.registry import load_text_encoder
 
@@ -261,8 +276,7 @@ class Engine:
             cached = (await loop.run_in_executor(self._text_pool, self.text_encoder.encode, [instruction]))[0]
             await self.caches.instructions.put_many({key: cached})
         task, similarity = await self._match(instruction, cached)
-        score_key = hashlib.sha256(f"{self._text_encoder_id}|{instruction}".encode()).hexdigest()
-        return Instruction(cached, score_key, task, similarity)
+        return Instruction(cached, instruction_key(self._text_encoder_id, instruction), task, similarity)
 
     async def _match(self, instruction: str, embedding: np.ndarray) -> tuple[str, float]:
         """The known task most similar to the instruction (cosine of the text encoder's embeddings: what the heads

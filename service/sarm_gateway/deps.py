@@ -8,10 +8,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sarm.encoders.base import TextEncoder, fingerprint
-from sarm.manifest import read_manifest
-from sarm.scoring.backends import Backend, make_backend
-from sarm.scoring.engine import Engine, EngineCaches
+from sarm.encoders.base import TextEncoder
+from sarm.scoring.backends import Backend
+from sarm.scoring.engine import Engine
 from sarm.scoring.redis_cache import connect
 from sarm_gateway.admission import Admission
 from sarm_gateway.jobs.runner import JobRunner
@@ -39,17 +38,8 @@ def job_store(settings: Settings) -> JobStore:
 
 def build_deps(settings: Settings, backend: Backend | None = None, text_encoder: TextEncoder | None = None) -> Deps:
     """Everything from `settings`; `backend` and `text_encoder` replace the ones the repository names (tests)."""
-    repo = Path(settings.model_repo)
-    manifest = read_manifest(repo)
-    options = settings.engine_options()
-    backend = backend or make_backend(options, repo, manifest)
-    if text_encoder is None:  # slow (torch): after the cheap checks
-        from sarm.encoders.registry import load_text_encoder
-
-        text_encoder = load_text_encoder(manifest.text_encoder.id)
     metrics = Metrics()
-    caches = EngineCaches.build(options, manifest, fingerprint(text_encoder))
-    engine = Engine(manifest, backend, text_encoder, options, caches, metrics)
+    engine = Engine.open(Path(settings.model_repo), settings.engine_options(), metrics, text_encoder, backend)
     # Bounded by count and by the measured time to finish: what is admitted must fit in the drain (settings.py).
     budget_s = settings.drain_budget * settings.drain_seconds if settings.drain_seconds > 0 else math.inf
     work = Admission(settings.max_in_flight, settings.retry_after_ms, "requests", budget_s)

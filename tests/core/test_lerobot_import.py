@@ -24,8 +24,9 @@ from sarm.lerobot.checkpoint import load_imported, load_imported_info
 from sarm.lerobot.config import LeRobotConfigError, parse_config, read_config
 from sarm.lerobot.modeling import ImportedLeRobotSARM, load_lerobot_model
 from sarm.lerobot.normalizer import read_normalizer
-from sarm.lerobot.scoring import fill_frames, progress_table, scored_frames
+from sarm.lerobot.scoring import progress_table
 from sarm.lerobot.windows import centered_windows
+from sarm.scoring.curve import interpolate, scored_frames
 from sarm.training.checkpoint import CheckpointError, load_checkpoint, load_model
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
@@ -285,8 +286,8 @@ def test_lerobots_frame_rule_and_interpolation() -> None:
     assert scored_frames(20, 8).tolist() == [0, 8, 16, 19]
     assert scored_frames(17, 8).tolist() == [0, 8, 16]
     assert scored_frames(3, 1).tolist() == [0, 1, 2]
-    filled = fill_frames(np.array([0, 8, 16, 19]), np.array([0.0, 0.8, 0.4, 1.0], np.float32), 20, 8)
+    filled = interpolate(np.array([0, 8, 16, 19]), np.array([0.0, 0.8, 0.4, 1.0], np.float32), 20)
     assert filled.dtype == np.float32
     np.testing.assert_allclose(filled[[0, 4, 8, 12, 16, 19]], [0.0, 0.4, 0.8, 0.6, 0.4, 1.0], atol=1e-7)
     # One scored frame: LeRobot does not interpolate and leaves the others empty.
-    assert np.isnan(fill_frames(np.array([0]), np.array([0.5], np.float32), 1, 8)).sum() == 0
+    assert np.isnan(interpolate(np.array([0]), np.array([0.5], np.float32), 1)).sum() == 0
