@@ -31,7 +31,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from sarm.manifest import read_manifest
+from sarm.manifest import SARM_HEADS_OUTPUTS, read_manifest
 from sarm.model.windows import sequence_indices
 from sarm.scoring.backends import LocalBackend
 from sarm_gateway.settings import DEFAULT_MODEL_REPO
@@ -282,7 +282,7 @@ class Direct:
         out = await self.backend.heads(
             windows[:, :, None, :].astype(np.float32), text, lengths.astype(np.int64).reshape(-1, 1)
         )
-        return np.asarray(out.progress[:, 0])
+        return np.asarray(out[SARM_HEADS_OUTPUTS.index("progress")][:, 0])
 
     def window(self, t: int, fps: float) -> tuple[np.ndarray, int]:
         """Frame indices (L,) of frame t's causal window (padded) and its number of valid positions."""

@@ -25,6 +25,17 @@ WindowMode = Literal["causal", "centered"]
 WINDOW_MODES: tuple[WindowMode, ...] = ("causal", "centered")
 HEAD_NAMES = ("sparse", "dense")
 DEFAULT_MAX_BATCH = 64
+# What the heads graph is: ours (causal windows over several cameras, a valid length, the rewind slots) or an
+# imported LeRobot SARM (one camera, centred windows, joint state, an output set per head). Each fixes its graph's
+# tensor names (heads_inputs / heads_outputs) and how the engine feeds it.
+ARCHITECTURES = ("sarm", "lerobot-sarm")
+# How a frame reaches the encoder's H×W input: `exact` (it must already be that size; the gateway never resizes)
+# or `clip` (any size; CLIPProcessor's shortest side to H bicubic and centre crop, on the host, as LeRobot does).
+IMAGE_RESIZES = ("exact", "clip")
+SARM_HEADS_INPUTS = ("frames", "text", "lengths")
+SARM_HEADS_OUTPUTS = ("stage_probs", "tau", "progress", "confidence")
+LEROBOT_HEADS_INPUTS = ("frames", "text", "state")
+LEROBOT_HEAD_OUTPUTS = ("stage_probs", "tau", "progress")  # per head, named <head>_<output>
 
 
 class ManifestError(ValueError):
@@ -110,6 +121,19 @@ class Manifest:
     heads: tuple[str, ...] = ("sparse",)  # progress heads, in output order
     state_dim: int = 0  # joint-state width the heads read; 0 = none
     max_batch: int = DEFAULT_MAX_BATCH
+    architecture: str = "sarm"
+    image_resize: str = "exact"
+    dense_stage_names: tuple[str, ...] = ()  # the dense head's stages (when "dense" is in heads)
+
+    @property
+    def heads_inputs(self) -> tuple[str, ...]:
+        return LEROBOT_HEADS_INPUTS if self.architecture == "lerobot-sarm" else SARM_HEADS_INPUTS
+
+    @property
+    def heads_outputs(self) -> tuple[str, ...]:
+        if self.architecture == "lerobot-sarm":
+            return lerobot_output_names(self.heads)
+        return SARM_HEADS_OUTPUTS
 
     @property
     def version(self) -> str:
@@ -170,6 +194,9 @@ class Manifest:
             heads=tuple(raw.get("heads", ("sparse",))),
             state_dim=int(raw.get("state_dim", 0)),
             max_batch=int(raw.get("max_batch", DEFAULT_MAX_BATCH)),
+            architecture=str(raw.get("architecture", "sarm")),
+            image_resize=str(raw["image"].get("resize", "exact")),
+            dense_stage_names=tuple(str(n) for n in raw.get("dense_stage_names", ())),
         )
 
     def _problems(self) -> list[str]:
@@ -204,6 +231,16 @@ class Manifest:
                 problems.append(f"{name} must be >= 1, got {value}")
         if self.state_dim < 0:
             problems.append(f"state_dim must be >= 0, got {self.state_dim}")
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"architecture is {self.architecture!r}; use one of {ARCHITECTURES}")
+        if self.image_resize not in IMAGE_RESIZES:
+            problems.append(f"image.resize is {self.image_resize!r}; use one of {IMAGE_RESIZES}")
+        if ("dense" in self.heads) != bool(self.dense_stage_names):
+            problems.append("dense_stage_names must be given exactly when heads include 'dense'")
+        if self.architecture == "sarm" and (self.heads != ("sparse",) or w.mode != "causal"):
+            problems.append("architecture 'sarm' has one sparse head and a causal window")
+        if self.architecture == "lerobot-sarm" and (w.mode != "centered" or self.num_cameras != 1 or w.max_rewind):
+            problems.append("architecture 'lerobot-sarm' has a centred window, one camera and no rewind slots")
         for role in ("encoder", "heads") if self.target != "torch" else ():
             if role not in self.models or role not in self.onnx or role not in self.onnx_sha256:
                 problems.append(f"models, onnx and onnx_sha256 must each name the {role!r} model")
@@ -228,8 +265,10 @@ class Manifest:
             "heads": list(self.heads),
             "state_dim": self.state_dim,
             "num_cameras": self.num_cameras,
-            "image": {"height": self.image_height, "width": self.image_width},
+            "image": {"height": self.image_height, "width": self.image_width, "resize": self.image_resize},
             "max_batch": self.max_batch,
+            "architecture": self.architecture,
+            "dense_stage_names": list(self.dense_stage_names),
             "models": dict(self.models),
             "onnx": dict(self.onnx),
             "onnx_sha256": dict(self.onnx_sha256),
@@ -237,6 +276,10 @@ class Manifest:
 
     def write(self, repo: Path) -> None:
         (repo / MANIFEST).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def lerobot_output_names(heads: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{head}_{name}" for head in heads for name in LEROBOT_HEAD_OUTPUTS)
 
 
 def _encoder(raw: Mapping[str, Any]) -> Encoder:

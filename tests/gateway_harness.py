@@ -16,7 +16,7 @@ from PIL import Image
 
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
-from sarm.scoring.backends import Backend, HeadsOutput, make_backend
+from sarm.scoring.backends import Backend, make_backend
 from sarm.triton import free_ports
 from sarm_gateway.deps import build_deps
 from sarm_gateway.server import Gateway
@@ -49,9 +49,9 @@ class CountingBackend:
         self.encode_calls += 1
         return await self.inner.encode(images)
 
-    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
-        self.heads_rows += len(frames)
-        return await self.inner.heads(frames, text, lengths)
+    async def heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        self.heads_rows += len(inputs[0])
+        return await self.inner.heads(*inputs)
 
     async def ready(self) -> bool:
         return await self.inner.ready()

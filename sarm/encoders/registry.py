@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sarm.encoders.base import FrameEncoder, TextEncoder
+from sarm.manifest import Encoder as ManifestEncoder
 
 DEFAULT_FRAME_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "minilm-l6"
@@ -57,3 +58,13 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, **kw: Any) -> TextEncode
     if name not in TEXT_ENCODERS:
         raise ValueError(f"unknown text encoder {name!r}; known: {sorted(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[name](**kw)
+
+
+def text_encoder_for(encoder: ManifestEncoder) -> TextEncoder:
+    """The instruction encoder a model repository names, from the local weights it records (`model_path`) if any."""
+    if encoder.extra.get("features") == "clip-processor-projected":  # an imported LeRobot SARM's
+        from sarm.lerobot.text import LeRobotTextEncoder
+
+        return LeRobotTextEncoder(encoder.extra["model_path"])
+    path = encoder.extra.get("model_path")
+    return load_text_encoder(encoder.id, **({"model_path": str(path)} if path else {}))

@@ -49,34 +49,46 @@ MODELS = {"encoder": ENCODER_MODEL, "heads": HEADS_MODEL}  # role in the manifes
 BATCHING = Batching(max_batch_size=64, preferred_batch_sizes=(8, 16, 32, 64), max_queue_delay_us=500)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tensor_specs(manifest: Manifest) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Inputs and outputs of both models, per item (Triton adds the batch dimension)."""
     h, w = manifest.image_size
-    k = len(manifest.stage_names)
     frame_dim, text_dim = manifest.frame_encoder.dim, manifest.text_encoder.dim
+    window = manifest.window
     scalar = [1]
+    if manifest.architecture == "lerobot-sarm":
+        heads_inputs = [
+            TensorSpec("frames", "TYPE_FP32", [window.frames, frame_dim]),
+            TensorSpec("text", "TYPE_FP32", [text_dim]),
+            TensorSpec("state", "TYPE_FP32", [window.frames, manifest.state_dim]),
+        ]
+        stages = {"sparse": len(manifest.stage_names), "dense": len(manifest.dense_stage_names)}
+        heads_outputs = [
+            TensorSpec(f"{head}_{name}", "TYPE_FP32", [stages[head]] if name == "stage_probs" else scalar)
+            for head in manifest.heads
+            for name in ("stage_probs", "tau", "progress")
+        ]
+    else:
+        heads_inputs = [
+            TensorSpec("frames", "TYPE_FP32", [window.sequence_length, manifest.num_cameras, frame_dim]),
+            TensorSpec("text", "TYPE_FP32", [text_dim]),
+            TensorSpec("lengths", "TYPE_INT64", scalar),
+        ]
+        heads_outputs = [
+            TensorSpec("stage_probs", "TYPE_FP32", [len(manifest.stage_names)]),
+            *(TensorSpec(name, "TYPE_FP32", scalar) for name in ("tau", "progress", "confidence")),
+        ]
+    assert [t.name for t in heads_inputs] == list(manifest.heads_inputs)
+    assert [t.name for t in heads_outputs] == list(manifest.heads_outputs)
     return {
         ENCODER_MODEL: (
             [TensorSpec(INPUT_NAME, "TYPE_UINT8", [h, w, 3])],
             [TensorSpec(OUTPUT_NAME, "TYPE_FP32", [frame_dim])],
         ),
-        HEADS_MODEL: (
-            [
-                TensorSpec("frames", "TYPE_FP32", [manifest.window.sequence_length, manifest.num_cameras, frame_dim]),
-                TensorSpec("text", "TYPE_FP32", [text_dim]),
-                TensorSpec("lengths", "TYPE_INT64", scalar),
-            ],
-            [
-                TensorSpec("stage_probs", "TYPE_FP32", [k]),
-                TensorSpec("tau", "TYPE_FP32", scalar),
-                TensorSpec("progress", "TYPE_FP32", scalar),
-                TensorSpec("confidence", "TYPE_FP32", scalar),
-            ],
-        ),
+        HEADS_MODEL: (heads_inputs, heads_outputs),
     }
 
 
@@ -127,12 +139,20 @@ def export_model_repository(
 ) -> Manifest:
     """Write the repository and return its manifest. With `calibration` datasets the frame encoder is INT8
     (sarm.export.quantize), and frame_encoder.quantization in the manifest says how it was made."""
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: export into a new directory")
+    if calibration and target != "cpu":
+        raise CalibrationError("--quantize int8 is for --target cpu: TensorRT builds its own engines (FP16) on the GPU")
+    sources = {name: out / name / ("1" if target == "cpu" else "") / "model.onnx" for name in MODELS.values()}
     if checkpoint_architecture(checkpoint) == LEROBOT_ARCHITECTURE:
-        raise CheckpointError(
-            f"{checkpoint} is an imported LeRobot SARM: its CLIP preprocessing, joint state and "
-            "centred window are not in the exported graphs yet, so it cannot be served; label "
-            "datasets with it through `sarm rabc`"
-        )
+        from sarm.lerobot.export import export_lerobot_graphs  # CLIP and the imported network: torch
+
+        if calibration:
+            raise CalibrationError("--quantize int8 is for our own models; an imported LeRobot SARM exports float")
+        if image_size is not None:
+            raise CheckpointError("--image-size does not apply to an imported LeRobot SARM: CLIP crops any frame")
+        raw = export_lerobot_graphs(checkpoint, out, target, {r: sources[n] for r, n in MODELS.items()})
+        return _write_repository(out, Manifest.from_dict({**raw, "models": dict(MODELS)}), target)
     model, info = load_checkpoint(checkpoint)
     encoder = load_frame_encoder(info.frame_encoder["id"])
     try:
@@ -149,12 +169,7 @@ def export_model_repository(
     if image_size is None and not cameras:
         raise CheckpointError(f"{checkpoint} does not record its camera resolution: pass --image-size HxW")
     height, width = image_size or next(iter(cameras.values()))
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty: export into a new directory")
-    if calibration and target != "cpu":
-        raise CalibrationError("--quantize int8 is for --target cpu: TensorRT builds its own engines (FP16) on the GPU")
     frames = calibration_frames(calibration, image_size=(height, width)) if calibration else None
-    sources = {name: out / name / ("1" if target == "cpu" else "") / "model.onnx" for name in MODELS.values()}
     for path in sources.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     encoder_onnx = export_frame_encoder(encoder, sources[ENCODER_MODEL], height=height, width=width)
@@ -174,12 +189,18 @@ def export_model_repository(
             (height, width),
             frame_encoder,
             onnx={role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
-            onnx_sha256={"encoder": _sha256(encoder_onnx), "heads": _sha256(heads_onnx)},
+            onnx_sha256={"encoder": sha256_of(encoder_onnx), "heads": sha256_of(heads_onnx)},
         )
     )
+    return _write_repository(out, manifest, target)
+
+
+def _write_repository(out: Path, manifest: Manifest, target: Target) -> Manifest:
+    """Triton's model configurations (and on GPU the engine build script) around the graphs, then the manifest."""
     specs = tensor_specs(manifest)
-    for name, onnx_path in ((ENCODER_MODEL, encoder_onnx), (HEADS_MODEL, heads_onnx)):
+    for role, name in MODELS.items():
         inputs, outputs = specs[name]
+        onnx_path = out / manifest.onnx[role]
         # On CPU the graph is already where the python backend reads it (1/model.onnx).
         if target == "cpu":
             write_onnx_python_model(out, name, onnx_path, inputs, outputs, BATCHING)
@@ -226,7 +247,7 @@ def onnx_path(repo: Path, manifest: Manifest, role: str) -> Path:
     path = repo / manifest.onnx[role]
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: re-export the repository with `sarm export`")
-    if _sha256(path) != manifest.onnx_sha256[role]:
+    if sha256_of(path) != manifest.onnx_sha256[role]:
         raise ValueError(
             f"{path} does not match {repo / MANIFEST} (sha256 differs): re-export the repository "
             "with `sarm export` instead of replacing files in it"

@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from sarm.manifest import SARM_HEADS_INPUTS as INPUTS
+from sarm.manifest import SARM_HEADS_OUTPUTS as OUTPUTS
 from sarm.model.modeling_sarm import SARM
-
-INPUTS = ("frames", "text", "lengths")
-OUTPUTS = ("stage_probs", "tau", "progress", "confidence")
 
 
 class HeadsGraph(nn.Module):

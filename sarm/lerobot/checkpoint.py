@@ -37,12 +37,10 @@ from sarm.lerobot.config import (
 from sarm.lerobot.modeling import ImportedLeRobotSARM, LeRobotSARM, load_lerobot_model, load_lerobot_state
 from sarm.lerobot.normalizer import StateNormalizer, read_normalizer
 from sarm.lerobot.scoring import LeRobotScorer
+from sarm.lerobot.text import ENCODER_ID, FEATURES, features_version
 from sarm.training.checkpoint import FORMAT
 from sarm.training.checkpoint import LEROBOT_ARCHITECTURE as ARCHITECTURE
 
-ENCODER_ID = "clip-vit-b32"
-# The features LeRobot feeds SARM: CLIPProcessor (PIL bicubic, crop 224), projected, not L2-normalised.
-FEATURES = "clip-processor-projected"
 MEAN_KEY, STD_KEY = "state_normalizer.mean", "state_normalizer.std"
 
 
@@ -76,11 +74,9 @@ def resolve_clip(clip: str) -> Path:
 
 
 def _encoder_entry(clip: LeRobotCLIP, clip_dir: Path, source: str, side: str) -> dict[str, Any]:
-    import transformers
-
     return {
         "id": ENCODER_ID,
-        "version": f"{transformers.__version__}+{clip.digest}.{FEATURES}",
+        "version": features_version(clip),
         "dim": clip.dim,
         "model_path": str(clip_dir),
         "source": source,
@@ -227,23 +223,23 @@ def load_imported_model(path: Path) -> tuple[LeRobotSARM, StateNormalizer, Impor
 
 
 def load_imported(
-    path: Path, clip_path: Path | None = None, batch_size: int = 64
+    path: Path, clip_path: Path | None = None, batch_size: int = 64, device: str | torch.device = "cpu"
 ) -> tuple[LeRobotScorer, ImportedInfo]:
-    """A ready scorer (network, CLIP, normaliser) for an imported checkpoint. `clip_path` overrides the CLIP
-    folder recorded at import; its weights must have the recorded digest."""
+    """A ready scorer (network, CLIP, normaliser) for an imported checkpoint, running on `device`. `clip_path`
+    overrides the CLIP folder recorded at import; its weights must have the recorded digest."""
     model, normalizer, info = load_imported_model(path)
     folder = clip_path or info.clip_path
     if not folder.is_dir():
         raise LeRobotConfigError(
             f"the CLIP this checkpoint was imported with ({folder}) is missing: pass the folder that holds it"
         )
-    clip = LeRobotCLIP(folder)
+    clip = LeRobotCLIP(folder, device)
     if clip.digest != info.clip_digest:
         raise LeRobotConfigError(
             f"the CLIP at {folder} has weights {clip.digest}, not the {info.clip_digest} this checkpoint was "
             "imported with"
         )
-    return LeRobotScorer(model, clip, normalizer, batch_size), info
+    return LeRobotScorer(model, clip, normalizer, batch_size, device), info
 
 
 def load_imported_network(path: Path) -> tuple[ImportedLeRobotSARM, ImportedInfo]:

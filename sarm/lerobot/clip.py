@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from transformers import CLIPConfig
 from transformers.activations import QuickGELUActivation
@@ -25,32 +24,23 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from sarm.encoders.base import weights_digest
 from sarm.encoders.clip import CLIPFrameEncoder, CLIPTextEncoder
-
-CROP = 224
-
-
-def resize_shape(height: int, width: int, shortest_edge: int = CROP) -> tuple[int, int]:
-    """CLIPProcessor's output size for `shortest_edge`: the short side becomes it, the long one is truncated."""
-    if width <= height:
-        return int(shortest_edge * height / width), shortest_edge
-    return shortest_edge, int(shortest_edge * width / height)
+from sarm.scoring.images import CROP, clip_crop
 
 
 def clip_pixels(images: np.ndarray, size: int = CROP) -> np.ndarray:
     """(N, H, W, 3) uint8 → (N, 3, size, size) float32, equal to CLIPProcessor(images=…).pixel_values."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
-    n, h, w, _ = images.shape
-    rh, rw = resize_shape(h, w, size)
-    top, left = (rh - size) // 2, (rw - size) // 2
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        resized = np.asarray(Image.fromarray(image).resize((rw, rh), resample=Image.Resampling.BICUBIC))
-        out[i] = resized[top : top + size, left : left + size]
-    # Per-byte lookup of the same float arithmetic (bit-identical, and several times faster than doing it per pixel).
-    planes = np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.int32)
+    out = np.stack([clip_crop(image, size) for image in images]) if len(images) else np.empty((0, size, size, 3))
+    return clip_normalize(out)
+
+
+def clip_normalize(crops: np.ndarray) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops → (N, 3, size, size) float32 by a per-byte lookup of the processor's float
+    arithmetic (bit-identical, and several times faster than doing it per pixel)."""
+    planes = np.ascontiguousarray(crops.astype(np.uint8).transpose(0, 3, 1, 2)).astype(np.int32)
     planes += (np.arange(3, dtype=np.int32) * 256).reshape(1, 3, 1, 1)
-    return np.take(_PIXEL_LUT, planes)
+    return np.take(PIXEL_LUT, planes)
 
 
 def _pixel_lut() -> np.ndarray:
@@ -61,7 +51,7 @@ def _pixel_lut() -> np.ndarray:
     return np.concatenate([(x - mean[c]) / std[c] for c in range(3)]).astype(np.float32)
 
 
-_PIXEL_LUT = _pixel_lut()
+PIXEL_LUT = _pixel_lut()
 
 
 # CLIPProcessor settings the preprocessing above implements (openai/clip-vit-base-patch32's).
@@ -128,7 +118,7 @@ def use_inplace_activations(model: nn.Module) -> int:
 class LeRobotCLIP:
     """CLIP towers loaded from a local `save_pretrained` folder (or a Hub id already in the local cache)."""
 
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, device: str | torch.device = "cpu") -> None:
         path = str(model_path)
         if Path(path).is_dir():
             check_processor(Path(path))
@@ -147,6 +137,10 @@ class LeRobotCLIP:
         if self.dim != int(self.text_model.text_projection.out_features):
             raise ValueError(f"{path}: image and text projections differ in width")
         self.digest = f"{weights_digest(self.vision)}.{weights_digest(self.text_model)}"
+        # `sarm rabc --device`: the towers run there; pixels and tokens are made on the CPU and moved.
+        self.device = torch.device(device)
+        self.vision.to(self.device)
+        self.text_model.to(self.device)
 
     @torch.inference_mode()
     def encode_frames(self, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -154,7 +148,8 @@ class LeRobotCLIP:
         out = np.empty((len(frames), self.dim), dtype=np.float32)
         for start in range(0, len(frames), batch_size):
             pixels = torch.from_numpy(clip_pixels(frames[start : start + batch_size], self.image_size))
-            out[start : start + len(pixels)] = self.vision(pixel_values=pixels).image_embeds.numpy()
+            embeds = self.vision(pixel_values=pixels.to(self.device)).image_embeds
+            out[start : start + len(pixels)] = embeds.cpu().numpy()
         return out
 
     @torch.inference_mode()
@@ -164,7 +159,6 @@ class LeRobotCLIP:
         limit = int(self.text_model.config.max_position_embeddings)
         for i, text in enumerate(texts):
             tokens = self.tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
-            out[i] = self.text_model(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).text_embeds[0]
+            ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+            out[i] = self.text_model(input_ids=ids, attention_mask=mask).text_embeds[0].cpu()
         return out

@@ -16,12 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from sarm.lerobot.modeling import ImportedLeRobotSARM
-
-INPUTS = ("frames", "text", "state")
-
-
-def output_names(heads: tuple[str, ...]) -> list[str]:
-    return [f"{head}_{name}" for head in heads for name in ("stage_probs", "tau", "progress")]
+from sarm.manifest import LEROBOT_HEADS_INPUTS as INPUTS
+from sarm.manifest import lerobot_output_names
 
 
 class CentreHeads(nn.Module):
@@ -60,7 +56,7 @@ def export_lerobot_heads(model: ImportedLeRobotSARM, path: Path) -> Path:
         (frames, text, state),
         str(path),
         input_names=list(INPUTS),
-        output_names=output_names(graph.heads),
+        output_names=list(lerobot_output_names(graph.heads)),
         dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
         dynamo=True,
         external_data=False,

@@ -1,34 +1,28 @@
 """Where the models run, behind one interface: `local` (ONNX Runtime in this process) and `triton`.
 
-encode(images uint8 (N, H, W, 3))             -> embeddings float32 (N, D)
-heads(frames (B, L, C, D), text (B, D_text),
-      lengths int64 (B, 1))                   -> stage_probs (B, K), tau, progress, confidence (B, 1)
+encode(images uint8 (N, H, W, 3))   -> embeddings float32 (N, D)
+heads(*inputs)                      -> outputs: the heads graph's tensors in the manifest's heads_inputs /
+                                       heads_outputs order (ours: frames (B, L, C, D), text (B, D_text), lengths
+                                       (B, 1) -> stage_probs (B, K), tau, progress, confidence (B, 1); an imported
+                                       LeRobot SARM: frames, text, state -> per head stage_probs, tau, progress)
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from sarm.encoders.onnx_export import INPUT_NAME
 from sarm.export.model_repo import onnx_path
-from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
-from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
 from sarm.export.session import cpu_session_options
 from sarm.manifest import Manifest
 from sarm.scoring.options import EngineOptions
-
-
-class HeadsOutput(NamedTuple):
-    stage_probs: np.ndarray  # (B, K)
-    tau: np.ndarray  # (B, 1)
-    progress: np.ndarray  # (B, 1)
-    confidence: np.ndarray  # (B, 1)
 
 
 class Backend(Protocol):
@@ -37,7 +31,7 @@ class Backend(Protocol):
 
     async def encode(self, images: np.ndarray) -> np.ndarray: ...
 
-    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput: ...
+    async def heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]: ...
 
     async def ready(self) -> bool: ...
 
@@ -50,15 +44,23 @@ class LocalBackend:
     name = "local"
     batches_itself = False
 
-    def __init__(self, repo: Path, manifest: Manifest, intra_op_threads: int = 1, workers: int = 1) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        manifest: Manifest,
+        intra_op_threads: int = 1,
+        workers: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),  # sarm.device.onnx_providers (sarm rabc --device)
+    ) -> None:
         # No busy-waiting threads: on a small box they take the cores the decoders, RPCs and clients need.
         options = cpu_session_options(intra_op_threads)
 
         def session(role: str) -> ort.InferenceSession:
             path = onnx_path(repo, manifest, role)
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(path), options, providers=list(providers))
 
         self._encoder, self._heads = session("encoder"), session("heads")
+        self._inputs, self._outputs = manifest.heads_inputs, list(manifest.heads_outputs)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sarm-onnx")
 
     async def encode(self, images: np.ndarray) -> np.ndarray:
@@ -67,12 +69,10 @@ class LocalBackend:
         )
         return np.asarray(outputs[0], dtype=np.float32)
 
-    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
-        feeds = dict(zip(HEADS_INPUTS, (frames, text, lengths), strict=True))
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._heads.run, list(HEADS_OUTPUTS), feeds
-        )
-        return HeadsOutput(*outputs)
+    async def heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        feeds = dict(zip(self._inputs, inputs, strict=True))
+        outputs = await asyncio.get_running_loop().run_in_executor(self._pool, self._heads.run, self._outputs, feeds)
+        return tuple(outputs)
 
     async def ready(self) -> bool:
         return True  # the sessions loaded in __init__

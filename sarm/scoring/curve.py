@@ -80,7 +80,7 @@ async def score_curve(
     """A whole episode of `length` encoded time steps: the scored frames' windows, smoothed in frame order when asked
     to (ScoreFrames, uploaded videos, datasets)."""
     scored = scored_frames(length, options.score_every).tolist()
-    scores = await engine.score_at(frames, scored, stride, instruction)
+    scores = await engine.score_at(frames, scored, stride, instruction, length)
     return frame_results(scored, scores, options.smoother())
 
 

@@ -22,9 +22,10 @@ import numpy as np
 from redis.asyncio import Redis
 
 from sarm.encoders.base import TextEncoder, check_encoder, fingerprint
+from sarm.lerobot.windows import centered_windows
 from sarm.manifest import Manifest, read_manifest
-from sarm.model.windows import SequenceIndices, sequence_indices
-from sarm.scoring.backends import Backend, HeadsOutput, make_backend
+from sarm.model.windows import sequence_indices
+from sarm.scoring.backends import Backend, make_backend
 from sarm.scoring.batcher import MicroBatcher
 from sarm.scoring.cache import Tiered, TTLCache
 from sarm.scoring.errors import InvalidInput
@@ -32,7 +33,7 @@ from sarm.scoring.images import FrameData, content_key, decode
 from sarm.scoring.metrics import EngineMetrics
 from sarm.scoring.options import EngineOptions
 from sarm.scoring.redis_cache import RedisTier, connect
-from sarm.scoring.score_cache import WindowScore, window_keys
+from sarm.scoring.score_cache import DenseScore, WindowScore, window_keys
 
 # Hashing or copying this many bytes takes well under a millisecond: cheaper on the event loop than a hop to a
 # thread. Larger inputs, and every JPEG/PNG decode, leave the loop.
@@ -67,10 +68,23 @@ class UnknownTask(InvalidInput):
 @dataclass(frozen=True)
 class Encoded:
     """Encoded frames: embeddings (…, D) and the frames' content keys (…), in the same layout. As an episode's time
-    steps, (T, C, D) and (T, C), it is a FrameSource."""
+    steps, (T, C, D) and (T, C), with the joint state (T, S) of a model that reads it, it is a FrameSource."""
 
     embeddings: np.ndarray
     keys: np.ndarray  # str objects
+    state: np.ndarray | None = None  # (T, S) float32 raw joint state, time-major
+
+    def with_state(self, state: np.ndarray | None) -> Encoded:
+        """The time steps with their joint state (T, S); each step's keys then name its state too, so that a
+        window's score key covers everything the heads see."""
+        if state is None:
+            return self
+        digests = [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in state]
+        keys = np.array([[f"{k}|s{d}" for k in row] for row, d in zip(self.keys, digests, strict=True)], object)
+        return Encoded(self.embeddings, keys, state)
+
+    def state_at(self, indices: np.ndarray) -> np.ndarray | None:
+        return None if self.state is None else self.state[indices]
 
     @classmethod
     def join(cls, parts: Sequence[Encoded]) -> Encoded:
@@ -103,6 +117,8 @@ class FrameSource(Protocol):
 
     def embeddings_at(self, indices: np.ndarray) -> np.ndarray: ...
 
+    def state_at(self, indices: np.ndarray) -> np.ndarray | None: ...
+
 
 @dataclass
 class EngineCaches:
@@ -127,7 +143,7 @@ class EngineCaches:
         def vector(value: np.ndarray) -> np.ndarray:
             return value
 
-        stages = list(manifest.stage_names)
+        stages, dense_stages = list(manifest.stage_names), list(manifest.dense_stage_names)
         return cls(
             Tiered(
                 TTLCache(options.frame_cache_entries, ttl),
@@ -143,9 +159,9 @@ class EngineCaches:
             ),
             Tiered(
                 TTLCache(options.score_cache_entries, ttl),
-                shared(f"sarm:score:{manifest.version}:", len(stages) + 3),
+                shared(f"sarm:score:{manifest.version}:", WindowScore.vector_size(len(stages), len(dense_stages))),
                 WindowScore.to_vector,
-                lambda v: WindowScore.from_vector(v, stages),
+                lambda v: WindowScore.from_vector(v, stages, dense_stages),
             ),
             client,
         )
@@ -223,9 +239,9 @@ class Engine:
         manifest = read_manifest(repo)
         backend = backend or make_backend(options, repo, manifest)
         if text_encoder is None:  # slow (torch): after the cheap checks
-            from sarm.encoders.registry import load_text_encoder
+            from sarm.encoders.registry import text_encoder_for
 
-            text_encoder = load_text_encoder(manifest.text_encoder.id)
+            text_encoder = text_encoder_for(manifest.text_encoder)
         caches = EngineCaches.build(options, manifest, fingerprint(text_encoder))
         return cls(manifest, backend, text_encoder, options, caches, metrics or EngineMetrics())
 
@@ -247,19 +263,19 @@ class Engine:
         with self.metrics.stage["encode"].time():
             return (await self.backend.encode(images),)  # the batcher passes tuples of arrays
 
-    async def _heads_rows(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+    async def _heads_rows(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         with self.metrics.stage["heads"].time():
-            return await self.backend.heads(frames, text, lengths)
+            return await self.backend.heads(*inputs)
 
     async def _encode(self, images: np.ndarray) -> np.ndarray:
         if self._encode_batcher is None:
             return (await self._encode_rows(images))[0]
         return (await self._encode_batcher(images))[0]
 
-    async def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+    async def _heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         if self._heads_batcher is None:
-            return await self._heads_rows(frames, text, lengths)
-        return HeadsOutput(*await self._heads_batcher(frames, text, lengths))
+            return await self._heads_rows(*inputs)
+        return tuple(await self._heads_batcher(*inputs))
 
     async def embed_instruction(self, instruction: str) -> Instruction:
         if not instruction.strip():
@@ -357,13 +373,14 @@ class Engine:
             if not missing:
                 return
             firsts = [rows[0] for rows in missing.values()]
-            height, width = self.image_size
+            (height, width), resize = self.image_size, self.manifest.image_resize
 
             def decode_all() -> np.ndarray:
-                return np.stack([decode(frames[i], height, width, f"frame {first_index + i}") for i in firsts])
+                return np.stack([decode(frames[i], height, width, f"frame {first_index + i}", resize) for i in firsts])
 
             chosen = [frames[i] for i in firsts]
-            inline = all(f.shape is not None for f in chosen) and _small(chosen)  # raw pixels: checks and a copy
+            # Raw pixels at the model's size need only checks and a copy; anything else leaves the loop.
+            inline = resize == "exact" and all(f.shape is not None for f in chosen) and _small(chosen)
             images = decode_all() if inline else await self.offload(decode_all)
             embeddings = await self._encode(images)
             rows = {key: embedding.copy() for key, embedding in zip(missing, embeddings, strict=True)}  # not views
@@ -377,26 +394,58 @@ class Engine:
                 if not future.done():
                     future.set_result(None)
 
-    async def _heads_scores(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> list[WindowScore]:
-        """Windows (N, L, C, D) with valid `lengths` (N,) under one instruction embedding → the heads' score of each."""
-        text_rows = np.broadcast_to(text.astype(np.float32), (len(frames), len(text)))
-        out = await self._heads(
-            frames.astype(np.float32, copy=False),
-            np.ascontiguousarray(text_rows),
-            lengths.astype(np.int64).reshape(-1, 1),
-        )
-        # Each row copied: a cached score must not pin its whole batch.
+    def state(self, values: Sequence[float] | np.ndarray, steps: int, what: str) -> np.ndarray | None:
+        """(steps, state_dim) float32 joint state from flat time-major `values`, or None for a model that reads no
+        state (any sent is then unused). A state model without it is refused: zeros would score a different robot."""
+        dim = self.manifest.state_dim
+        if not dim:
+            return None
+        flat = np.asarray(values, np.float32).ravel()
+        if flat.size != steps * dim:
+            raise InvalidInput(
+                f"{what}: this model reads {dim} joint-state values per time step; send `state` with "
+                f"{steps} × {dim} = {steps * dim} values, time-major (got {flat.size})"
+            )
+        if not np.isfinite(flat).all():
+            raise InvalidInput(f"{what}: state has NaN or infinite values; send finite joint readings")
+        return flat.reshape(steps, dim)
+
+    def _feeds(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray, state: np.ndarray | None) -> tuple:
+        """The heads graph's inputs (manifest.heads_inputs, in order) for windows (N, L, C, D)."""
+        text_rows = np.ascontiguousarray(np.broadcast_to(text.astype(np.float32), (len(frames), len(text))))
+        frames = frames.astype(np.float32, copy=False)
+        if self.manifest.architecture == "lerobot-sarm":
+            assert state is not None  # checked when the windows were gathered
+            return frames[:, :, 0], text_rows, state.astype(np.float32, copy=False)
+        return frames, text_rows, lengths.astype(np.int64).reshape(-1, 1)
+
+    def _scores(self, outputs: tuple[np.ndarray, ...]) -> list[WindowScore]:
+        """Each window's WindowScore from the heads' outputs (manifest.heads_outputs, in order); each row is copied,
+        so that a cached score does not pin its whole batch."""
+        if self.manifest.architecture != "lerobot-sarm":
+            return [
+                WindowScore.of(p.copy(), tau[0], progress[0], confidence[0], self.stage_names)
+                for p, tau, progress, confidence in zip(*outputs, strict=True)
+            ]
+        heads = dict(zip(self.manifest.heads, (outputs[i : i + 3] for i in range(0, len(outputs), 3)), strict=True))
+        probs, tau, progress = heads["sparse"]
+        names = self.manifest.dense_stage_names
+        dense: list[DenseScore | None] = [None] * len(probs)
+        if "dense" in heads:
+            dense = [DenseScore.of(p.copy(), t[0], g[0], names) for p, t, g in zip(*heads["dense"], strict=True)]
+        # A LeRobot SARM has no confidence output: the predicted stage's probability, as ours defines it.
         return [
-            WindowScore.of(p.copy(), tau[0], progress[0], confidence[0], self.stage_names)
-            for p, tau, progress, confidence in zip(*out, strict=True)
+            WindowScore.of(p.copy(), t[0], g[0], float(p.max()), self.stage_names, d)
+            for p, t, g, d in zip(probs, tau, progress, dense, strict=True)
         ]
 
     async def _score_windows(
-        self, frames: FrameSource, seq: SequenceIndices, instruction: Instruction
+        self, frames: FrameSource, indices: np.ndarray, lengths: np.ndarray, instruction: Instruction
     ) -> list[WindowScore]:
-        """The windows `seq` from the score cache, or (each key once) from the heads, then cached."""
+        """The windows of time steps `indices` (N, L) with valid `lengths` (N,), from the score cache, or (each key
+        once) from the heads, then cached."""
         started = time.perf_counter()
-        keys = window_keys(self.version, instruction.key, frames.keys_at(seq.indices), seq.lengths)
+        keys = window_keys(self.version, instruction.key, frames.keys_at(indices), lengths)
         found = await self.caches.scores.get_many(keys)
         self.metrics.stage["cache"].observe(time.perf_counter() - started)
         first: dict[str, int] = {}  # missing key -> its first window
@@ -405,24 +454,42 @@ class Engine:
                 first.setdefault(key, i)
         computed: dict[str, WindowScore] = {}
         if first:
-            rows = list(first.values())
-            scores = await self._heads_scores(
-                frames.embeddings_at(seq.indices[rows]), instruction.embedding, seq.lengths[rows]
+            rows = indices[list(first.values())]
+            state = frames.state_at(rows)
+            if self.manifest.state_dim and state is None:
+                raise InvalidInput(
+                    f"this model reads joint state ({self.manifest.state_dim} values per time step): send `state` "
+                    "with the frames; it cannot score frames alone"
+                )
+            outputs = await self._heads(
+                *self._feeds(frames.embeddings_at(rows), instruction.embedding, lengths[list(first.values())], state)
             )
-            computed = dict(zip(first, scores, strict=True))
+            computed = dict(zip(first, self._scores(outputs), strict=True))
             await self.caches.scores.put_many(computed)
         return [computed[key] if score is None else score for key, score in zip(keys, found, strict=True)]
 
     async def score_at(
-        self, frames: FrameSource, t: Sequence[int], stride: int, instruction: Instruction
+        self, frames: FrameSource, t: Sequence[int], stride: int, instruction: Instruction, length: int | None = None
     ) -> list[WindowScore]:
-        """Score the causal windows ending at frames `t` of an episode starting at frame 0, WINDOW_CHUNK at a time."""
+        """Score the windows of frames `t` of an episode starting at frame 0, WINDOW_CHUNK at a time: causal windows
+        ending at t, or (a centred model) centred on t within the episode's `length` time steps."""
+        window = self.manifest.window
+        if not window.live and length is None:
+            raise InvalidInput(
+                "this model's window is centred (it reads frames after t): score whole episodes (ScoreFrames, "
+                "video upload, RA-BC), not live streams"
+            )
         scores: list[WindowScore] = []
         for start in range(0, len(t), WINDOW_CHUNK):
-            seq = sequence_indices(
-                np.asarray(t[start : start + WINDOW_CHUNK]), stride, 0, 0, self.window_frames, self.max_rewind
-            )
-            scores += await self._score_windows(frames, seq, instruction)
+            chunk = np.asarray(t[start : start + WINDOW_CHUNK])
+            if window.live:
+                seq = sequence_indices(chunk, stride, 0, 0, self.window_frames, self.max_rewind)
+                indices, lengths = seq.indices, seq.lengths
+            else:
+                assert length is not None
+                indices = centered_windows(chunk, stride, window.frames - 1, length)
+                lengths = np.full(len(chunk), window.frames, np.int64)
+            scores += await self._score_windows(frames, indices, lengths, instruction)
         return scores
 
     def time_steps(self, images: int, what: str) -> int:

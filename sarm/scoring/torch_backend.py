@@ -14,7 +14,6 @@ import torch
 from sarm.encoders.base import FrameEncoder
 from sarm.manifest import Manifest
 from sarm.model.modeling_sarm import SARM
-from sarm.scoring.backends import HeadsOutput
 from sarm.scoring.errors import BackendUnavailable
 from sarm.training.checkpoint import CheckpointInfo
 
@@ -23,9 +22,13 @@ class TorchBackend:
     name = "torch"
     batches_itself = False
 
-    def __init__(self, model: SARM, frame_encoder: FrameEncoder | None = None) -> None:
-        self.model = model.eval()
-        self.frame_encoder = frame_encoder
+    def __init__(
+        self, model: SARM, frame_encoder: FrameEncoder | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        # `device` (sarm eval --device) holds the model and the frame encoder; inputs move there, outputs come back.
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.frame_encoder = frame_encoder.to(self.device) if frame_encoder is not None else None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sarm-torch")  # torch runs off the event loop
 
     async def encode(self, images: np.ndarray) -> np.ndarray:
@@ -35,14 +38,17 @@ class TorchBackend:
         embeddings = await asyncio.get_running_loop().run_in_executor(self._pool, encoder.encode_frames, images)
         return np.asarray(embeddings, np.float32)
 
-    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
+    async def heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        frames, text, lengths = inputs  # SARM_HEADS_INPUTS: a torch backend runs our own checkpoints only
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._heads, frames, text, lengths)
 
     @torch.inference_mode()
-    def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
-        p = self.model.predict(torch.from_numpy(frames), torch.from_numpy(text), torch.from_numpy(lengths[:, 0]))
-        return HeadsOutput(
-            p.stage_probs.numpy(), p.tau[:, None].numpy(), p.progress[:, None].numpy(), p.confidence[:, None].numpy()
+    def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Our heads' outputs in SARM_HEADS_OUTPUTS order."""
+        inputs = (torch.from_numpy(a).to(self.device) for a in (frames, text, lengths[:, 0]))
+        p = self.model.predict(*inputs)
+        return tuple(
+            t.cpu().numpy() for t in (p.stage_probs, p.tau[:, None], p.progress[:, None], p.confidence[:, None])
         )
 
     async def ready(self) -> bool:

@@ -13,10 +13,7 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME
-from sarm.export.onnx_heads import INPUTS as HEADS_INPUTS
-from sarm.export.onnx_heads import OUTPUTS as HEADS_OUTPUTS
 from sarm.manifest import Manifest
-from sarm.scoring.backends import HeadsOutput
 from sarm.scoring.deadlines import remaining
 from sarm.scoring.errors import BackendUnavailable, DeadlineExceeded
 from sarm.triton.client import infer_inputs
@@ -33,6 +30,7 @@ class TritonBackend:
         self.timeout_s = timeout_s  # for calls without a deadline
         self.models = dict(manifest.models)
         self.max_batch = manifest.max_batch
+        self._inputs, self._outputs = manifest.heads_inputs, manifest.heads_outputs
         self._client = triton.InferenceServerClient(url)
 
     async def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
@@ -65,9 +63,9 @@ class TritonBackend:
         [embeddings] = await self._batched(self.models["encoder"], {INPUT_NAME: images}, (OUTPUT_NAME,))
         return embeddings.astype(np.float32, copy=False)
 
-    async def heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> HeadsOutput:
-        inputs = dict(zip(HEADS_INPUTS, (frames, text, lengths), strict=True))
-        return HeadsOutput(*await self._batched(self.models["heads"], inputs, HEADS_OUTPUTS))
+    async def heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        named = dict(zip(self._inputs, inputs, strict=True))
+        return tuple(await self._batched(self.models["heads"], named, self._outputs))
 
     async def ready(self) -> bool:
         """Triton is up and both models are loaded."""

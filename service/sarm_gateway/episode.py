@@ -50,6 +50,10 @@ class Episode:
     def embeddings_at(self, indices: np.ndarray) -> np.ndarray:
         return self._gather(indices, lambda step: step.embeddings)
 
+    def state_at(self, indices: np.ndarray) -> None:
+        """Streams score causal models, none of which reads joint state yet (the engine refuses one that does)."""
+        return None
+
     async def step(self, frames: list[FrameData], state: list[float]) -> list[FrameResult]:
         if not all(math.isfinite(x) for x in state):
             raise InvalidInput("state has NaN or infinite values: send finite joint readings (or none)")

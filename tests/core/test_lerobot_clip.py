@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from sarm.lerobot.clip import LeRobotCLIP, clip_pixels, resize_shape
+from sarm.lerobot.clip import LeRobotCLIP, clip_pixels
+from sarm.scoring.images import resize_shape
 
 CLIP_FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lerobot_sarm_insertion" / "clip"
 

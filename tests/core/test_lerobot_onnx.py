@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sarm.lerobot.checkpoint import import_lerobot, load_imported_network
-from sarm.lerobot.onnx import INPUTS, CentreHeads, export_lerobot_heads, output_names, state_width
+from sarm.lerobot.onnx import INPUTS, CentreHeads, export_lerobot_heads, state_width
+from sarm.manifest import lerobot_output_names as output_names
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 
@@ -28,7 +29,7 @@ def test_onnx_heads_match_torch(name: str, heads: tuple[str, ...], tmp_path: Pat
     path = export_lerobot_heads(network, tmp_path / "heads.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(INPUTS)
-    assert [o.name for o in session.get_outputs()] == output_names(heads)
+    assert [o.name for o in session.get_outputs()] == list(output_names(heads))
     cfg = network.cfg
     generator = torch.Generator().manual_seed(1)
     for batch in (1, 5):  # the batch is symbolic

@@ -42,6 +42,7 @@ def test_a_manifest_from_before_window_modes_reads_as_causal_sparse_without_stat
 def test_a_centered_window_strides_in_frames_whatever_the_fps() -> None:
     raw = copy.deepcopy(RAW)
     raw["window"] = {"mode": "centered", "frames": 9, "max_rewind": 0, "stride_frames": 30, "sequence_length": 9}
+    raw.update(architecture="lerobot-sarm", num_cameras=1)
     manifest = Manifest.from_dict(raw)
     assert not manifest.window.live and manifest.window.stride(50.0) == 30 == manifest.window.stride(80.0)
 
@@ -59,6 +60,10 @@ def test_a_centered_window_strides_in_frames_whatever_the_fps() -> None:
         (lambda r: r["onnx"].pop("heads"), "'heads'"),
         (lambda r: r.pop("image"), "'image'"),
         (lambda r: r.update(format="sarm-model-repo/0"), "format"),
+        (lambda r: r.update(architecture="gpt"), "architecture"),
+        (lambda r: r["image"].update(resize="stretch"), "image.resize"),
+        (lambda r: r.update(heads=["sparse", "dense"]), "dense_stage_names"),
+        (lambda r: r["window"].update(mode="centered", stride_frames=3), "architecture 'sarm'"),
     ],
 )
 def test_inconsistent_manifests_are_refused_naming_the_field(change: Any, field: str) -> None:
