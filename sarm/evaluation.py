@@ -2,7 +2,9 @@
 
 Per checkpoint: VOC (Spearman of predicted progress vs time) on successful demos, demo MSE against the
 ground-truth stage-aware progress (overall and per quality), stage accuracy (stage-label checkpoints whose
-stages include the data's), and AUROC of final progress separating successful from failed demos.
+stages include the data's), AUROC of final progress separating successful from failed demos, and stage
+flicker: how often the predicted stage (argmax at every scored frame) changes per episode, against how often the
+ground-truth stage does (per task and overall; a ratio near 1 is a steady curve, well above 1 is flicker).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sarm.data.validate import require_valid
 from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.modeling_sarm import SARM
-from sarm.model.windows import stride_frames
+from sarm.model.windows import WINDOW_FRAMES, stride_frames
 from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction, instruction_key
 from sarm.scoring.metrics import EngineMetrics
 from sarm.scoring.options import EngineOptions
@@ -41,7 +43,9 @@ class EpisodeResult:
     quality: str
     success: bool | None
     true_progress: np.ndarray
+    true_stage: np.ndarray  # ground-truth stage class per frame (the dataset's vocabulary)
     scores: EpisodeScores
+    task: str
 
 
 def success_auroc(final: np.ndarray, success: np.ndarray) -> float | None:
@@ -58,6 +62,48 @@ def value_order_correlation(progress: np.ndarray) -> float:
     if np.ptp(progress) == 0:
         return 0.0
     return float(spearmanr(progress, np.arange(len(progress))).statistic)
+
+
+def stage_changes(stages: np.ndarray) -> int:
+    """Frames whose stage differs from the frame before: 0 for a constant sequence, A-B-A counts 2."""
+    stages = np.asarray(stages)
+    return int(np.count_nonzero(stages[1:] != stages[:-1]))
+
+
+def flicker_summary(predicted: list[int], annotated: list[int]) -> dict[str, Any]:
+    """Mean stage changes per episode, predicted and annotated, and their ratio (None when the truth never
+    changes stage, where any change is flicker but no ratio exists)."""
+    if len(predicted) != len(annotated):
+        raise ValueError(f"got {len(predicted)} predicted and {len(annotated)} annotated episodes")
+    if not predicted:
+        return {"episodes": 0, "predicted_changes": None, "annotated_changes": None, "ratio": None}
+    pred, true = float(np.mean(predicted)), float(np.mean(annotated))
+    return {
+        "episodes": len(predicted),
+        "predicted_changes": pred,
+        "annotated_changes": true,
+        "ratio": pred / true if true > 0 else None,
+    }
+
+
+def stage_flicker(tasks: list[str], predicted: list[int], annotated: list[int]) -> dict[str, Any]:
+    """`flicker_summary` over all episodes ("overall") and per task instruction ("by_task")."""
+    by_task = {
+        task: flicker_summary(
+            [p for t, p in zip(tasks, predicted, strict=True) if t == task],
+            [a for t, a in zip(tasks, annotated, strict=True) if t == task],
+        )
+        for task in dict.fromkeys(tasks)
+    }
+    return {"overall": flicker_summary(predicted, annotated), "by_task": by_task}
+
+
+def fixed_stride_share(lengths: list[int], stride: int) -> float:
+    """Share of frames whose window uses the fixed stride (t ≥ 8·stride; younger frames space their window
+    evenly over the episode so far, see sarm.model.windows)."""
+    total = sum(lengths)
+    fixed = sum(max(0, n - (WINDOW_FRAMES - 1) * stride) for n in lengths)
+    return fixed / total if total else 0.0
 
 
 def ground_truth_progress(
@@ -142,7 +188,9 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
                 quality=str(meta.row["quality"]) if "quality" in columns else "unknown",
                 success=bool(meta.row["success"]) if "success" in columns else None,
                 true_progress=truth,
+                true_stage=true_stage,
                 scores=scores,
+                task=meta.task,
             )
         )
     successful = [r for r in results if r.success is not False]
@@ -153,6 +201,16 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     labelled = [r for r in results if r.success is not None]
     auroc = success_auroc(
         np.array([r.scores.progress[-1] for r in labelled]), np.array([bool(r.success) for r in labelled])
+    )
+    # The predicted stage only means something for stage-label checkpoints (the baseline has one class).
+    flicker = (
+        stage_flicker(
+            [r.task for r in results],
+            [stage_changes(r.scores.stage) for r in results],
+            [stage_changes(r.true_stage) for r in results],
+        )
+        if info.labels == "stage"
+        else None
     )
     metrics = {
         "checkpoint": str(checkpoint),
@@ -169,6 +227,9 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
             "successful": sum(bool(r.success) for r in labelled),
             "failed": sum(not r.success for r in labelled),
         },
+        "stage_flicker": flicker,
+        "stride_frames": stride,
+        "fixed_stride_share": fixed_stride_share([meta.length for meta in ds.episodes], stride),
     }
     return metrics, results
 
@@ -245,6 +306,13 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _flicker_cell(flicker: dict[str, Any] | None) -> str:
+    if not flicker or flicker["predicted_changes"] is None:
+        return "n/a"
+    ratio = "no annotated change" if flicker["ratio"] is None else f"{flicker['ratio']:.2f}x"
+    return f"{flicker['predicted_changes']:.2f} vs {flicker['annotated_changes']:.2f} ({ratio})"
+
+
 def _markdown(report: dict[str, Any], plots: list[str]) -> str:
     in_sample = [name for name, m in report["checkpoints"].items() if m.get("in_sample")]
     lines = [
@@ -259,15 +327,29 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             if in_sample
             else []
         ),
-        "| checkpoint | labels | data | VOC (successful) | demo MSE | stage accuracy | success AUROC |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| checkpoint | labels | data | VOC (successful) | demo MSE | stage accuracy | success AUROC "
+        "| stage changes / episode: predicted vs annotated (ratio) | fixed-stride frames |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in report["checkpoints"].items():
         data = {True: "in-sample", False: "held out", None: "unknown"}[m.get("in_sample")]
         lines.append(
             f"| {name} | {m['labels']} | {data} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | "
-            f"{_fmt(m['demo_mse'])} | {_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} |"
+            f"{_fmt(m['demo_mse'])} | {_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} | "
+            f"{_flicker_cell(m['stage_flicker'] and m['stage_flicker']['overall'])} | "
+            f"{m['fixed_stride_share']:.0%} (stride {m['stride_frames']} frames) |"
         )
+    by_task = [(name, m["stage_flicker"]["by_task"]) for name, m in report["checkpoints"].items() if m["stage_flicker"]]
+    if by_task:
+        lines += [
+            "",
+            "Stage changes per episode by task (predicted vs annotated, ratio; argmax stage at every frame):",
+            "",
+            "| task | checkpoint | episodes | stage changes |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, tasks in by_task:
+            lines += [f"| {task} | {name} | {f['episodes']} | {_flicker_cell(f)} |" for task, f in tasks.items()]
     lines += [
         "",
         "Demo MSE by quality:",

@@ -16,6 +16,16 @@ layout, and only then rendered from the recorded MuJoCo states, so rejected atte
   form rewind targets take), so the progress label falls back while the robot backs away instead of the
   last stage's τ rising on; LeRobot ignores the extra column.
 
+Long-horizon tasks (sarm.sim.stages.REPEATED_TASKS, e.g. pick-place-x3-v3): the base task `times` over in
+one episode. HOLD_FRAMES after each success but the last, the puck is re-placed at a fresh spot drawn from
+the env's own layout sampler (the goal stays), and the expert starts over; stages are "reach 1" … "place 3".
+After a re-placement the operator holds the hand still for REPLACE_FRAMES with the gripper opening (the
+expert alone would descend on the new puck with its fingers still closed), and on long moves (see `_long_move`)
+works at a teleoperator's pace, LONG_HORIZON_SPEED of the expert's; the expert's own pace is kept for the
+descent and grasp, whose timing it relies on. So episodes run 20–30 s and most frames' windows use the fixed
+1 s stride, which no single-task demo (< 8 s) reaches. `success` and `next.success` mean the whole task:
+true only once the last repetition succeeds.
+
 Rendering is offscreen on the CPU: MUJOCO_GL defaults to EGL (Mesa's software EGL works headless; no
 display needed) and must be set before mujoco is first imported, which is why this module sets it
 before its imports. Shadows, reflections and multisampling are off: ~10x faster, same content.
@@ -42,7 +52,7 @@ from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
 from sarm.data.episode import EpisodeData
 from sarm.model.labels import REGRESS_COLUMN
-from sarm.sim.stages import TASK_INSTRUCTIONS, Scene, TaskStages, segment, task_stages
+from sarm.sim.stages import REPEATED_TASKS, TASK_INSTRUCTIONS, Scene, TaskStages, segment, task_stages
 
 METAWORLD_FPS = 80  # one recorded frame per env step: dt = frame_skip 5 x 2.5 ms
 CAMERA_NAME = "corner4"  # the corner view LeRobot's Meta-World env uses; mounted upside down
@@ -61,6 +71,14 @@ MAX_STEPS = 499  # Meta-World refuses to step past 500, and reset_env takes one 
 HOLD_FRAMES = 15  # frames kept after the first success, so demos show the result but no idle tail
 RETREAT_FRAMES = (20, 60)  # failed demos: frames of pulling back after giving up
 MAX_ATTEMPTS = 25
+# Long-horizon tasks: on long moves the operator's hand moves at this fraction of the expert's speed (its
+# 0.8 m/s cap becomes 5.6 cm/s, a careful teleoperator's pace); this is what makes episodes outlast the window.
+LONG_HORIZON_SPEED = 0.07
+REPLACE_FRAMES = 160  # 2 s of stillness, gripper opening, while the puck is put back
+_NEAR_PUCK = 0.07  # the pick-place expert's grip-effort radius
+_PUCK_ON_TABLE_Z = 0.04  # the pick-place expert's "puck still on the table" height
+# Puck re-placements keep at least this xy distance from the goal, as Meta-World's own reset does.
+_MIN_PUCK_GOAL_XY = 0.15
 
 Quality = Literal["clean", "degraded", "failed"]
 QUALITIES: tuple[Quality, ...] = ("clean", "degraded", "failed")
@@ -118,9 +136,12 @@ def stage_names(task: str) -> list[str]:
 
 
 def _check_task(task: str) -> None:
-    if task not in ALL_V3_ENVIRONMENTS:
-        raise ValueError(f"unknown Meta-World task {task!r}; valid tasks: {sorted(ALL_V3_ENVIRONMENTS)}")
-    if task not in ENV_POLICY_MAP:
+    if task not in ALL_V3_ENVIRONMENTS and task not in REPEATED_TASKS:
+        raise ValueError(
+            f"unknown Meta-World task {task!r}; valid tasks: {sorted(ALL_V3_ENVIRONMENTS)}, "
+            f"long-horizon: {sorted(REPEATED_TASKS)}"
+        )
+    if env_task(task) not in ENV_POLICY_MAP:
         raise ValueError(f"Meta-World task {task!r} has no scripted expert policy to generate demos with")
 
 
@@ -206,8 +227,25 @@ class Rollout:
         return any(self.success)
 
 
+def env_task(task: str) -> str:
+    """The Meta-World environment a task runs in (a long-horizon task: the one it repeats)."""
+    return REPEATED_TASKS[task][0] if task in REPEATED_TASKS else task
+
+
+def repetitions(task: str) -> int:
+    return REPEATED_TASKS[task][1] if task in REPEATED_TASKS else 1
+
+
+def step_budget(task: str) -> int:
+    """Most frames one attempt may take: MAX_STEPS; a long-horizon task twice that per repetition (its operator
+    is slower), plus its pauses."""
+    times = repetitions(task)
+    return MAX_STEPS if times == 1 else times * (2 * MAX_STEPS + REPLACE_FRAMES)
+
+
 def make_env(task: str) -> SawyerXYZEnv:
-    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"]()
+    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{env_task(task)}-goal-observable"]()
+    env.max_path_length = step_budget(task) + 1  # reset_env takes one step
     # Sample a new object/goal layout at each reset from env.np_random (seeded per episode) instead of
     # keeping the layout fixed at construction; Meta-World's own task builder flips the same switch.
     env._freeze_rand_vec = False
@@ -232,12 +270,32 @@ def reset_env(env: SawyerXYZEnv, seed: int) -> np.ndarray:
     return obs
 
 
+def replace_puck(env: SawyerXYZEnv) -> np.ndarray:
+    """Put the puck back at rest on the table at a new spot from the env's layout sampler (seeded at reset), at
+    least _MIN_PUCK_GOAL_XY from the goal, which stays; returns the observation of the new scene."""
+    goal = np.asarray(env._target_pos)
+    while True:
+        puck = env._get_state_rand_vec()[:3]
+        if np.linalg.norm(puck[:2] - goal[:2]) >= _MIN_PUCK_GOAL_XY:
+            break
+    env._set_obj_xyz(puck)  # zeroes the puck's velocity and runs mj_forward
+    env.obj_init_pos = puck  # the env's reward and grasp flag measure lifting from here
+    return np.asarray(env._get_obs())
+
+
+def _long_move(obs: np.ndarray) -> bool:
+    """Pick-place: the hand travels to the puck (not yet within the grip radius) or carries it off the table;
+    not the descent and grasp in between, where the expert closes its fingers on a timer-like condition."""
+    return bool(np.linalg.norm(obs[0:3] - obs[4:7]) >= _NEAR_PUCK or obs[6] >= _PUCK_ON_TABLE_Z)
+
+
 class _Operator:
     """Applies a plan's flaws to the expert's actions, as they come due."""
 
-    def __init__(self, plan: Plan, rng: np.random.Generator) -> None:
+    def __init__(self, plan: Plan, rng: np.random.Generator, speed: float = 1.0) -> None:
         self.plan = plan
         self.rng = rng
+        self.speed = speed  # scales the expert's hand motion (the operator's pace)
         self.first_frame: dict[int, int] = {}  # stage -> first frame at which the episode reached it
         self.home: np.ndarray | None = None  # where a giving-up operator pulls the hand back to
         self.give_up_frame: int | None = None  # when the retreat began
@@ -256,6 +314,8 @@ class _Operator:
         if self.home is None:
             self.home = obs[:3].copy()
         action = np.clip(expert, -1.0, 1.0)
+        if self.speed != 1.0 and _long_move(obs):
+            action[:3] *= self.speed
         for event in self.plan.events:
             if self.started(event, t) is None:
                 continue
@@ -284,22 +344,40 @@ class _Operator:
 
 
 def _rollout(
-    env: SawyerXYZEnv, policy: Policy, stages: TaskStages, plan: Plan, seed: int, rng: np.random.Generator
+    env: SawyerXYZEnv,
+    policy: Policy,
+    stages: TaskStages,
+    plan: Plan,
+    seed: int,
+    rng: np.random.Generator,
+    times: int = 1,
+    speed: float = 1.0,
+    budget: int = MAX_STEPS,
 ) -> Rollout:
+    """One attempt; `times` > 1 repeats the task, re-placing the puck HOLD_FRAMES after each success but the
+    last, and the recorded success flag is the whole task's (the last repetition's)."""
     obs = reset_env(env, seed)
     obj_start = obs[4:7].copy()
-    operator = _Operator(plan, rng)
+    operator = _Operator(plan, rng, speed)
     record = Rollout()
     state = np.empty(mujoco.mj_stateSize(env.model, _RENDER_STATE))
-    first_success: int | None = None
+    first_success: int | None = None  # of the current repetition
+    repetition = 0
+    still_until = -1  # the hand waits, gripper opening, before this frame (after a re-placement)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the experts warn on every saturated action
-        for t in range(MAX_STEPS):
+        for t in range(budget):
+            if first_success is not None and t > first_success + HOLD_FRAMES and repetition < times - 1:
+                obs = replace_puck(env)
+                obj_start, first_success, repetition = obs[4:7].copy(), None, repetition + 1
+                still_until = t + REPLACE_FRAMES
             if operator.finished(t) or (first_success is not None and t > first_success + HOLD_FRAMES):
                 break
-            scene = Scene.from_obs(obs, obj_start, solved=first_success is not None)
+            scene = Scene.from_obs(obs, obj_start, solved=first_success is not None, repetition=repetition)
             level = stages.level(scene, previous=record.level[-1] if record.level else 0)
             action = operator.act(policy.get_action(obs), obs, level, t)
+            if t < still_until:
+                action = np.array([0.0, 0.0, 0.0, -1.0], dtype=np.float32)
             mujoco.mj_getState(env.model, env.data, state, _RENDER_STATE)
             record.obs.append(obs)
             record.sim_state.append(state.copy())
@@ -307,8 +385,8 @@ def _rollout(
             record.action.append(action)
             obs, reward, _, _, info = env.step(action)
             record.reward.append(float(reward))
-            record.success.append(bool(info["success"]))
-            if record.success[-1] and first_success is None:
+            record.success.append(bool(info["success"]) and repetition == times - 1)
+            if info["success"] and first_success is None:
                 first_success = t
     record.give_up = operator.give_up_frame
     return record
@@ -414,26 +492,28 @@ def generate_episodes(
 
 def _generate(task: str, qualities: list[Quality], image_size: int, seed: int) -> Iterator[EpisodeData]:
     env = make_env(task)
-    expert: Callable[[], Policy] = ENV_POLICY_MAP[task]
+    expert: Callable[[], Policy] = ENV_POLICY_MAP[env_task(task)]
     policy = expert()
     stages = task_stages(task)
     try:
         with _renderer(env, image_size) as renderer:
             for index, quality in enumerate(qualities):
-                plan, record = _attempt_until_acceptable(env, policy, stages, quality, seed, index)
+                plan, record = _attempt_until_acceptable(env, policy, stages, quality, seed, index, task)
                 yield _episode(task, record, _render(env, renderer, record.sim_state), plan, stages)
     finally:
         env.close()
 
 
 def _attempt_until_acceptable(
-    env: SawyerXYZEnv, policy: Policy, stages: TaskStages, quality: Quality, seed: int, index: int
+    env: SawyerXYZEnv, policy: Policy, stages: TaskStages, quality: Quality, seed: int, index: int, task: str
 ) -> tuple[Plan, Rollout]:
+    times = repetitions(task)
+    speed = LONG_HORIZON_SPEED if times > 1 else 1.0
     for attempt in range(MAX_ATTEMPTS):
         episode_seed = _episode_seed(seed, index, attempt)
         rng = np.random.default_rng(episode_seed)  # draws the plan, then the action noise
         plan = _plan(quality, stages, rng)
-        record = _rollout(env, policy, stages, plan, episode_seed, rng)
+        record = _rollout(env, policy, stages, plan, episode_seed, rng, times, speed, step_budget(task))
         if _acceptable(record, quality, stages):
             return plan, record
     raise RuntimeError(f"no acceptable {quality} demo in {MAX_ATTEMPTS} layouts (episode {index}, seed {seed})")

@@ -5,6 +5,9 @@ branch of `_desired_pos`) and a grip effort. A stage predicate restates such a b
 object-state fact (hand at the object, object held, object lifted, task solved), so stage labels come
 from the state the expert reacts to, not from frame counts. `TaskStages.level` is the latest stage whose
 predicate holds; `segment` turns per-frame levels into [start, end) subtasks.
+
+Long-horizon tasks (REPEATED_TASKS) do a base task several times in one episode, the object re-placed in
+between; their table is the base table once per repetition, names suffixed "reach 1" … "place 3" (`repeated`).
 """
 
 from __future__ import annotations
@@ -72,7 +75,12 @@ TASK_INSTRUCTIONS: dict[str, str] = {
     "sweep-v3": "Sweep the puck off the table.",
     "window-close-v3": "Push the window closed.",
     "window-open-v3": "Push the window open.",
+    "pick-place-x3-v3": "Pick up the puck and place it at the goal three times, the puck put back after each.",
 }
+
+# Long-horizon task -> (Meta-World task it repeats, repetitions). Not Meta-World environments of their own:
+# the demo generator re-places the object after each success (sarm.sim.metaworld_demos).
+REPEATED_TASKS: dict[str, tuple[str, int]] = {"pick-place-x3-v3": ("pick-place-v3", 3)}
 
 
 @dataclass(frozen=True)
@@ -87,10 +95,13 @@ class Scene:
     # Whether the env has reported success by this frame. Sticky: Meta-World's flag can drop again when
     # the object overshoots the goal (handle-press), and demos end HOLD_FRAMES after the first success.
     solved: bool
+    # Repetitions of the base task completed before this one (long-horizon tasks; 0 otherwise). `solved` and
+    # `obj_start` refer to the current repetition.
+    repetition: int = 0
 
     @classmethod
-    def from_obs(cls, obs: np.ndarray, obj_start: np.ndarray, solved: bool) -> Scene:
-        return cls(obs[0:3], float(obs[3]), obs[4:7], obj_start, obs[-3:], solved)
+    def from_obs(cls, obs: np.ndarray, obj_start: np.ndarray, solved: bool, repetition: int = 0) -> Scene:
+        return cls(obs[0:3], float(obs[3]), obs[4:7], obj_start, obs[-3:], solved, repetition)
 
 
 Predicate = Callable[[Scene], bool]
@@ -232,6 +243,29 @@ _TASK_STAGES: dict[str, TaskStages] = {
     "assembly-v3": _ASSEMBLY,
     "peg-insert-side-v3": _PEG_INSERT_SIDE,
 }
+
+
+def _in_repetition(stage: Stage, repetition: int) -> Predicate:
+    # Begun once an earlier repetition is over, or in this one when the base stage has begun.
+    return lambda s: s.repetition > repetition or (s.repetition == repetition and stage.begun(s))
+
+
+def repeated(base: TaskStages, times: int) -> TaskStages:
+    """`base` done `times` over: its stages once per repetition, named "<stage> <k>" (k from 1), so that the
+    level is repetition · len(base) + the base level. The carry stage is the middle repetition's, so a forced
+    drop lands mid-episode; a regression goes back within its repetition only."""
+    if times < 1:
+        raise ValueError(f"times must be >= 1, got {times}")
+    stages = tuple(
+        Stage(f"{stage.name} {r + 1}", _always if r == 0 and k == 0 else _in_repetition(stage, r))
+        for r in range(times)
+        for k, stage in enumerate(base.stages)
+    )
+    carry = None if base.carry_stage is None else base.carry_stage + len(base.stages) * (times // 2)
+    return TaskStages(stages, carry_stage=carry, monotone=base.monotone)
+
+
+_TASK_STAGES |= {task: repeated(_TASK_STAGES[base], times) for task, (base, times) in REPEATED_TASKS.items()}
 
 
 def task_stages(task: str) -> TaskStages:
