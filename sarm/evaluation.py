@@ -20,10 +20,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from scipy.stats import rankdata, spearmanr
 
 from sarm.data.lerobot import LeRobotDataset
 from sarm.data.validate import require_valid
+from sarm.device import resolve_device
 from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.modeling_sarm import SARM
@@ -119,7 +121,13 @@ def ground_truth_progress(
 
 
 async def _score_episodes(
-    checkpoint: Path, model: SARM, info: CheckpointInfo, ds: LeRobotDataset, embeddings: DatasetEmbeddings, stride: int
+    checkpoint: Path,
+    model: SARM,
+    info: CheckpointInfo,
+    ds: LeRobotDataset,
+    embeddings: DatasetEmbeddings,
+    stride: int,
+    device: torch.device,
 ) -> dict[int, EpisodeScores]:
     """Every frame of every episode, from the stored embeddings, through the scoring engine on the PyTorch backend
     (the loop every front end uses: windows, the score cache's keys, batching)."""
@@ -130,7 +138,7 @@ async def _score_episodes(
     text_encoder = load_text_encoder(manifest.text_encoder.id)  # checked against the checkpoint's by the engine
     engine = Engine(
         manifest,
-        TorchBackend(model),
+        TorchBackend(model, device=device),
         text_encoder,
         options,
         EngineCaches.build(options, manifest, manifest.text_encoder.fingerprint),
@@ -161,7 +169,9 @@ async def _score_episodes(
     return out
 
 
-def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str, Any], list[EpisodeResult]]:
+def evaluate_checkpoint(
+    checkpoint: Path, ds: LeRobotDataset, device: torch.device | None = None
+) -> tuple[dict[str, Any], list[EpisodeResult]]:
     model, info = load_checkpoint(checkpoint)
     embeddings = load_embeddings(ds, info.frame_encoder["id"])
     require_same_encoders(embeddings, info.frame_encoder, info.text_encoder)
@@ -175,7 +185,8 @@ def evaluate_checkpoint(checkpoint: Path, ds: LeRobotDataset) -> tuple[dict[str,
     stages_match = info.labels == "stage" and set(vocabulary) <= set(classes)
     checkpoint_class = np.array([classes.index(name) for name in vocabulary if name in classes], np.int64)
     results, correct, counted = [], 0, 0
-    episode_scores = asyncio.run(_score_episodes(checkpoint, model, info, ds, embeddings, stride))
+    device = device or torch.device("cpu")
+    episode_scores = asyncio.run(_score_episodes(checkpoint, model, info, ds, embeddings, stride, device))
     for meta in ds.episodes:
         scores = episode_scores[meta.index]
         truth, true_stage = ground_truth_progress(ds, meta.index, proportions)
@@ -279,23 +290,26 @@ def check_held_out(checkpoints: list[Path], ds: LeRobotDataset, allow_in_sample:
     return overlaps
 
 
-def evaluate(checkpoints: list[Path], data: Path, out: Path, allow_in_sample: bool = False) -> dict[str, Any]:
+def evaluate(
+    checkpoints: list[Path], data: Path, out: Path, allow_in_sample: bool = False, device: str = "cpu"
+) -> dict[str, Any]:
     """Evaluate checkpoints side by side; writes metrics.json, report.md and plots under `out`.
 
     Refuses data that overlaps a checkpoint's training data (InSampleError) unless `allow_in_sample`,
-    which marks those checkpoints' figures `in_sample` in every output.
+    which marks those checkpoints' figures `in_sample` in every output. The heads run on `device` (sarm.device).
     """
+    torch_device = resolve_device(device)  # first: a missing GPU is one line before any loading
     ds = require_valid(data)
     overlaps = check_held_out(checkpoints, ds, allow_in_sample)
     out.mkdir(parents=True, exist_ok=True)
     names = [c.name if checkpoints.count(c) == 1 else str(c) for c in checkpoints]
     runs, metrics = {}, {}
     for name, checkpoint in zip(names, checkpoints, strict=True):
-        metrics[name], runs[name] = evaluate_checkpoint(checkpoint, ds)
+        metrics[name], runs[name] = evaluate_checkpoint(checkpoint, ds, torch_device)
         overlap = overlaps[checkpoint]
         metrics[name]["in_sample"] = overlap.in_sample if overlap.checked != "none" else None
         metrics[name]["held_out_check"] = {**asdict(overlap), "note": overlap.describe()}
-    report = {"data": str(data), "episodes": len(ds.episodes), "checkpoints": metrics}
+    report = {"data": str(data), "episodes": len(ds.episodes), "device": str(torch_device), "checkpoints": metrics}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     plots = _plot_examples(out, runs, ds.fps)
     (out / "report.md").write_text(_markdown(report, plots))

@@ -5,6 +5,10 @@ numbers within the export parity tolerance); `--engine torch` keeps the PyTorch 
 INT8 encoder, calibrated on frames of the dataset being embedded, or the one of `--encoder-repo`, a repository
 from `sarm export --quantize int8` (then the embeddings are exactly what that served model computes). The store
 records INT8 in its manifest, and a float checkpoint refuses such embeddings.
+
+`--device` (sarm.device): with ONNX Runtime, cuda runs the frame encoder on onnxruntime-gpu's CUDAExecutionProvider;
+with `--engine torch`, both encoders run on the torch device. The instruction encoder (a few sentences) stays on the
+CPU with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from rich.console import Console
 from sarm.cli.progress import progress_bar
 from sarm.data.lerobot import DatasetError, LeRobotDataset
 from sarm.data.validate import InvalidDatasetError, require_valid
+from sarm.device import DEVICE_HELP, DeviceName, onnx_providers, resolve_device
 from sarm.encoders.base import EncoderMismatchError, FrameEncoder, check_encoder
 from sarm.encoders.registry import DEFAULT_FRAME_ENCODER, DEFAULT_TEXT_ENCODER, load_frame_encoder, load_text_encoder
 
@@ -46,6 +51,7 @@ def embed(
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime intra-op threads (0: one per core).")] = 0,
     cache_dir: Annotated[Path | None, typer.Option(help="Where exported encoder graphs are cached.")] = None,
+    device: Annotated[DeviceName, typer.Option(help=f"Where the encoders run. {DEVICE_HELP}")] = "auto",
 ) -> None:
     """Encode every frame once and store the embeddings beside the dataset (resumable)."""
     from sarm.embeddings import embed_dataset
@@ -61,11 +67,16 @@ def embed(
         console.print("[red]error:[/red] --quantize and --encoder-repo run ONNX Runtime: drop --engine torch")
         raise typer.Exit(2)
     try:
+        # First, so that a missing GPU is the one line it is before any loading.
+        torch_device = resolve_device(device) if engine == "torch" else resolve_device("cpu")
+        providers = onnx_providers(device) if engine == "onnxruntime" else []
         ds = require_valid(dataset)
         frames = load_frame_encoder(frame_encoder, **local_weights(frame_encoder))
-        texts = load_text_encoder(text_encoder, **local_weights(text_encoder))
+        texts = load_text_encoder(text_encoder, device=torch_device, **local_weights(text_encoder))
         encoder: FrameEncoder | OnnxFrameEncoder = (
-            frames if engine == "torch" else _onnx_encoder(frames, ds, quantize, encoder_repo, threads, cache_dir)
+            frames.to(torch_device)
+            if engine == "torch"
+            else _onnx_encoder(frames, ds, quantize, encoder_repo, threads, cache_dir, providers)
         )
         with progress_bar() as bar:
             job = bar.add_task("embedding", total=len(ds.episodes), status="")
@@ -81,8 +92,9 @@ def embed(
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
     kind = "INT8" if quantize else "float"
+    where = str(torch_device) if engine == "torch" else providers[0]
     console.print(
-        f"embeddings in {store} ({encoded} frames encoded now with the {kind} {engine} encoder, the rest "
+        f"embeddings in {store} ({encoded} frames encoded now with the {kind} {engine} encoder on {where}, the rest "
         "were already stored)",
         soft_wrap=True,
     )
@@ -95,6 +107,7 @@ def _onnx_encoder(
     repo: Path | None,
     threads: int,
     cache: Path | None,
+    providers: list[str],
 ) -> OnnxFrameEncoder:
     """The OnnxFrameEncoder for these options (the torch encoder gives the identity and the graph to export)."""
     from sarm.export.onnx_encoder import (
@@ -119,10 +132,10 @@ def _onnx_encoder(
             )
             kind = "an INT8" if "quantization" in identity else "a float"
             raise ValueError(f"{repo} holds {kind} frame encoder: {fix}")
-        return OnnxFrameEncoder(*ident, graphs, identity.get("quantization"), threads)
+        return OnnxFrameEncoder(*ident, graphs, identity.get("quantization"), threads, providers)
     cache = cache or DEFAULT_CACHE
     if quantize == "int8":
         return OnnxFrameEncoder(
-            *ident, int8_graphs(torch_encoder, ds, cache), int8_identity("embedded dataset"), threads
+            *ident, int8_graphs(torch_encoder, ds, cache), int8_identity("embedded dataset"), threads, providers
         )
-    return OnnxFrameEncoder(*ident, float_graphs(torch_encoder, cache), None, threads)
+    return OnnxFrameEncoder(*ident, float_graphs(torch_encoder, cache), None, threads, providers)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sarm.cli.train import USER_ERRORS
+from sarm.device import DEVICE_HELP, DeviceName
 
 console = Console()
 
@@ -24,16 +25,17 @@ def eval_command(
             help="Evaluate even when --data overlaps a checkpoint's training data; the results are marked in-sample."
         ),
     ] = False,
+    device: Annotated[DeviceName, typer.Option(help=f"Where the checkpoints' heads run. {DEVICE_HELP}")] = "auto",
 ) -> None:
     """Evaluate checkpoints on held-out demos; writes REPORT_DIR/metrics.json, report.md and PNG plots."""
     from sarm.evaluation import evaluate
 
     try:
-        report = evaluate(checkpoints, data, out, allow_in_sample)
+        report = evaluate(checkpoints, data, out, allow_in_sample, device)
     except USER_ERRORS as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
-    table = Table(title=f"{data} ({report['episodes']} episodes)")
+    table = Table(title=f"{data} ({report['episodes']} episodes, on {report['device']})")
     for column in ("checkpoint", "labels", "data", "VOC", "demo MSE", "stage acc", "AUROC"):
         table.add_column(column)
     for name, m in report["checkpoints"].items():

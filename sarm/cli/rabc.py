@@ -12,6 +12,7 @@ from rich.table import Table
 from sarm.cli.progress import progress_bar
 from sarm.cli.train import USER_ERRORS
 from sarm.data.video import VideoError
+from sarm.device import DEVICE_HELP, DeviceName
 from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from sarm.rabc.progress import OnEpisode
 from sarm.rabc.weights import RabcParams, RabcSummary, Stats
@@ -69,6 +70,13 @@ def rabc_command(
             help="Ray workers (each with --threads CPUs); default: as many as the cluster's CPUs hold.",
         ),
     ] = None,
+    device: Annotated[
+        DeviceName,
+        typer.Option(
+            help="Where scoring runs: ONNX Runtime's CUDA provider (onnxruntime-gpu) for our checkpoints with "
+            "--backend local, torch for imported LeRobot ones; Triton places its models itself. " + DEVICE_HELP
+        ),
+    ] = "auto",
 ) -> None:
     """Score every frame with CKPT, then write RA-BC weights (paper eq. 8–9) and print their summary."""
     from sarm.rabc.pipeline import run_rabc
@@ -89,10 +97,20 @@ def rabc_command(
         try:
             if ray is None:
                 summary = run_rabc(
-                    dataset, checkpoint, params, out, stride, on_episode=advance, options=engine, head=head
+                    dataset,
+                    checkpoint,
+                    params,
+                    out,
+                    stride,
+                    on_episode=advance,
+                    options=engine,
+                    head=head,
+                    device=device,
                 )
             else:
-                summary = _run_on_ray(dataset, checkpoint, params, out, stride, ray, ray_workers, engine, head, advance)
+                summary = _run_on_ray(
+                    dataset, checkpoint, params, out, stride, ray, ray_workers, engine, head, advance, device
+                )
         finally:
             if bar.live.is_started:
                 bar.stop()
@@ -117,6 +135,7 @@ def _run_on_ray(
     engine: EngineOptions,
     head: Head,
     advance: OnEpisode,
+    device: str,
 ) -> RabcSummary:
     try:
         from sarm.rabc.distributed import RayLabellingError, RayOptions, run_rabc_on_ray
@@ -134,6 +153,7 @@ def _run_on_ray(
             on_episode=advance,
             engine=engine,
             head=head,
+            device=device,
         )
     except RayLabellingError as error:  # the cluster failed, not the input: exit 1, not 2
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)

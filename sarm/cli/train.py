@@ -11,6 +11,7 @@ from rich.console import Console
 from sarm.cli.progress import progress_bar
 from sarm.data.annotations import AnnotationError
 from sarm.data.lerobot import DatasetError
+from sarm.device import DEVICE_HELP, DeviceName
 from sarm.encoders.base import EncoderMismatchError
 from sarm.training.checkpoint import CheckpointError
 from sarm.training.samples import LabelMode
@@ -29,7 +30,10 @@ def train_command(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
-    preset: Annotated[str, typer.Option(help="Model size: small (CPU default) or paper.")] = "small",
+    preset: Annotated[
+        str,
+        typer.Option(help="Model size: small (for a CPU, the default) or paper (119 M parameters: meant for a GPU)."),
+    ] = "small",
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 3000,
     labels: Annotated[str, typer.Option(help="stage (SARM) or frame-index (the t/T baseline).")] = "stage",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -45,6 +49,9 @@ def train_command(
             "episodes younger than that space their frames evenly. Saved in the checkpoint."
         ),
     ] = 1.0,
+    device: Annotated[
+        DeviceName, typer.Option(help=f"Where the model trains (recorded in the checkpoint). {DEVICE_HELP}")
+    ] = "auto",
 ) -> None:
     """Train SARM with the paper's recipe; progress bar with losses, checkpoint at every validation."""
     if labels not in ("stage", "frame-index"):
@@ -65,6 +72,7 @@ def train_command(
             resume=resume,
             threads=threads,
             stride_seconds=stride_seconds,
+            device=device,
         )
         with progress_bar() as bar:
             job = bar.add_task("training", total=steps, status="")
@@ -82,6 +90,6 @@ def train_command(
         raise typer.Exit(2) from error
     val = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
     console.print(
-        f"checkpoint {result.checkpoint}: {result.steps} steps, {result.steps_per_s:.1f} steps/s "
+        f"checkpoint {result.checkpoint}: {result.steps} steps on {result.device}, {result.steps_per_s:.1f} steps/s "
         f"({result.samples_per_s:.0f} samples/s), train loss {result.train_loss:.4f}; {val}"
     )

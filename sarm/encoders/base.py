@@ -127,11 +127,12 @@ class FrameEncoder(nn.Module, ABC):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((len(frames), self.dim), dtype=np.float32)
+        device = self.mean.device  # where `.to()` put the encoder (sarm embed --device)
         with torch.inference_mode():
             for start in range(0, len(frames), batch_size):
                 # torch.tensor copies: frames decoded by PyAV or memory-mapped may be read-only.
-                chunk = torch.tensor(frames[start : start + batch_size])
-                out[start : start + len(chunk)] = self(chunk).numpy()
+                chunk = torch.tensor(frames[start : start + batch_size], device=device)
+                out[start : start + len(chunk)] = self(chunk).cpu().numpy()
         return out
 
 

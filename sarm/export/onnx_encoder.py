@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,12 @@ GraphSource = Callable[[int, int], Path]  # (height, width) -> ONNX graph for im
 DEFAULT_CACHE = Path.home() / ".cache" / "sarm" / "onnx"
 
 
-def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session (threads 0 = onnxruntime's default: one per physical core)."""
-    return ort.InferenceSession(str(path), cpu_session_options(threads), providers=["CPUExecutionProvider"])
+def cpu_session(
+    path: Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
+    """A CPU session (threads 0 = onnxruntime's default: one per physical core); `providers` from
+    sarm.device.onnx_providers put it on CUDA (`sarm embed --device`)."""
+    return ort.InferenceSession(str(path), cpu_session_options(threads), providers=list(providers))
 
 
 class OnnxFrameEncoder:
@@ -45,10 +48,11 @@ class OnnxFrameEncoder:
         graphs: GraphSource,
         quantization: dict[str, Any] | None = None,
         threads: int = 0,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         self.encoder_id, self.version, self.dim = encoder_id, version, dim
         self.quantization = quantization
-        self._graphs, self._threads = graphs, threads
+        self._graphs, self._threads, self._providers = graphs, threads, tuple(providers)
         self._sessions: dict[tuple[int, int], ort.InferenceSession] = {}
 
     def identity(self) -> dict[str, Any]:
@@ -60,7 +64,7 @@ class OnnxFrameEncoder:
 
     def _session(self, height: int, width: int) -> ort.InferenceSession:
         if (height, width) not in self._sessions:
-            self._sessions[height, width] = cpu_session(self._graphs(height, width), self._threads)
+            self._sessions[height, width] = cpu_session(self._graphs(height, width), self._threads, self._providers)
         return self._sessions[height, width]
 
     def encode_frames(self, frames: np.ndarray, batch_size: int = 8) -> np.ndarray:

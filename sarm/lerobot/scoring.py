@@ -41,13 +41,23 @@ class EpisodeScores:
 class LeRobotScorer:
     """A LeRobot SARM with its CLIP and state normaliser: scores windows and whole datasets."""
 
-    def __init__(self, model: LeRobotSARM, clip: LeRobotCLIP, normalizer: StateNormalizer, batch_size: int = 64):
+    def __init__(
+        self,
+        model: LeRobotSARM,
+        clip: LeRobotCLIP,
+        normalizer: StateNormalizer,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ):
         if clip.dim != model.cfg.image_dim or clip.dim != model.cfg.text_dim:
             raise ValueError(
                 f"the CLIP gives {clip.dim}-d features but the model takes image_dim {model.cfg.image_dim} and "
                 f"text_dim {model.cfg.text_dim}: point --clip at the CLIP this model was trained with"
             )
-        self.model = model.eval()
+        # The network runs on `device` (sarm rabc --device; the CLIP is put there by its own constructor): windows
+        # are assembled on the CPU and moved per batch, outputs come back.
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.clip = clip
         self.normalizer = normalizer
         self.batch_size = batch_size
@@ -77,11 +87,12 @@ class LeRobotScorer:
             b = frames.shape[0]
             texts = torch.from_numpy(np.ascontiguousarray(text)).unsqueeze(0).expand(b, -1)
             states = torch.from_numpy(np.ascontiguousarray(state[start : start + self.batch_size]))
+            frames, texts, states = (t.to(self.device) for t in (frames, texts, states))
             # Only positions up to the centre are computed: the centre's outputs do not depend on later ones.
             for head, out in self.model.forward_heads(frames, texts, states, heads, upto=c).items():
-                parts[head]["stage_probs"].append(out.stage_probs[:, c].numpy())
-                parts[head]["tau"].append(out.tau[:, c].numpy())
-                parts[head]["progress"].append(out.progress[:, c].numpy())
+                parts[head]["stage_probs"].append(out.stage_probs[:, c].cpu().numpy())
+                parts[head]["tau"].append(out.tau[:, c].cpu().numpy())
+                parts[head]["progress"].append(out.progress[:, c].cpu().numpy())
         return {h: {k: np.concatenate(v) for k, v in p.items()} for h, p in parts.items()}
 
     def score_episode(

@@ -276,10 +276,12 @@ def run_rabc_on_ray(
     should_stop: ShouldStop | None = None,
     engine: EngineOptions | None = None,
     head: str = "sparse",
+    device: str = "cpu",
 ) -> tuple[RabcSummary, RayRun]:
     """`run_rabc` with the scoring spread over a Ray cluster: the same checks, the same files. Each worker opens
-    its own engine with `engine` (ONNX Runtime in the worker, or a client of the Triton server it names)."""
-    labeller = EpisodeLabeller(dataset_dir, checkpoint, stride, options=engine or EngineOptions())
+    its own engine with `engine` (ONNX Runtime in the worker, or a client of the Triton server it names), on `device`
+    as the worker resolves it (auto: its own GPU if it sees one)."""
+    labeller = EpisodeLabeller(dataset_dir, checkpoint, stride, options=engine or EngineOptions(), device=device)
     run = label_on_ray(labeller, options, on_episode, should_stop)
     write_progress(run.progress, out_dir)
     return weigh(run.progress, params, out_dir, head), run

@@ -34,12 +34,13 @@ def run_rabc(
     options: EngineOptions | None = None,
     engine: EngineHandle | None = None,
     head: str = "sparse",
+    device: str = "cpu",
 ) -> RabcSummary:
     """Score every frame of `dataset_dir` with `checkpoint`, then write OUT/sarm_progress.parquet,
     rabc_weights.parquet and rabc_summary.json (see sarm.rabc.files). Raises Cancelled, before writing
-    anything, when `should_stop()` turns true; see `dataset_progress` for the callbacks and the engine."""
+    anything, when `should_stop()` turns true; see `dataset_progress` for the callbacks, the engine and `device`."""
     ds = open_inputs(dataset_dir, checkpoint if engine is None else None)
-    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, options, engine)
+    progress = dataset_progress(ds, checkpoint, stride, on_episode, should_stop, options, engine, device)
     write_progress(progress, out_dir)
     return weigh(progress, params, out_dir, head)
 

@@ -19,10 +19,12 @@ import numpy as np
 
 from sarm.data.lerobot import EpisodeMeta, LeRobotDataset
 from sarm.data.video import resize_frames
+from sarm.device import CPU_PROVIDER, DeviceError, onnx_providers, resolve_device
 from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders, store_path
 from sarm.encoders.base import TextEncoder
-from sarm.manifest import Manifest
+from sarm.manifest import Manifest, read_manifest
 from sarm.model.windows import sequence_indices
+from sarm.scoring.backends import LocalBackend
 from sarm.scoring.curve import interpolate, scored_frames
 from sarm.scoring.engine import Encoded, Engine, Instruction, instruction_key
 from sarm.scoring.images import FrameData
@@ -77,15 +79,27 @@ class EngineHandle:
         self.engine, self.run, self._close = engine, run, close
 
     @classmethod
-    def open(cls, checkpoint: Path, options: EngineOptions, text_encoder: TextEncoder | None = None) -> EngineHandle:
+    def open(
+        cls,
+        checkpoint: Path,
+        options: EngineOptions,
+        text_encoder: TextEncoder | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> EngineHandle:
         """An engine over the checkpoint's exported repository (exported once, cached) on a loop of its own. Labelling
-        reads each frame once, so only the instruction cache is kept."""
+        reads each frame once, so only the instruction cache is kept. `providers` (sarm.device.onnx_providers) place
+        the local backend's sessions (default: the CPU)."""
         loop = asyncio.new_event_loop()
         options = replace(options, frame_cache_entries=0, score_cache_entries=0, redis_url=None)
         repo = repository_for(checkpoint)
 
         async def opened() -> Engine:  # on its loop: an asyncio client (Triton's) binds to the loop it is made on
-            return Engine.open(repo, options, text_encoder=text_encoder)
+            backend = None  # the engine's own (make_backend): the CPU, or Triton
+            if providers is not None and list(providers) != [CPU_PROVIDER] and options.backend == "local":
+                manifest = read_manifest(repo)
+                threads, workers = options.intra_op_threads, options.inference_workers
+                backend = LocalBackend(repo, manifest, threads, workers, providers=providers)
+            return Engine.open(repo, options, text_encoder=text_encoder, backend=backend)
 
         engine = loop.run_until_complete(opened())
 
@@ -118,15 +132,16 @@ def dataset_progress(
     should_stop: ShouldStop | None = None,
     options: EngineOptions | None = None,
     engine: EngineHandle | None = None,
+    device: str = "cpu",
 ) -> DatasetProgress:
     """φ per frame of every episode, in episode order.
 
     `on_episode(done, total)` is called once the inputs are checked and loaded (done = 0), then after each
     episode; `should_stop()` is checked before each episode and raises Cancelled when true. Scores come from
     `engine` (a gateway's jobs pass the one it serves with) or else from an engine this call opens on the
-    checkpoint's exported repository with `options` (backend local or triton).
+    checkpoint's exported repository with `options` (backend local or triton) on `device` (sarm.device).
     """
-    labeller = EpisodeLabeller(ds.root, checkpoint, stride, options=options or EngineOptions())
+    labeller = EpisodeLabeller(ds.root, checkpoint, stride, options=options or EngineOptions(), device=device)
     scorer = labeller.scorer(ds, engine)
     try:
         total = len(scorer.episodes)
@@ -156,6 +171,9 @@ class EpisodeLabeller:
     stride: int = 1  # score every N-th frame (and the last), interpolate between
     threads: int | None = None  # inference threads of the process that builds the scorer; None: the options'
     options: EngineOptions = field(default_factory=EngineOptions)  # backend (local or triton) and its settings
+    # auto, cpu or cuda (sarm.device), resolved by the process that builds the scorer: ONNX Runtime's providers for
+    # the local backend, the torch device for imported LeRobot models. Triton places its models itself.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -206,7 +224,7 @@ class EpisodeScorer:
         if engine is None and checkpoint_architecture(spec.checkpoint) == LEROBOT_ARCHITECTURE:
             # --threads (the options' intra-op threads) sets torch's threads unless the labeller names its own.
             threads = spec.threads if spec.threads is not None else spec.options.intra_op_threads
-            self._lerobot = LeRobotEpisodes(spec.checkpoint, ds, spec.stride, threads)
+            self._lerobot = LeRobotEpisodes(spec.checkpoint, ds, spec.stride, threads, spec.device)
             self.episodes = [meta.index for meta in ds.episodes]
             self.provenance = self._lerobot.provenance
             return
@@ -214,7 +232,7 @@ class EpisodeScorer:
             options = spec.options
             if spec.threads is not None:
                 options = replace(options, intra_op_threads=spec.threads)
-            engine = EngineHandle.open(spec.checkpoint, options)
+            engine = EngineHandle.open(spec.checkpoint, options, providers=_providers(options, spec.device))
             self._owned = engine
         self._handle = engine
         manifest = engine.engine.manifest
@@ -300,19 +318,34 @@ class EpisodeScorer:
         return Encoded(embeddings, keys), await engine.embed_instruction(meta.task)
 
 
+def _providers(options: EngineOptions, device: str) -> list[str] | None:
+    """ONNX Runtime providers of the local backend for `device`; None for Triton, which places its models itself."""
+    if options.backend == "local":
+        return onnx_providers(device)
+    if device == "cuda":
+        raise DeviceError(
+            "--device cuda applies to --backend local: Triton places the models by its repository's instance groups "
+            "(drop --device, or export a GPU repository)"
+        )
+    return None
+
+
 class LeRobotEpisodes:
     """Episodes scored by an imported LeRobot SARM (`sarm import lerobot`) exactly as LeRobot's compute_sarm_progress
     scores them: the centred window, CLIP features, the normalised state, every head the model has (sparse, dense),
     the same frames scored and interpolated. The network runs in PyTorch: its exported graph is not served yet."""
 
-    def __init__(self, checkpoint: Path, ds: LeRobotDataset, stride: int, threads: int | None) -> None:
+    def __init__(
+        self, checkpoint: Path, ds: LeRobotDataset, stride: int, threads: int | None, device: str = "cpu"
+    ) -> None:
         import torch
 
         from sarm.lerobot.checkpoint import load_imported
 
+        torch_device = resolve_device(device)  # before loading: a missing GPU is one line
         if threads is not None:
             torch.set_num_threads(threads)
-        self._scorer, info = load_imported(checkpoint)
+        self._scorer, info = load_imported(checkpoint, device=torch_device)
         self._ds, self._stride = ds, stride
         cfg = info.config
         self.provenance: dict[str, Any] = {

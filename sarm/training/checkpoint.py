@@ -66,7 +66,7 @@ class CheckpointInfo:
 
 def save_checkpoint(path: Path, model: SARM, info: CheckpointInfo) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # CPU copies of a CUDA model
     save_file(state, str(path / WEIGHTS), metadata={"format": FORMAT})
     (path / CONFIG).write_text(json.dumps(info.to_dict(), indent=2))
 
@@ -131,4 +131,5 @@ def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
 def load_trainer_state(path: Path) -> dict[str, Any] | None:
     file = path / TRAINER_STATE
     # Our own file (optimiser tensors and python RNG state), so a full unpickle is expected here.
-    return torch.load(file, weights_only=False) if file.is_file() else None
+    # map_location: a state saved by a CUDA run resumes anywhere (the optimiser moves it to its parameters' device).
+    return torch.load(file, weights_only=False, map_location="cpu") if file.is_file() else None

@@ -3,6 +3,9 @@
 AdamW (betas 0.9/0.95, weight decay 5e-3), linear warm-up then cosine, grad clip 1.0, stage teacher
 forcing, rewind (p = 0.8) and wrong-instruction (p = 0.2) augmentation, validation split by episode,
 checkpoints at every validation (so a stopped run resumes with --resume).
+
+`device` (sarm.device: auto, cpu or cuda) holds the model, the optimiser state and each batch; the windows are
+sampled on the CPU and moved per step. The checkpoint is written from CPU copies and records the device it trained on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 
 from sarm.data.validate import require_valid
+from sarm.device import resolve_device
 from sarm.embeddings import DatasetEmbeddings, load_embeddings
 from sarm.encoders.base import EncoderMismatchError
 from sarm.model.configuration_sarm import SARMConfig
@@ -76,6 +80,8 @@ class TrainConfig:
     # Intra-op threads. The small preset's matrices are too small to split: measured on 2 busy cores,
     # 1 thread ran 4.4 steps/s and 2 threads 0.9 (OpenMP spin-waits). Raise it for the paper preset.
     threads: int = 1
+    # auto, cpu or cuda (sarm.device). The paper preset is meant for a GPU; the small one trains fine on a CPU.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.threads < 1:
@@ -99,6 +105,7 @@ class TrainResult:
     steps_per_s: float
     samples_per_s: float
     history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"  # where it trained (`auto` resolved)
 
 
 def _same_encoders(all_embeddings: list[DatasetEmbeddings]) -> None:
@@ -120,6 +127,10 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return Batch(*(tensor.to(device) for tensor in (batch.frames, batch.text, batch.stage, batch.tau, batch.lengths)))
+
+
 def validation_batch(sampler: WindowSampler, rng: np.random.Generator) -> Batch:
     """Fixed windows over held-out episodes, no augmentation: the deployed scoring path."""
     lengths = np.array([e.length for e in sampler.episodes])
@@ -134,7 +145,7 @@ def evaluate_batch(model: SARM, batch: Batch) -> dict[str, float]:
     model.eval()
     loss = sarm_loss(model(batch.frames, batch.text), batch.stage, batch.tau, batch.lengths)
     prediction = model.predict(batch.frames, batch.text, batch.lengths)
-    rows = torch.arange(len(batch.lengths))
+    rows = torch.arange(len(batch.lengths), device=batch.lengths.device)
     last = batch.lengths - 1
     true_stage, true_tau = batch.stage[rows, last], batch.tau[rows, last]
     # Validation windows carry their own instruction, whose stored embedding selects their own task.
@@ -149,6 +160,7 @@ def evaluate_batch(model: SARM, batch: Batch) -> dict[str, float]:
 
 def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train and write the checkpoint to `config.out`; `on_step(step, losses)` reports progress."""
+    device = resolve_device(config.device)  # first: a missing GPU is one line before any loading
     torch.set_num_threads(config.threads)
     datasets = [require_valid(path) for path in config.datasets]
     embeddings = [load_embeddings(ds) for ds in datasets]
@@ -177,6 +189,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
         train_eps, distractors, config.rewind_p, config.wrong_instruction_p, cross_task_p=config.cross_task_p
     )
     val_batch = validation_batch(WindowSampler(val_eps or train_eps, distractors), np.random.default_rng(config.seed))
+    val_batch = to_device(val_batch, device)
 
     sample = episodes[0].frames
     model_config = SARMConfig.from_preset(
@@ -192,6 +205,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     model = SARM(model_config)
     instruction_text = {task: text for emb in embeddings for task, text in emb.text.items()}
     model.set_task_embeddings(torch.from_numpy(np.stack([instruction_text[t["instruction"]] for t in tasks])))
+    model.to(device)  # before the optimiser is made over its parameters
     lr = config.lr or DEFAULT_LR.get(config.preset, 5e-5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     warmup = config.warmup_steps if config.warmup_steps is not None else min(1000, max(1, config.steps // 10))
@@ -199,7 +213,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     rng = np.random.default_rng(config.seed)
     step, history = 0, list[dict[str, float]]()
     if config.resume:
-        step, history = _resume(config.out, model, optimizer, scheduler, rng, model_config)
+        step, history = _resume(config.out, model, optimizer, scheduler, rng, model_config, device)
 
     info = CheckpointInfo(
         model=model_config,
@@ -211,7 +225,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     started, start_step = time.perf_counter(), step
     running = 0.0
     while step < config.steps:
-        batch = sampler.sample(config.batch_size, rng)
+        batch = to_device(sampler.sample(config.batch_size, rng), device)
         output = model(batch.frames, batch.text, true_stage=batch.stage)
         loss = sarm_loss(output, batch.stage, batch.tau, batch.lengths)
         optimizer.zero_grad(set_to_none=True)
@@ -231,6 +245,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
             elapsed = time.perf_counter() - started
             info.training = _provenance(config, lr, warmup, step, history, len(train_eps), len(val_eps))
             info.training["steps_per_s"] = (step - start_step) / elapsed
+            info.training["device"] = str(device)  # `auto` as resolved: steps_per_s means little without it
             info.training["cameras"] = cameras
             info.training["data_identity"] = data_identity
             save_checkpoint(config.out, model, info)
@@ -243,6 +258,8 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
                     "scheduler": scheduler.state_dict(),
                     "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
+                    # Teacher forcing draws on the model's device: a CUDA run keeps that generator too.
+                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 },
             )
         if on_step is not None:
@@ -258,6 +275,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
         steps_per_s=steps_per_s,
         samples_per_s=steps_per_s * config.batch_size,
         history=history,
+        device=str(device),
     )
 
 
@@ -284,6 +302,7 @@ def _resume(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     rng: np.random.Generator,
     model_config: SARMConfig,
+    device: torch.device,
 ) -> tuple[int, list[dict[str, float]]]:
     state = load_trainer_state(out)
     if state is None:
@@ -296,4 +315,6 @@ def _resume(
     scheduler.load_state_dict(state["scheduler"])
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     return int(state["step"]), list(state["history"])
