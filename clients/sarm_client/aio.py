@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +34,21 @@ class AsyncEpisodeStream(EpisodeBase):
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
         self._requests.put_nowait(opening)
         self._call = start(self._outgoing())
+        self._status: grpc.aio.AioRpcError | None = None  # the first status the call got (see `_finished`)
+        self._call.add_done_callback(self._finished)
+
+    def _finished(self, call: Any) -> None:
+        """Keep the call's first status, and end the request iterator (nothing more can be sent).
+
+        A write in flight when the server ends the call (e.g. refuses the stream at open: too many streams) fails
+        in grpc.aio, which then replaces the call's status with its own INTERNAL "Internal error from Core"; the
+        server's status (RESOURCE_EXHAUSTED and its retry-after hint) is only seen here, when it arrives first."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: a call collected after asyncio.run() ended
+            self._requests.put_nowait(_END)
+        if self._status is None:
+            code, details, trailing = _now(call.code()), _now(call.details()), _now(call.trailing_metadata())
+            if code is not None:
+                self._status = grpc.aio.AioRpcError(code, None, trailing, details)
 
     async def _outgoing(self) -> AsyncIterator[Any]:
         while (request := await self._requests.get()) is not _END:
@@ -50,7 +66,7 @@ class AsyncEpisodeStream(EpisodeBase):
             self._call.cancel()
             raise self._fail(self._timed_out(wait)) from None
         except grpc.RpcError as error:
-            raise self._fail(from_rpc_error(error)) from error
+            raise self._fail(from_rpc_error(self._status or error)) from error
         if reply is grpc.aio.EOF:
             raise self._fail(self._ended())
         return self._answer(reply)
@@ -75,6 +91,17 @@ class AsyncEpisodeStream(EpisodeBase):
         if kind is not None:
             self._call.cancel()
         await self.close()
+
+
+def _now(getter: Coroutine[Any, Any, T]) -> T | None:
+    """The value of a finished call's status getter (`code()`, `details()`, ...), read at once: they return without
+    waiting once the call has its status. None (the getter closed) if one ever has to wait."""
+    try:
+        getter.send(None)
+    except StopIteration as returned:
+        return cast(T, returned.value)
+    getter.close()
+    return None
 
 
 class AsyncSarmClient:

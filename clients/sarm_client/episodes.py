@@ -5,9 +5,9 @@ trip per vector step, however many environments (the gateway batches the encodes
 The proto has no message that carries several episodes' frames, so each environment keeps its own StreamEpisode
 call on one channel, and a worker thread per environment waits for its reply.
 
-The blocking client is used, not the asyncio one: when the gateway refuses a stream as it opens (too many streams),
-grpc.aio can report the failed write of the first frame (INTERNAL "Internal error from Core") instead of the
-server's RESOURCE_EXHAUSTED and its retry-after hint; the blocking client always reports the server's status.
+The blocking client is used, not the asyncio one, because the environment loop it serves is synchronous. (Both now
+report a stream refused at open as Overloaded with the server's retry-after hint; see `AsyncEpisodeStream._finished`
+for the grpc.aio race that used to turn it into INTERNAL.)
 
 Every wait is bounded: a step by `Timeout.step`, the opening of an episode (with its retries) by `Timeout.call`, so
 a down, slow or overloaded gateway surfaces as an error (Unavailable, Overloaded, DeadlineExceeded), never a hang.

@@ -15,6 +15,7 @@ NEED_THE_SERVICE = [
     "test_client_rabc_http.py",
     "test_client_rabc_training.py",
     "test_client_rl.py",
+    "test_client_stream_refusal.py",
 ]
 
 
