@@ -84,7 +84,13 @@ async def score_curve(
     return frame_results(scored, scores, options.smoother())
 
 
-def progress_of_every_frame(results: Sequence[FrameResult], length: int) -> np.ndarray:
-    """(length,) float32 progress: the scored frames' (smoothed, where smoothing was asked for), interpolated."""
-    values = [r.score.progress if r.smoothed_progress is None else r.smoothed_progress for r in results]
+def progress_of_every_frame(results: Sequence[FrameResult], length: int, head: str = "sparse") -> np.ndarray:
+    """(length,) float32 progress of `head`: the scored frames' (the sparse head's smoothed, where smoothing was
+    asked for), interpolated."""
+    if head == "dense":
+        values = [r.score.dense.progress for r in results if r.score.dense is not None]
+        if len(values) != len(results):
+            raise ValueError("the model has no dense head")
+    else:
+        values = [r.score.progress if r.smoothed_progress is None else r.smoothed_progress for r in results]
     return interpolate(np.array([r.frame_index for r in results]), np.array(values), length)

@@ -28,7 +28,7 @@ from sarm.model.windows import sequence_indices
 from sarm.scoring.backends import Backend, make_backend
 from sarm.scoring.batcher import MicroBatcher
 from sarm.scoring.cache import Tiered, TTLCache
-from sarm.scoring.errors import InvalidInput
+from sarm.scoring.errors import InvalidInput, NotLive
 from sarm.scoring.images import FrameData, content_key, decode
 from sarm.scoring.metrics import EngineMetrics
 from sarm.scoring.options import EngineOptions
@@ -403,7 +403,7 @@ class Engine:
         flat = np.asarray(values, np.float32).ravel()
         if flat.size != steps * dim:
             raise InvalidInput(
-                f"{what}: this model reads {dim} joint-state values per time step; send `state` with "
+                f"{what}: this model reads joint state, {dim} values per time step; send `state` with "
                 f"{steps} × {dim} = {steps * dim} values, time-major (got {flat.size})"
             )
         if not np.isfinite(flat).all():
@@ -475,7 +475,7 @@ class Engine:
         ending at t, or (a centred model) centred on t within the episode's `length` time steps."""
         window = self.manifest.window
         if not window.live and length is None:
-            raise InvalidInput(
+            raise NotLive(
                 "this model's window is centred (it reads frames after t): score whole episodes (ScoreFrames, "
                 "video upload, RA-BC), not live streams"
             )

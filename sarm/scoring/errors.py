@@ -1,5 +1,6 @@
 """What the scoring core raises; every front end maps each to its status code (INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
-DEADLINE_EXCEEDED, UNAVAILABLE; HTTP 422, 429, 504, 503) and the CLI to a one-line error."""
+DEADLINE_EXCEEDED, UNAVAILABLE, FAILED_PRECONDITION; HTTP 422, 429, 504, 503, 409) and the CLI to a one-line
+error."""
 
 from __future__ import annotations
 
@@ -22,3 +23,7 @@ class DeadlineExceeded(TimeoutError):
 
 class BackendUnavailable(RuntimeError):
     """The model server cannot be reached or failed; the call may succeed once it is back."""
+
+
+class NotLive(RuntimeError):
+    """The model cannot score live: its window is centred, so frame t needs frames that have not happened yet."""

@@ -47,6 +47,16 @@ def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
 
 
 def score_to_proto(score: WindowScore, version: str, instruction: Instruction) -> pb.Score:
+    d = score.dense
+    dense = None
+    if d is not None:
+        dense = pb.DenseScore(
+            stage_index=d.stage_index,
+            stage_name=d.stage_name,
+            stage_probs=d.stage_probs.tolist(),
+            tau=d.tau,
+            progress=d.progress,
+        )
     return pb.Score(
         stage_index=score.stage_index,
         stage_name=score.stage_name,
@@ -57,6 +67,7 @@ def score_to_proto(score: WindowScore, version: str, instruction: Instruction) -
         model_version=version,
         matched_task=instruction.task,
         task_similarity=instruction.similarity,
+        dense=dense,
     )
 
 
@@ -84,9 +95,13 @@ def model_info(engine: Engine) -> pb.ModelInfo:
             stride_frames=m.window.stride_frames or 0,
         ),
         num_cameras=m.num_cameras,
-        image=pb.ImageSize(height=m.image_height, width=m.image_width),
+        image=pb.ImageSize(height=m.image_height, width=m.image_width, resize=m.image_resize),
         frame_encoder=pb.Encoder(id=m.frame_encoder.id, version=m.frame_encoder.version, dim=m.frame_encoder.dim),
         text_encoder=pb.Encoder(id=m.text_encoder.id, version=m.text_encoder.version, dim=m.text_encoder.dim),
         backend=engine.backend.name,
         task_match_min=engine.options.task_match_min,
+        heads=m.heads,
+        dense_stage_names=m.dense_stage_names,
+        state_dim=m.state_dim,
+        architecture=m.architecture,
     )

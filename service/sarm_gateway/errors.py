@@ -3,12 +3,13 @@ The scoring errors are the core's (sarm.scoring.errors); authentication is the g
 
 from __future__ import annotations
 
-from sarm.scoring.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, Overloaded
+from sarm.scoring.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, NotLive, Overloaded
 
 __all__ = [
     "BackendUnavailable",
     "DeadlineExceeded",
     "InvalidInput",
+    "NotLive",
     "Overloaded",
     "PermissionDenied",
     "Unauthenticated",

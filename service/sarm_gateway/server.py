@@ -36,6 +36,7 @@ from sarm_gateway.errors import (
     BackendUnavailable,
     DeadlineExceeded,
     InvalidInput,
+    NotLive,
     Overloaded,
     PermissionDenied,
     Unauthenticated,
@@ -55,6 +56,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+    NotLive: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
@@ -128,16 +130,20 @@ class RewardService(pb_grpc.RewardServiceServicer):
         engine = self.engine
         async with self._errors(context), self._unit(context, request, Operation.SCORE):
             steps = engine.time_steps(len(request.frames), "the window")
+            live = engine.manifest.window.live
             if steps != engine.window_frames:
+                layout = "[episode start, t−7g, …, t−g, t]" if live else "[t−(n/2)g, …, t, …, t+(n/2)g]"
                 raise InvalidInput(
-                    f"the window has {steps} time steps; the model takes exactly "
-                    f"{engine.window_frames}: [episode start, t−7g, …, t−g, t] "
-                    "(repeat frames early in an episode)"
+                    f"the window has {steps} time steps; the model takes exactly {engine.window_frames}: "
+                    f"{layout} (repeat frames at the episode's ends)"
                 )
+            state = engine.state(request.state, steps, "the window")
             instruction = await engine.embed_instruction(request.instruction)
             encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
-            # The window is already sampled: frames 0..8 at stride 1 are the window itself.
-            [score] = await engine.score_at(encoded, [steps - 1], 1, instruction)
+            # The window is already sampled: its frames at stride 1 are the window itself, scored at its last
+            # frame (causal) or its centre (centred).
+            t = steps - 1 if live else steps // 2
+            [score] = await engine.score_at(encoded.with_state(state), [t], 1, instruction, steps)
         return pb.ScoreWindowResponse(score=score_to_proto(score, engine.version, instruction))
 
     async def ScoreFrames(self, request: pb.ScoreFramesRequest, context: Any) -> AsyncIterator[pb.FrameScore]:
@@ -146,9 +152,10 @@ class RewardService(pb_grpc.RewardServiceServicer):
             options = options_from_proto(request.options)
             stride = window_stride(request.fps, engine.manifest.window)
             steps = engine.time_steps(len(request.frames), "the episode")  # whole time steps, or InvalidInput
+            state = engine.state(request.state, steps, "the episode")
             instruction = await engine.embed_instruction(request.instruction)
             encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
-            results = await score_curve(engine, encoded, steps, stride, instruction, options)
+            results = await score_curve(engine, encoded.with_state(state), steps, stride, instruction, options)
         for result in results:
             yield frame_score_to_proto(result, engine.version, instruction)
 
@@ -170,6 +177,11 @@ class RewardService(pb_grpc.RewardServiceServicer):
                             if episode is not None:
                                 raise InvalidInput(
                                     "this stream already has an open episode: start a new stream for each episode"
+                                )
+                            if not engine.manifest.window.live:
+                                raise NotLive(
+                                    "this model's window is centred (frame t's score needs frames after t), so it "
+                                    "cannot score a live stream: send whole episodes to ScoreFrames or upload them"
                                 )
                             opened = request.open
                             options = options_from_proto(opened.options)

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sarm.cli import app
+from sarm.manifest import read_manifest
 from sarm.rabc.files import read_progress
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
@@ -88,7 +89,7 @@ def test_sarm_rabc_on_an_imported_checkpoint_gives_lerobots_progress(
     assert summary["summary"]["frames"] == len(frame)
 
 
-def test_a_dense_head_and_an_export_are_refused_for_an_imported_single_stage_model(
+def test_a_dense_head_is_refused_and_an_export_served_for_an_imported_single_stage_model(
     aloha: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     golden = copied("lerobot_sarm_insertion_single", tmp_path_factory)
@@ -116,5 +117,9 @@ def test_a_dense_head_and_an_export_are_refused_for_an_imported_single_stage_mod
         ],
     )
     assert result.exit_code == 2 and "no 'dense' progress" in result.output and "Traceback" not in result.output
+    # An imported model exports in float with CLIP's own crop: INT8 and --image-size are refused in one line.
+    resized = runner.invoke(app, ["export", str(work / "ckpt"), "--out", str(work / "repo"), "--image-size", "64x64"])
+    assert resized.exit_code == 2 and "CLIP crops any frame" in resized.output and "Traceback" not in resized.output
     exported = runner.invoke(app, ["export", str(work / "ckpt"), "--out", str(work / "repo")])
-    assert exported.exit_code == 2 and "cannot be served" in exported.output and "sarm rabc" in exported.output
+    assert exported.exit_code == 0, exported.output
+    assert read_manifest(work / "repo").architecture == "lerobot-sarm"

@@ -60,7 +60,8 @@ class RewardServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ScoreWindow(self, request, context):
-        """Score one causal window: exactly `window.frames` time steps [episode start, t−7g, …, t−g, t].
+        """Score one window: exactly `window.frames` time steps, causal [episode start, t−7g, …, t−g, t], or for a
+        centred model (window.mode "centered") [t−(n/2)g, …, t, …, t+(n/2)g], scored at its centre t.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +70,7 @@ class RewardServiceServicer:
     def StreamEpisode(self, request_iterator, context):
         """A live episode: the first message opens it, each later message carries the new frame(s) and is
         answered by one response. The server keeps the frames the causal window needs, so each frame is
-        sent and encoded once.
+        sent and encoded once. A centred model cannot score live (frame t needs frames after t): FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

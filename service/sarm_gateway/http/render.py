@@ -14,7 +14,7 @@ from sarm.rabc.files import PROGRESS_FILE, progress_table
 from sarm.rabc.progress import DatasetProgress, EpisodeProgress
 from sarm.scoring.curve import progress_of_every_frame
 from sarm.scoring.engine import Engine
-from sarm_gateway.http.schemas import FrameScore, OutputFormat, VideoScores
+from sarm_gateway.http.schemas import DenseScore, FrameScore, OutputFormat, VideoScores
 from sarm_gateway.http.scoring import VideoCurve
 
 
@@ -37,6 +37,14 @@ def scores(curve: VideoCurve, model_version: str) -> VideoScores:
                 progress=r.score.progress,
                 confidence=r.score.confidence,
                 smoothed_progress=r.smoothed_progress,
+                dense=None
+                if r.score.dense is None
+                else DenseScore(
+                    stage_index=r.score.dense.stage_index,
+                    stage_name=r.score.dense.stage_name,
+                    tau=r.score.dense.tau,
+                    progress=r.score.dense.progress,
+                ),
             )
             for r in curve.results
         ],
@@ -84,7 +92,8 @@ def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) 
     smoothed value when smoothing is on), interpolated between them as `sarm rabc --stride` does. Provenance as
     `sarm rabc` writes it, in the schema metadata."""
     progress = progress_of_every_frame(curve.results, curve.num_frames)
-    episode = EpisodeProgress(0, np.arange(len(progress), dtype=np.int64), progress)
+    dense = progress_of_every_frame(curve.results, curve.num_frames, "dense") if curve.dense else None
+    episode = EpisodeProgress(0, np.arange(len(progress), dtype=np.int64), progress, dense)
     every = curve.options.score_every
     provenance = {
         "source": "POST /v1/videos:score",
@@ -93,7 +102,7 @@ def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) 
         "fps": curve.fps,
         "smoothing": curve.options.smoothing,
         "task": {"matched": curve.matched.task, "similarity": curve.matched.similarity},
-        "window": {"mode": "causal", "frames": window_frames, "stride_frames": curve.stride},
+        "window": {"mode": curve.window_mode, "frames": window_frames, "stride_frames": curve.stride},
         "score_stride": every,
         "interpolation": "linear" if every > 1 else "none",
     }

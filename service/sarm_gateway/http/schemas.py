@@ -36,6 +36,11 @@ class ScoreForm(BaseModel):
     format: OutputFormat | SkipJsonSchema[None] = Field(
         None, description="json (default), png or parquet; the `format` query parameter does the same."
     )
+    state: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Joint state for a model that reads it (ModelInfo.state_dim > 0): a JSON array with one row of "
+        "state_dim numbers per video frame.",
+    )
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> ScoreForm:
@@ -65,6 +70,15 @@ class ScoreForm(BaseModel):
         return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
+class DenseScore(BaseModel):
+    """A dense (fine-grained subtask) head's answer for the same frame."""
+
+    stage_index: int
+    stage_name: str
+    tau: float
+    progress: float
+
+
 class FrameScore(BaseModel):
     frame_index: int
     timestamp: float = Field(description="Seconds from the first frame: frame_index / fps.")
@@ -74,6 +88,7 @@ class FrameScore(BaseModel):
     progress: float = Field(description="Normalised task progress, [0, 1].")
     confidence: float = Field(description="Probability of the predicted stage.")
     smoothed_progress: float | None = Field(description="Set when smoothing is on.")
+    dense: DenseScore | None = Field(None, description="The dense head's answer, for a model that has one.")
 
 
 class VideoScores(BaseModel):
@@ -117,6 +132,7 @@ class Window(BaseModel):
 class ImageSize(BaseModel):
     height: int
     width: int
+    resize: str = Field(description="exact: frames must be this size; clip: any size, cropped as CLIPProcessor does")
 
 
 class ModelInfo(BaseModel):
@@ -132,6 +148,10 @@ class ModelInfo(BaseModel):
     text_encoder: Encoder
     backend: str
     task_match_min: float = Field(description="Instructions less similar than this to every task are refused.")
+    heads: list[str] = Field(description="The progress heads: sparse, and dense where the model has one.")
+    dense_stage_names: list[str]
+    state_dim: int = Field(description="Joint-state values per time step the model reads (0: none).")
+    architecture: str = Field(description="sarm (ours) or lerobot-sarm (an imported LeRobot SARM).")
 
 
 class Status(BaseModel):

@@ -1,9 +1,11 @@
 """An uploaded video → its per-frame curve, by the path ScoreFrames takes: each frame encoded once (through the
-frame cache), causal windows at the stride of the video's fps, optional smoothing (sarm.scoring.curve)."""
+frame cache), the model's windows (causal at the stride of the video's fps, or centred), the joint state of a model
+that reads it, optional smoothing (sarm.scoring.curve)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ class VideoCurve:
     num_frames: int
     options: ScoringOptions
     results: list[FrameResult]
+    window_mode: str
+    dense: bool  # the model has a dense head: every result carries its answer
 
 
 def video_limits(settings: Settings) -> VideoLimits:
@@ -63,14 +67,44 @@ async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: Vide
             f"this model takes {engine.num_cameras} cameras per time step; a video upload is one "
             "camera: use the gRPC ScoreFrames call with every camera's frames"
         )
+    manifest = engine.manifest
+    if manifest.state_dim and form.state is None:
+        raise InvalidInput(
+            f"this model reads joint state ({manifest.state_dim} values per frame): send the `state` field, a JSON "
+            "array with one row per video frame; a bare video cannot be scored"
+        )
     options = form.options()
     instruction = await engine.embed_instruction(form.instruction)  # a bad instruction is refused before decoding
-    height, width = engine.image_size
+    # A CLIP model crops frames of any size itself (as CLIPProcessor does): decode them at the video's own size.
+    height, width = engine.image_size if manifest.image_resize == "exact" else (None, None)
     reader = await engine.offload(VideoReader, video, height, width, limits, form.fps)
     try:
-        stride = window_stride(reader.fps, engine.manifest.window)
+        stride = window_stride(reader.fps, manifest.window)
         encoded = await _embed(engine, reader)
     finally:
         await engine.offload(reader.close)
+    if form.state is not None:
+        encoded = encoded.with_state(engine.state(_state_rows(form.state, reader.decoded), reader.decoded, "`state`"))
     results = await score_curve(engine, encoded, reader.decoded, stride, instruction, options)
-    return VideoCurve(form.instruction, instruction, reader.fps, stride, reader.decoded, options, results)
+    return VideoCurve(
+        form.instruction,
+        instruction,
+        reader.fps,
+        stride,
+        reader.decoded,
+        options,
+        results,
+        manifest.window.mode,
+        "dense" in manifest.heads,
+    )
+
+
+def _state_rows(text: str, frames: int) -> np.ndarray:
+    """The `state` field's JSON rows as a (frames, S) array, or InvalidInput saying what is wrong."""
+    try:
+        rows = np.asarray(json.loads(text), dtype=np.float32)
+    except (ValueError, TypeError) as error:
+        raise InvalidInput(f"`state` is not a JSON array of numeric rows ({error})") from error
+    if rows.ndim != 2 or len(rows) != frames:
+        raise InvalidInput(f"`state` has shape {list(rows.shape)}; send one row per video frame ({frames} rows)")
+    return rows

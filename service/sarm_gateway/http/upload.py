@@ -22,6 +22,8 @@ from starlette.requests import ClientDisconnect
 
 FILE_FIELD = "video"
 MAX_FIELD_BYTES = 64 * 1024  # each text field; an instruction is at most SARM_MAX_INSTRUCTION_CHARS anyway
+# The joint state, as JSON rows: a few hundred bytes a frame for the longest videos the limits let through.
+FIELD_LIMITS = {"state": 16 * 1024 * 1024}
 
 
 @dataclass
@@ -83,8 +85,9 @@ class _Parts:
             self.pending.append(bytes(data[start:end]))
             return
         self._target += data[start:end]
-        if len(self._target) > MAX_FIELD_BYTES:
-            raise HTTPException(413, f"form field '{self._name}' is over {MAX_FIELD_BYTES} bytes")
+        limit = FIELD_LIMITS.get(self._name or "", MAX_FIELD_BYTES)
+        if len(self._target) > limit:
+            raise HTTPException(413, f"form field '{self._name}' is over {limit} bytes")
 
     def on_end(self) -> None:
         self.ended = True

@@ -30,10 +30,12 @@ class VideoLimits:
 
 
 class VideoReader:
-    """Frames of one video file as (k, height, width, 3) uint8 chunks; `fps` overrides the container's rate."""
+    """Frames of one video file as (k, height, width, 3) uint8 chunks (height and width None: the video's own size);
+    `fps` overrides the container's rate."""
 
-    def __init__(self, path: Path, height: int, width: int, limits: VideoLimits, fps: float | None = None) -> None:
-        self.height, self.width = height, width
+    def __init__(
+        self, path: Path, height: int | None, width: int | None, limits: VideoLimits, fps: float | None = None
+    ) -> None:
         self.limits = limits
         self.decoded = 0
         self._lock = threading.Lock()  # close() waits for a read in progress on another thread
@@ -55,6 +57,8 @@ class VideoReader:
                 raise InvalidInput("the video does not state its frame rate: send the `fps` field")
             self.fps = float(fps or native)
             self._check_resolution(stream.codec_context.width, stream.codec_context.height)
+            self.height = height or stream.codec_context.height
+            self.width = width or stream.codec_context.width
             duration = self._container.duration / av.time_base if self._container.duration else 0.0
             self._check_duration(duration, "the video's header says it lasts")
             self._check_frames(stream.frames or round(duration * native), "the video's header says it holds")

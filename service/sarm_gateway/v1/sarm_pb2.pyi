@@ -27,7 +27,7 @@ class RawImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class Score(_message.Message):
-    __slots__ = ("stage_index", "stage_name", "stage_probs", "tau", "progress", "confidence", "model_version", "matched_task", "task_similarity")
+    __slots__ = ("stage_index", "stage_name", "stage_probs", "tau", "progress", "confidence", "model_version", "matched_task", "task_similarity", "dense")
     STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     STAGE_PROBS_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Score(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MATCHED_TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
     stage_index: int
     stage_name: str
     stage_probs: _containers.RepeatedScalarFieldContainer[float]
@@ -46,15 +47,32 @@ class Score(_message.Message):
     model_version: str
     matched_task: str
     task_similarity: float
-    def __init__(self, stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_probs: _Optional[_Iterable[float]] = ..., tau: _Optional[float] = ..., progress: _Optional[float] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., matched_task: _Optional[str] = ..., task_similarity: _Optional[float] = ...) -> None: ...
+    dense: DenseScore
+    def __init__(self, stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_probs: _Optional[_Iterable[float]] = ..., tau: _Optional[float] = ..., progress: _Optional[float] = ..., confidence: _Optional[float] = ..., model_version: _Optional[str] = ..., matched_task: _Optional[str] = ..., task_similarity: _Optional[float] = ..., dense: _Optional[_Union[DenseScore, _Mapping]] = ...) -> None: ...
+
+class DenseScore(_message.Message):
+    __slots__ = ("stage_index", "stage_name", "stage_probs", "tau", "progress")
+    STAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
+    STAGE_PROBS_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    stage_index: int
+    stage_name: str
+    stage_probs: _containers.RepeatedScalarFieldContainer[float]
+    tau: float
+    progress: float
+    def __init__(self, stage_index: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_probs: _Optional[_Iterable[float]] = ..., tau: _Optional[float] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class ScoreWindowRequest(_message.Message):
-    __slots__ = ("instruction", "frames")
+    __slots__ = ("instruction", "frames", "state")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     instruction: str
     frames: _containers.RepeatedCompositeFieldContainer[Frame]
-    def __init__(self, instruction: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
+    state: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, instruction: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., state: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreWindowResponse(_message.Message):
     __slots__ = ("score",)
@@ -123,16 +141,18 @@ class StreamEpisodeResponse(_message.Message):
     def __init__(self, episode_id: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[FrameScore, _Mapping]]] = ...) -> None: ...
 
 class ScoreFramesRequest(_message.Message):
-    __slots__ = ("instruction", "frames", "fps", "options")
+    __slots__ = ("instruction", "frames", "fps", "options", "state")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     instruction: str
     frames: _containers.RepeatedCompositeFieldContainer[Frame]
     fps: float
     options: ScoringOptions
-    def __init__(self, instruction: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., fps: _Optional[float] = ..., options: _Optional[_Union[ScoringOptions, _Mapping]] = ...) -> None: ...
+    state: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, instruction: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ..., fps: _Optional[float] = ..., options: _Optional[_Union[ScoringOptions, _Mapping]] = ..., state: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -175,15 +195,17 @@ class Window(_message.Message):
     def __init__(self, frames: _Optional[int] = ..., stride_seconds: _Optional[float] = ..., max_rewind: _Optional[int] = ..., sequence_length: _Optional[int] = ..., mode: _Optional[str] = ..., stride_frames: _Optional[int] = ...) -> None: ...
 
 class ImageSize(_message.Message):
-    __slots__ = ("height", "width")
+    __slots__ = ("height", "width", "resize")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
+    resize: str
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., resize: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "stage_names", "tasks", "window", "num_cameras", "image", "frame_encoder", "text_encoder", "backend", "task_match_min")
+    __slots__ = ("model_version", "stage_names", "tasks", "window", "num_cameras", "image", "frame_encoder", "text_encoder", "backend", "task_match_min", "heads", "dense_stage_names", "state_dim", "architecture")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGE_NAMES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +216,10 @@ class ModelInfo(_message.Message):
     TEXT_ENCODER_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     TASK_MATCH_MIN_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    DENSE_STAGE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIM_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     stage_names: _containers.RepeatedScalarFieldContainer[str]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
@@ -204,4 +230,8 @@ class ModelInfo(_message.Message):
     text_encoder: Encoder
     backend: str
     task_match_min: float
-    def __init__(self, model_version: _Optional[str] = ..., stage_names: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., num_cameras: _Optional[int] = ..., image: _Optional[_Union[ImageSize, _Mapping]] = ..., frame_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., text_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., backend: _Optional[str] = ..., task_match_min: _Optional[float] = ...) -> None: ...
+    heads: _containers.RepeatedScalarFieldContainer[str]
+    dense_stage_names: _containers.RepeatedScalarFieldContainer[str]
+    state_dim: int
+    architecture: str
+    def __init__(self, model_version: _Optional[str] = ..., stage_names: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., num_cameras: _Optional[int] = ..., image: _Optional[_Union[ImageSize, _Mapping]] = ..., frame_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., text_encoder: _Optional[_Union[Encoder, _Mapping]] = ..., backend: _Optional[str] = ..., task_match_min: _Optional[float] = ..., heads: _Optional[_Iterable[str]] = ..., dense_stage_names: _Optional[_Iterable[str]] = ..., state_dim: _Optional[int] = ..., architecture: _Optional[str] = ...) -> None: ...
