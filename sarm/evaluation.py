@@ -359,11 +359,13 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             "",
             "Stage changes per episode by task (predicted vs annotated, ratio; argmax stage at every frame):",
             "",
-            "| task | checkpoint | episodes | stage changes |",
-            "| --- | --- | --- | --- |",
+            "| task | episodes | " + " | ".join(f"stage changes: {name}" for name, _ in by_task) + " |",
+            "| --- " * (2 + len(by_task)) + "|",
         ]
-        for name, tasks in by_task:
-            lines += [f"| {task} | {name} | {f['episodes']} | {_flicker_cell(f)} |" for task, f in tasks.items()]
+        first = by_task[0][1]
+        for task, f in first.items():
+            cells = " | ".join(_flicker_cell(tasks[task]) for _, tasks in by_task)
+            lines.append(f"| {task} | {f['episodes']} | {cells} |")
     lines += [
         "",
         "Demo MSE by quality:",

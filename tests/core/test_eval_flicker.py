@@ -76,3 +76,29 @@ def test_fixed_stride_share_counts_frames_past_eight_strides() -> None:
     assert fixed_stride_share([100, 50], 10) == pytest.approx(20 / 150)
     assert fixed_stride_share([80], 10) == 0.0
     assert fixed_stride_share([], 10) == 0.0
+
+
+def test_report_shows_flicker_next_to_voc_and_per_task() -> None:
+    from sarm.evaluation import _markdown
+
+    flicker = flicker_summary([4, 4], [3, 3])
+    row = {
+        "labels": "stage",
+        "in_sample": False,
+        "voc_mean": 0.9,
+        "voc_episodes": 2,
+        "demo_mse": 0.01,
+        "stage_accuracy": 0.8,
+        "success_auroc": None,
+        "stage_flicker": {"overall": flicker, "by_task": {"Pick it.": flicker}},
+        "fixed_stride_share": 0.6,
+        "stride_frames": 80,
+        "demo_mse_by_quality": {"clean": 0.01},
+    }
+    baseline = row | {"labels": "frame-index", "stage_flicker": None, "stage_accuracy": None}
+    report = _markdown({"data": "d", "episodes": 2, "checkpoints": {"sarm": row, "baseline": baseline}}, [])
+    assert "| 4.00 vs 3.00 (1.33x) | 60% (stride 80 frames) |" in report
+    assert "| Pick it. | 2 | 4.00 vs 3.00 (1.33x) |" in report
+    # The baseline has one stage class: no flicker figure, and each checkpoint keeps one row per table.
+    assert "| baseline | frame-index | held out | 0.9000 (n=2) | 0.0100 | n/a | n/a | n/a |" in report
+    assert report.count("| sarm |") == 2
