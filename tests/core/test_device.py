@@ -7,6 +7,7 @@ default resolves to the CPU.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import shutil
@@ -21,6 +22,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 import sarm.device
+import sarm.rabc.progress
 from sarm.cli import app
 from sarm.device import CPU_PROVIDER, CUDA_PROVIDER, DeviceError, onnx_providers, resolve_device
 from sarm.embeddings import embed_dataset, store_path
@@ -297,3 +299,55 @@ def test_rabc_of_an_imported_lerobot_model_on_cuda_without_one_is_one_line(
     out = tmp_path / "out"
     assert_one_line_error(runner.invoke(app, rabc_args(data, checkpoint, out, "--device", "cuda")), NO_GPU)
     assert not out.exists()
+
+
+# Where ONNX Runtime has a non-CPU provider, it reaches the sessions. AzureExecutionProvider, which every default
+# onnxruntime build lists and which leaves all the work to the CPU provider, stands in for CUDA's here.
+STAND_IN = ["AzureExecutionProvider", CPU_PROVIDER]
+
+
+@pytest.fixture
+def stand_in_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no AzureExecutionProvider to stand in for CUDA's")
+    embed_module = importlib.import_module("sarm.cli.embed")  # `sarm.cli.embed` is also the command's name
+    monkeypatch.setattr(embed_module, "onnx_providers", lambda name: STAND_IN if name == "cuda" else [CPU_PROVIDER])
+    monkeypatch.setattr(
+        sarm.rabc.progress, "onnx_providers", lambda name: STAND_IN if name == "cuda" else [CPU_PROVIDER]
+    )
+
+
+def test_the_rabc_engine_opens_its_sessions_on_the_providers_given(sarm_checkpoint: Path) -> None:
+    from sarm.rabc.progress import EngineHandle
+    from sarm.scoring.options import EngineOptions
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no AzureExecutionProvider to stand in for CUDA's")
+    handle = EngineHandle.open(sarm_checkpoint, EngineOptions(), providers=STAND_IN)
+    try:
+        backend = handle.engine.backend
+        assert [session.get_providers() for session in (backend._encoder, backend._heads)] == [STAND_IN] * 2
+    finally:
+        handle.close()
+
+
+def test_embed_and_rabc_run_on_the_providers_cuda_resolves_to(
+    stand_in_cuda: None, embedded: Path, sarm_checkpoint: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = ["--cache-dir", str(tmp_path_factory.getbasetemp() / "onnx-cache")]
+    stores = {}
+    for name, device in (("cpu", "cpu"), ("stand-in", "cuda")):
+        root = fresh_copy(embedded, tmp_path / name)
+        result = runner.invoke(app, ["embed", str(root), *cache, "--device", device])
+        assert result.exit_code == 0, result.output
+        assert f"on {STAND_IN[0] if device == 'cuda' else CPU_PROVIDER}" in result.output
+        stores[name] = stored(root)
+    assert stores["cpu"] == stores["stand-in"]
+    runs = {}
+    for name, device in (("cpu", "cpu"), ("stand-in", "cuda")):
+        out = tmp_path / f"rabc-{name}"
+        result = runner.invoke(app, rabc_args(tmp_path / "cpu", sarm_checkpoint, out, "--device", device))
+        assert result.exit_code == 0, result.output
+        runs[name] = progress_columns(out)
+    for column, values in runs["cpu"].items():
+        np.testing.assert_array_equal(values, runs["stand-in"][column], err_msg=column)
