@@ -29,6 +29,7 @@ from sarm_client.errors import (
     InvalidArgument,
     JobFailed,
     NotFound,
+    NotLive,
     Overloaded,
     PermissionDenied,
     SarmError,
@@ -37,6 +38,7 @@ from sarm_client.errors import (
 )
 from sarm_client.evaluate import EpisodeResult, Evaluation, evaluate_videos
 from sarm_client.models import (
+    DenseScore,
     Encoder,
     FrameScore,
     Image,
@@ -45,6 +47,7 @@ from sarm_client.models import (
     Score,
     ScoringOptions,
     ServingStatus,
+    State,
     Task,
     Window,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "AsyncSarmClient",
     "Conflict",
     "DeadlineExceeded",
+    "DenseScore",
     "Encoder",
     "EpisodeResult",
     "EpisodeStream",
@@ -70,6 +74,7 @@ __all__ = [
     "JobFailed",
     "ModelInfo",
     "NotFound",
+    "NotLive",
     "Overloaded",
     "PermissionDenied",
     "RabcJob",
@@ -82,6 +87,7 @@ __all__ = [
     "Score",
     "ScoringOptions",
     "ServingStatus",
+    "State",
     "Task",
     "Timeout",
     "Unauthenticated",

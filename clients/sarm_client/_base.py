@@ -11,7 +11,7 @@ import grpc
 from sarm_client import _wire
 from sarm_client.config import TLS, Deadline, Retry, Timeout
 from sarm_client.errors import DeadlineExceeded, SarmError
-from sarm_client.models import FrameScore, Image, Images
+from sarm_client.models import FrameScore, Image, Images, State
 from sarm_client.v1 import sarm_pb2 as pb
 
 
@@ -89,7 +89,7 @@ class EpisodeBase:
         self._closed = False
         self.steps = 0  # steps answered
 
-    def _step_request(self, frames: Image | Images, state: Sequence[float] | None) -> pb.StreamEpisodeRequest:
+    def _step_request(self, frames: Image | Images, state: State | None) -> pb.StreamEpisodeRequest:
         if self._failure is not None:
             raise self._failure
         if self._closed:

@@ -8,6 +8,7 @@ import numpy as np
 
 from sarm_client.errors import InvalidArgument
 from sarm_client.models import (
+    DenseScore,
     Encoder,
     FrameScore,
     Image,
@@ -15,6 +16,7 @@ from sarm_client.models import (
     ModelInfo,
     Score,
     ScoringOptions,
+    State,
     Task,
     Window,
 )
@@ -64,18 +66,26 @@ def checked_fps(fps: float | None) -> float:
     return float(fps)
 
 
-def window_request(instruction: str, frames: Images) -> pb.ScoreWindowRequest:
-    return pb.ScoreWindowRequest(instruction=instruction, frames=frames_to_proto(frames))
+def state_values(state: State | None) -> list[float]:
+    """Joint state as the flat, time-major list the wire carries: rows (one per time step) or already flat."""
+    if state is None:
+        return []
+    return [float(x) for x in np.asarray(state, dtype=np.float64).ravel()]
+
+
+def window_request(instruction: str, frames: Images, state: State | None = None) -> pb.ScoreWindowRequest:
+    return pb.ScoreWindowRequest(instruction=instruction, frames=frames_to_proto(frames), state=state_values(state))
 
 
 def frames_request(
-    instruction: str, frames: Images, fps: float, options: ScoringOptions | None
+    instruction: str, frames: Images, fps: float, options: ScoringOptions | None, state: State | None = None
 ) -> pb.ScoreFramesRequest:
     return pb.ScoreFramesRequest(
         instruction=instruction,
         frames=frames_to_proto(frames),
         fps=checked_fps(fps),
         options=options_to_proto(options or ScoringOptions()),
+        state=state_values(state),
     )
 
 
@@ -93,8 +103,8 @@ def open_request(
     )
 
 
-def step_request(frames: Image | Images, state: Sequence[float] | None) -> pb.StreamEpisodeRequest:
-    return pb.StreamEpisodeRequest(step=pb.FrameStep(frames=frames_to_proto(frames), state=list(state or ())))
+def step_request(frames: Image | Images, state: State | None) -> pb.StreamEpisodeRequest:
+    return pb.StreamEpisodeRequest(step=pb.FrameStep(frames=frames_to_proto(frames), state=state_values(state)))
 
 
 def score(message: pb.Score) -> Score:
@@ -108,6 +118,17 @@ def score(message: pb.Score) -> Score:
         model_version=message.model_version,
         matched_task=message.matched_task,
         task_similarity=message.task_similarity,
+        dense=_dense(message.dense) if message.HasField("dense") else None,
+    )
+
+
+def _dense(message: pb.DenseScore) -> DenseScore:
+    return DenseScore(
+        stage_index=message.stage_index,
+        stage_name=message.stage_name,
+        stage_probs=tuple(message.stage_probs),
+        tau=message.tau,
+        progress=message.progress,
     )
 
 
@@ -140,4 +161,9 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
         text_encoder=_encoder(message.text_encoder),
         backend=message.backend,
         task_match_min=message.task_match_min,
+        heads=tuple(message.heads) or ("sparse",),
+        dense_stage_names=tuple(message.dense_stage_names),
+        state_dim=message.state_dim,
+        architecture=message.architecture or "sarm",
+        image_resize=message.image.resize or "exact",
     )

@@ -16,7 +16,7 @@ from sarm_client import _wire, video
 from sarm_client._base import Attempts, ClientConfig, EpisodeBase, open_channel
 from sarm_client.config import TLS, Retry, Timeout
 from sarm_client.errors import from_rpc_error
-from sarm_client.models import FrameScore, Image, Images, ModelInfo, Score, ScoringOptions, ServingStatus
+from sarm_client.models import FrameScore, Image, Images, ModelInfo, Score, ScoringOptions, ServingStatus, State
 from sarm_client.v1 import sarm_pb2 as pb
 from sarm_client.v1 import sarm_pb2_grpc as pb_grpc
 
@@ -55,7 +55,7 @@ class AsyncEpisodeStream(EpisodeBase):
             yield request
 
     async def step(
-        self, frames: Image | Images, state: Sequence[float] | None = None, *, timeout: float | None = None
+        self, frames: Image | Images, state: State | None = None, *, timeout: float | None = None
     ) -> list[FrameScore]:
         """Send the next time step(s) and the robot state, if any; returns the scores of the scored frames."""
         self._requests.put_nowait(self._step_request(frames, state))
@@ -136,8 +136,10 @@ class AsyncSarmClient:
     async def _collect_frames(self, request: pb.ScoreFramesRequest, **kwargs: Any) -> list[pb.FrameScore]:
         return [message async for message in self._stub.ScoreFrames(request, **kwargs)]
 
-    async def score_window(self, instruction: str, frames: Images, *, timeout: float | None = None) -> Score:
-        request = _wire.window_request(instruction, frames)
+    async def score_window(
+        self, instruction: str, frames: Images, *, state: State | None = None, timeout: float | None = None
+    ) -> Score:
+        request = _wire.window_request(instruction, frames, state)
         return _wire.score((await self._unary(self._stub.ScoreWindow, request, timeout)).score)
 
     async def score_frames(
@@ -147,9 +149,10 @@ class AsyncSarmClient:
         fps: float,
         *,
         options: ScoringOptions | None = None,
+        state: State | None = None,
         timeout: float | None = None,
     ) -> list[FrameScore]:
-        request = _wire.frames_request(instruction, frames, fps, options)
+        request = _wire.frames_request(instruction, frames, fps, options, state)
         return [_wire.frame_score(m) for m in await self._unary(self._collect_frames, request, timeout)]
 
     async def score_video(
@@ -164,7 +167,9 @@ class AsyncSarmClient:
         on_progress: video.Progress | None = None,
     ) -> list[FrameScore]:
         """See `SarmClient.score_video`; decoding runs in a worker thread, off the event loop."""
-        frames = await asyncio.to_thread(video.decode, path, await self.info(timeout=timeout))
+        info = await self.info(timeout=timeout)
+        video.check_streamable(info)
+        frames = await asyncio.to_thread(video.decode, path, info)
         fps = await asyncio.to_thread(video.frame_rate, path) if fps is None else fps
         scores: list[FrameScore] = []
         async with self.stream(

@@ -17,7 +17,7 @@ from sarm_client import _wire, video
 from sarm_client._base import Attempts, ClientConfig, EpisodeBase, open_channel
 from sarm_client.config import TLS, Retry, Timeout
 from sarm_client.errors import SarmError, from_rpc_error
-from sarm_client.models import FrameScore, Image, Images, ModelInfo, Score, ScoringOptions, ServingStatus
+from sarm_client.models import FrameScore, Image, Images, ModelInfo, Score, ScoringOptions, ServingStatus, State
 from sarm_client.v1 import sarm_pb2 as pb
 from sarm_client.v1 import sarm_pb2_grpc as pb_grpc
 
@@ -55,7 +55,7 @@ class EpisodeStream(EpisodeBase):
             self._replies.put(_END)
 
     def step(
-        self, frames: Image | Images, state: Sequence[float] | None = None, *, timeout: float | None = None
+        self, frames: Image | Images, state: State | None = None, *, timeout: float | None = None
     ) -> list[FrameScore]:
         """Send the next time step(s) (one image per camera per step) and the robot state, if any; returns the
         scores of the frames the stream's ScoringOptions score (an empty list when `score_every` skips them)."""
@@ -127,9 +127,13 @@ class SarmClient:
                 wait = attempts.failed(from_rpc_error(error), error)
             time.sleep(wait)
 
-    def score_window(self, instruction: str, frames: Images, *, timeout: float | None = None) -> Score:
-        """Score one causal window: `ModelInfo.window.frames` time steps [episode start, t−7g, …, t−g, t]."""
-        request = _wire.window_request(instruction, frames)
+    def score_window(
+        self, instruction: str, frames: Images, *, state: State | None = None, timeout: float | None = None
+    ) -> Score:
+        """Score one window of `ModelInfo.window.frames` time steps: causal [episode start, t−7g, …, t−g, t], or for
+        a centred model [t−(n/2)g, …, t, …, t+(n/2)g], scored at its centre. `state`: the joint state of each time
+        step, for a model that reads it (ModelInfo.state_dim)."""
+        request = _wire.window_request(instruction, frames, state)
         return _wire.score(self._unary(self._stub.ScoreWindow, request, timeout).score)
 
     def score_frames(
@@ -139,10 +143,12 @@ class SarmClient:
         fps: float,
         *,
         options: ScoringOptions | None = None,
+        state: State | None = None,
         timeout: float | None = None,
     ) -> list[FrameScore]:
-        """The per-frame curve of a whole episode (frame 0 = its start), sent as one message."""
-        request = _wire.frames_request(instruction, frames, fps, options)
+        """The per-frame curve of a whole episode (frame 0 = its start), sent as one message; `state`: each time
+        step's joint state, for a model that reads it (ModelInfo.state_dim)."""
+        request = _wire.frames_request(instruction, frames, fps, options, state)
         replies = self._unary(lambda r, **kw: list(self._stub.ScoreFrames(r, **kw)), request, timeout)
         return [_wire.frame_score(m) for m in replies]
 
@@ -163,7 +169,9 @@ class SarmClient:
         `step_bytes` (same scores as score_frames); `timeout` bounds the whole video (default Timeout.episode)
         and each piece waits at most Timeout.call. `fps` defaults to the file's frame rate.
         """
-        frames = video.decode(path, self.info(timeout=timeout))
+        info = self.info(timeout=timeout)
+        video.check_streamable(info)
+        frames = video.decode(path, info)
         fps = video.frame_rate(path) if fps is None else fps
         scores: list[FrameScore] = []
         with self.stream(

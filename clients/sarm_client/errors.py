@@ -90,6 +90,11 @@ class Unavailable(SarmError):
     """The server cannot be reached, is shutting down, or its model backend is down; a later call may succeed."""
 
 
+class NotLive(SarmError):
+    """The model cannot score a live stream: its window is centred (LeRobot's), so frame t needs later frames. Score
+    whole episodes instead (score_frames, or the HTTP video upload)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[SarmError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
@@ -97,6 +102,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SarmError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.FAILED_PRECONDITION: NotLive,
 }
 
 

@@ -16,6 +16,9 @@ Image = np.ndarray | bytes
 # Several images: an (N, H, W, 3) uint8 array or a sequence of images. With several cameras they are time-major:
 # every camera of one time step (in ModelInfo order), then the next time step.
 Images = np.ndarray | Sequence[Image]
+# Joint state for a model that reads it (ModelInfo.state_dim > 0): one row of state_dim numbers per time step, as a
+# (T, state_dim) array or rows of numbers, or already flat (time-major).
+State = np.ndarray | Sequence[float] | Sequence[Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,18 @@ class Score:
     # how similar the two are; an instruction below ModelInfo.task_match_min is refused (InvalidArgument).
     matched_task: str = ""
     task_similarity: float = 1.0
+    dense: DenseScore | None = None  # the dense head's answer, for a model that has one (ModelInfo.heads)
+
+
+@dataclass(frozen=True)
+class DenseScore:
+    """A dense (fine-grained subtask) head's answer for the same window; stages are ModelInfo.dense_stage_names."""
+
+    stage_index: int
+    stage_name: str
+    stage_probs: tuple[float, ...]
+    tau: float
+    progress: float
 
 
 @dataclass(frozen=True)
@@ -91,11 +106,16 @@ class ModelInfo:
     tasks: tuple[Task, ...]
     window: Window
     num_cameras: int
-    image_size: tuple[int, int]  # (height, width) every frame must have: the gateway never resizes
+    image_size: tuple[int, int]  # (height, width) every frame must have, unless image_resize is "clip"
     frame_encoder: Encoder
     text_encoder: Encoder
     backend: str
     task_match_min: float = 0.0  # instructions less similar than this to every task are refused
+    heads: tuple[str, ...] = ("sparse",)  # progress heads: sparse, and dense where the model has one
+    dense_stage_names: tuple[str, ...] = ()
+    state_dim: int = 0  # joint-state values per time step the model reads (send `state` with the frames)
+    architecture: str = "sarm"  # or "lerobot-sarm" (an imported LeRobot SARM)
+    image_resize: str = "exact"  # "clip": frames of any size, cropped by the server as CLIPProcessor does
 
 
 class ServingStatus(enum.Enum):

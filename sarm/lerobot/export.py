@@ -35,6 +35,8 @@ class CLIPImageGraph(nn.Module):
     def __init__(self, vision: nn.Module) -> None:
         super().__init__()
         self.vision = vision.eval()
+        self.lut: Tensor
+        self.offsets: Tensor
         self.register_buffer("lut", torch.from_numpy(PIXEL_LUT.copy()))
         self.register_buffer("offsets", (torch.arange(3) * 256).reshape(1, 3, 1, 1))
 

@@ -23,7 +23,11 @@ def test_cpu_repository_layout_and_manifest(cpu_model_repo: Path) -> None:
     repo = cpu_model_repo
     manifest = read_manifest(repo).to_dict()
     assert manifest == json.loads((repo / "sarm_manifest.json").read_text())  # parsing loses nothing
-    assert manifest["stage_names"] == ["reach", "grasp", "lift"] and manifest["image"] == {"height": 48, "width": 64}
+    assert manifest["stage_names"] == ["reach", "grasp", "lift"] and manifest["image"] == {
+        "height": 48,
+        "width": 64,
+        "resize": "exact",
+    }
     assert manifest["tasks"] == [
         {"instruction": "", "stage_names": ["reach", "grasp", "lift"], "proportions": [0.5, 0.2, 0.3]}
     ]

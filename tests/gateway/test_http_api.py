@@ -196,7 +196,7 @@ def test_probes_model_info_and_openapi(served: RunningGateway, client: httpx.Cli
     info = client.get("/v1/model").json()
     grpc_info = served.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
     assert info["model_version"] == grpc_info.model_version and info["stage_names"] == ["reach", "grasp", "lift"]
-    assert info["image"] == {"height": H, "width": W} and info["window"]["frames"] == 9
+    assert info["image"] == {"height": H, "width": W, "resize": "exact"} and info["window"]["frames"] == 9
     assert info["tasks"][0]["proportions"] == pytest.approx([0.5, 0.2, 0.3])
     assert info["frame_encoder"]["id"] == grpc_info.frame_encoder.id and info["backend"] == "local"
     schema = client.get("/openapi.json").json()

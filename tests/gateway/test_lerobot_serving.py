@@ -24,6 +24,7 @@ from sarm.lerobot.checkpoint import import_lerobot
 from sarm.lerobot.text import LeRobotTextEncoder
 from sarm.manifest import read_manifest
 from sarm.triton import TritonServer
+from sarm_client import ScoringOptions
 from sarm_gateway.v1 import sarm_pb2 as pb
 from tests.conftest import LEROBOT_FIXTURE
 from tests.gateway_harness import TIMEOUT, RunningGateway, raw
@@ -200,3 +201,24 @@ def test_triton_serves_the_same_numbers(
             check_against_golden(score_frames(running.stub, frames, state, task), golden[0])
         finally:
             running.close()
+
+
+def test_the_client_sends_state_and_reads_the_dense_head(
+    served: RunningGateway, dataset: LeRobotDataset, golden: dict[int, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    from sarm_client import NotLive, SarmClient
+
+    frames, state, task = episode_inputs(dataset, 0)
+    address = f"127.0.0.1:{served.gateway.port}"
+    with SarmClient(address) as client:
+        info = client.info()
+        assert info.state_dim == 14 and info.heads == ("sparse", "dense") and info.image_resize == "clip"
+        scores = client.score_frames(task, frames, 50.0, options=ScoringOptions(score_every=EVERY), state=state)
+        assert [s.frame_index for s in scores] == golden[0]["frames"].tolist()
+        dense = np.array([s.score.dense.progress for s in scores if s.score.dense is not None])
+        assert np.abs(dense - golden[0]["dense"]).max() < TOLERANCE
+        write_lossless(frames[:20], tmp_path / "short.mkv")
+        with pytest.raises(NotLive, match="centred"):
+            client.score_video(tmp_path / "short.mkv", task)
+        with pytest.raises(NotLive, match="centred"), client.stream(task, fps=50.0) as episode:
+            episode.step(frames[:1], state[0])
