@@ -131,11 +131,11 @@ async def _score_episodes(
 ) -> dict[int, EpisodeScores]:
     """Every frame of every episode, from the stored embeddings, through the scoring engine on the PyTorch backend
     (the loop every front end uses: windows, the score cache's keys, batching)."""
-    from sarm.encoders.registry import load_text_encoder
+    from sarm.encoders.registry import text_encoder_for
 
     options = EngineOptions(frame_cache_entries=0, score_cache_entries=0)
     manifest = checkpoint_manifest(checkpoint, model, info)
-    text_encoder = load_text_encoder(manifest.text_encoder.id)  # checked against the checkpoint's by the engine
+    text_encoder = text_encoder_for(manifest.text_encoder)  # checked against the checkpoint's by the engine
     engine = Engine(
         manifest,
         TorchBackend(model, device=device),

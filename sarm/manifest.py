@@ -124,6 +124,10 @@ class Manifest:
     architecture: str = "sarm"
     image_resize: str = "exact"
     dense_stage_names: tuple[str, ...] = ()  # the dense head's stages (when "dense" is in heads)
+    # The dataset features the model reads when it labels a LeRobot dataset: its cameras (() = the dataset's own, in
+    # order) and its joint state (when state_dim > 0).
+    camera_keys: tuple[str, ...] = ()
+    state_key: str = ""
 
     @property
     def heads_inputs(self) -> tuple[str, ...]:
@@ -197,6 +201,8 @@ class Manifest:
             architecture=str(raw.get("architecture", "sarm")),
             image_resize=str(raw["image"].get("resize", "exact")),
             dense_stage_names=tuple(str(n) for n in raw.get("dense_stage_names", ())),
+            camera_keys=tuple(str(k) for k in raw.get("camera_keys", ())),
+            state_key=str(raw.get("state_key", "")),
         )
 
     def _problems(self) -> list[str]:
@@ -235,6 +241,10 @@ class Manifest:
             problems.append(f"architecture is {self.architecture!r}; use one of {ARCHITECTURES}")
         if self.image_resize not in IMAGE_RESIZES:
             problems.append(f"image.resize is {self.image_resize!r}; use one of {IMAGE_RESIZES}")
+        if self.state_dim and not self.state_key:
+            problems.append("a model that reads state (state_dim > 0) names its dataset feature in state_key")
+        if self.camera_keys and len(self.camera_keys) != self.num_cameras:
+            problems.append(f"camera_keys names {len(self.camera_keys)} cameras; num_cameras is {self.num_cameras}")
         if ("dense" in self.heads) != bool(self.dense_stage_names):
             problems.append("dense_stage_names must be given exactly when heads include 'dense'")
         if self.architecture == "sarm" and (self.heads != ("sparse",) or w.mode != "causal"):
@@ -269,6 +279,8 @@ class Manifest:
             "max_batch": self.max_batch,
             "architecture": self.architecture,
             "dense_stage_names": list(self.dense_stage_names),
+            "camera_keys": list(self.camera_keys),
+            "state_key": self.state_key,
             "models": dict(self.models),
             "onnx": dict(self.onnx),
             "onnx_sha256": dict(self.onnx_sha256),

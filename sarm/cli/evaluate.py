@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sarm.cli.train import USER_ERRORS
 from sarm.device import DEVICE_HELP, DeviceName
+from sarm.encoders.weights import ENCODER_PATH_HELP, use_encoder_path
 
 console = Console()
 
@@ -26,10 +27,12 @@ def eval_command(
         ),
     ] = False,
     device: Annotated[DeviceName, typer.Option(help=f"Where the checkpoints' heads run. {DEVICE_HELP}")] = "auto",
+    encoder_path: Annotated[Path | None, typer.Option(help=ENCODER_PATH_HELP)] = None,
 ) -> None:
     """Evaluate checkpoints on held-out demos; writes REPORT_DIR/metrics.json, report.md and PNG plots."""
     from sarm.evaluation import evaluate
 
+    use_encoder_path(encoder_path)
     try:
         report = evaluate(checkpoints, data, out, allow_in_sample, device)
     except USER_ERRORS as error:

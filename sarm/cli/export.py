@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from sarm.cli.train import USER_ERRORS
+from sarm.encoders.weights import ENCODER_PATH_HELP, use_encoder_path
 
 console = Console()
 
@@ -39,10 +40,12 @@ def export_command(
         list[Path] | None,
         typer.Option(help="LeRobot dataset whose frames calibrate --quantize int8 (repeat for several)."),
     ] = None,
+    encoder_path: Annotated[Path | None, typer.Option(help=ENCODER_PATH_HELP)] = None,
 ) -> None:
     """Export the frame encoder and SARM heads to ONNX and write a Triton model repository with a manifest."""
     from sarm.export.model_repo import export_model_repository
 
+    use_encoder_path(encoder_path)
     if target not in ("cpu", "gpu"):
         console.print(f"[red]error:[/red] --target must be cpu or gpu, got {target!r}")
         raise typer.Exit(2)

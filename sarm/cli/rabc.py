@@ -13,6 +13,7 @@ from sarm.cli.progress import progress_bar
 from sarm.cli.train import USER_ERRORS
 from sarm.data.video import VideoError
 from sarm.device import DEVICE_HELP, DeviceName
+from sarm.encoders.weights import ENCODER_PATH_HELP, use_encoder_path
 from sarm.rabc.files import PROGRESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from sarm.rabc.progress import OnEpisode
 from sarm.rabc.weights import RabcParams, RabcSummary, Stats
@@ -74,15 +75,17 @@ def rabc_command(
         DeviceName,
         typer.Option(
             help="Where scoring runs: ONNX Runtime's CUDA provider (onnxruntime-gpu) for our checkpoints with "
-            "--backend local, torch for imported LeRobot ones; Triton places its models itself. " + DEVICE_HELP
+            "--backend local; Triton places its models itself. " + DEVICE_HELP
         ),
     ] = "auto",
+    encoder_path: Annotated[Path | None, typer.Option(help=ENCODER_PATH_HELP)] = None,
 ) -> None:
     """Score every frame with CKPT, then write RA-BC weights (paper eq. 8–9) and print their summary."""
     from sarm.rabc.pipeline import run_rabc
     from sarm.rabc.plot import plot_rabc
     from sarm.scoring.options import EngineOptions
 
+    use_encoder_path(encoder_path)
     engine = EngineOptions(backend=backend, triton_url=triton_url, intra_op_threads=threads)
     try:
         params = RabcParams(chunk_size, kappa, eps, stats)

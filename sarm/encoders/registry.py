@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sarm.encoders.base import FrameEncoder, TextEncoder
+from sarm.encoders.weights import local_weights
 from sarm.manifest import Encoder as ManifestEncoder
 
 DEFAULT_FRAME_ENCODER = "efficientnet-lite0"
@@ -61,10 +62,10 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, **kw: Any) -> TextEncode
 
 
 def text_encoder_for(encoder: ManifestEncoder) -> TextEncoder:
-    """The instruction encoder a model repository names, from the local weights it records (`model_path`) if any."""
+    """The instruction encoder a model repository names; one that needs local weights (CLIP) finds them as
+    sarm.encoders.weights says (SARM_ENCODER_PATH, else the folder the manifest records)."""
     if encoder.extra.get("features") == "clip-processor-projected":  # an imported LeRobot SARM's
         from sarm.lerobot.text import LeRobotTextEncoder
 
         return LeRobotTextEncoder(encoder.extra["model_path"])
-    path = encoder.extra.get("model_path")
-    return load_text_encoder(encoder.id, **({"model_path": str(path)} if path else {}))
+    return load_text_encoder(encoder.id, **local_weights(encoder.id, encoder.extra.get("model_path")))

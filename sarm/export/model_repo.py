@@ -25,6 +25,7 @@ from typing import Any, Literal
 from sarm.encoders.base import check_encoder
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_encoder
 from sarm.encoders.registry import load_frame_encoder
+from sarm.encoders.weights import local_weights
 from sarm.export.onnx_heads import export_heads
 from sarm.export.quantize import CalibrationError, calibration_frames, quantize_in_place
 from sarm.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, read_manifest
@@ -154,7 +155,9 @@ def export_model_repository(
         raw = export_lerobot_graphs(checkpoint, out, target, {r: sources[n] for r, n in MODELS.items()})
         return _write_repository(out, Manifest.from_dict({**raw, "models": dict(MODELS)}), target)
     model, info = load_checkpoint(checkpoint)
-    encoder = load_frame_encoder(info.frame_encoder["id"])
+    encoder = load_frame_encoder(
+        info.frame_encoder["id"], **local_weights(info.frame_encoder["id"], info.frame_encoder.get("model_path"))
+    )
     try:
         check_encoder(encoder, info.frame_encoder["id"], info.frame_encoder["version"])
     except ValueError as error:

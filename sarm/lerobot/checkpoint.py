@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sarm.encoders.weights import EncoderWeightsMissing, resolve_local
 from sarm.lerobot.clip import LeRobotCLIP
 from sarm.lerobot.config import (
     CONFIG_FILE,
@@ -50,27 +51,10 @@ class LeRobotImportError(ValueError):
 
 def resolve_clip(clip: str) -> Path:
     """A local CLIP folder, or a Hub id resolved from the local Hugging Face cache only (never downloaded)."""
-    path = Path(clip).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise LeRobotImportError(
-                f"--clip {clip}: the folder holds no config.json (expected CLIP's save_pretrained)"
-            )
-        return path.resolve()
-    if path.exists() or clip.count("/") != 1:
-        raise LeRobotImportError(
-            f"--clip {clip}: neither a CLIP folder nor a Hub id such as openai/clip-vit-base-patch32"
-        )
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     try:
-        return Path(snapshot_download(clip, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError) as error:
-        raise LeRobotImportError(
-            f"--clip {clip}: not in the local Hugging Face cache (nothing is downloaded); "
-            "pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained"
-        ) from error
+        return resolve_local(clip)
+    except EncoderWeightsMissing as error:
+        raise LeRobotImportError(f"--clip {error}") from error
 
 
 def _encoder_entry(clip: LeRobotCLIP, clip_dir: Path, source: str, side: str) -> dict[str, Any]:

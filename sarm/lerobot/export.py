@@ -98,6 +98,8 @@ def export_lerobot_graphs(checkpoint: Path, out: Path, target: str, sources: dic
         "heads": [h.name for h in cfg.heads],
         "dense_stage_names": [] if cfg.dense is None else list(cfg.dense.stage_names),
         "state_dim": state_width(network),
+        "camera_keys": [cfg.image_key],
+        "state_key": cfg.state_key,
         "num_cameras": 1,
         "image": {"height": CROP, "width": CROP, "resize": "clip"},
         "max_batch": DEFAULT_MAX_BATCH,

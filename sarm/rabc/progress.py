@@ -19,18 +19,16 @@ import numpy as np
 
 from sarm.data.lerobot import EpisodeMeta, LeRobotDataset
 from sarm.data.video import resize_frames
-from sarm.device import CPU_PROVIDER, DeviceError, onnx_providers, resolve_device
+from sarm.device import CPU_PROVIDER, DeviceError, onnx_providers
 from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders, store_path
 from sarm.encoders.base import TextEncoder
 from sarm.manifest import Manifest, read_manifest
-from sarm.model.windows import sequence_indices
 from sarm.scoring.backends import LocalBackend
 from sarm.scoring.curve import interpolate, scored_frames
 from sarm.scoring.engine import Encoded, Engine, Instruction, instruction_key
 from sarm.scoring.images import FrameData
 from sarm.scoring.options import EngineOptions
 from sarm.scoring.repository import repository_for
-from sarm.training.checkpoint import LEROBOT_ARCHITECTURE, checkpoint_architecture, checkpoint_digest
 
 OnEpisode = Callable[[int, int], None]  # (episodes done, episodes in total)
 ShouldStop = Callable[[], bool]
@@ -117,6 +115,8 @@ class EngineHandle:
 def _stored_source(ds: LeRobotDataset, manifest: Manifest) -> DatasetEmbeddings | None:
     """The dataset's embedding store when `sarm embed` filled it with the model's encoders, else None (video)."""
     frame, text = manifest.frame_encoder, manifest.text_encoder
+    if manifest.architecture != "sarm":  # an imported model reads CLIP features of its own kind: from the video
+        return None
     if not (store_path(ds.root, frame.id) / "manifest.json").is_file():
         return None
     store = load_embeddings(ds, frame.id)
@@ -219,15 +219,7 @@ class EpisodeScorer:
 
     def __init__(self, spec: EpisodeLabeller, ds: LeRobotDataset | None, engine: EngineHandle | None) -> None:
         ds = ds if ds is not None else LeRobotDataset(spec.dataset)
-        self._lerobot: LeRobotEpisodes | None = None
         self._owned: EngineHandle | None = None
-        if engine is None and checkpoint_architecture(spec.checkpoint) == LEROBOT_ARCHITECTURE:
-            # --threads (the options' intra-op threads) sets torch's threads unless the labeller names its own.
-            threads = spec.threads if spec.threads is not None else spec.options.intra_op_threads
-            self._lerobot = LeRobotEpisodes(spec.checkpoint, ds, spec.stride, threads, spec.device)
-            self.episodes = [meta.index for meta in ds.episodes]
-            self.provenance = self._lerobot.provenance
-            return
         if engine is None:
             options = spec.options
             if spec.threads is not None:
@@ -238,12 +230,17 @@ class EpisodeScorer:
         manifest = engine.engine.manifest
         self._store = _stored_source(ds, manifest)
         cameras = list(self._store.manifest["cameras"]) if self._store is not None else ds.camera_keys
+        if manifest.camera_keys:
+            missing = [key for key in manifest.camera_keys if key not in ds.camera_keys]
+            if missing:
+                raise ValueError(f"{ds.root} has no camera {missing} (the model reads {list(manifest.camera_keys)})")
+            cameras = list(manifest.camera_keys)
         if len(cameras) != manifest.num_cameras:
             raise ValueError(
                 f"{ds.root} has {len(cameras)} camera(s) {cameras}; the model takes {manifest.num_cameras}"
             )
-        if manifest.state_dim:
-            raise ValueError("the model reads joint state; scoring datasets with state is not supported yet")
+        if manifest.state_dim and manifest.state_key not in ds.info.get("features", {}):
+            raise ValueError(f"{ds.root} has no {manifest.state_key!r} column, which this model reads (its state)")
         self._ds, self._cameras, self._stride = ds, cameras, spec.stride
         self._window_stride = manifest.window.stride(ds.fps)
         self._meta = {meta.index: meta for meta in ds.episodes}
@@ -257,11 +254,14 @@ class EpisodeScorer:
             "frame_encoder": {"id": manifest.frame_encoder.id, "version": manifest.frame_encoder.version},
             "text_encoder": {"id": manifest.text_encoder.id, "version": manifest.text_encoder.version},
             "embeddings": "video" if self._store is None else "embedding-store",
+            "architecture": manifest.architecture,
+            "heads": list(manifest.heads),
             "cameras": cameras,
+            **({"state": manifest.state_key} if manifest.state_dim else {}),
             "window": {
                 "mode": manifest.window.mode,
                 "frames": manifest.window.frames,
-                "stride_seconds": manifest.window.stride_seconds,
+                **({"stride_seconds": manifest.window.stride_seconds} if manifest.window.live else {}),
                 "stride_frames": self._window_stride,
             },
             "fps": ds.fps,
@@ -270,8 +270,6 @@ class EpisodeScorer:
         }
 
     def label(self, episode_index: int) -> EpisodeProgress:
-        if self._lerobot is not None:
-            return self._lerobot.label(episode_index)
         if episode_index not in self._meta:
             raise ValueError(f"the dataset has no episode {episode_index}")
         progress: EpisodeProgress = self._handle.run(self._label(self._meta[episode_index]))
@@ -287,12 +285,14 @@ class EpisodeScorer:
             return EpisodeProgress(meta.index, index, np.zeros(0, np.float32))
         engine = self._handle.engine
         scored = scored_frames(meta.length, self._stride)
-        windows = sequence_indices(scored, self._window_stride, 0, 0, engine.window_frames, engine.max_rewind)
-        frames, instruction = await self._inputs(meta, np.unique(windows.indices))
-        scores = await engine.score_at(frames, scored.tolist(), self._window_stride, instruction)
-        return EpisodeProgress(
-            meta.index, index, interpolate(scored, np.array([s.progress for s in scores]), meta.length)
-        )
+        needed, _ = engine.windows(scored, self._window_stride, meta.length)
+        frames, instruction = await self._inputs(meta, np.unique(needed))
+        scores = await engine.score_at(frames, scored.tolist(), self._window_stride, instruction, meta.length)
+        sparse = interpolate(scored, np.array([s.progress for s in scores]), meta.length)
+        dense = None
+        if "dense" in engine.manifest.heads:
+            dense = interpolate(scored, np.array([s.dense.progress for s in scores if s.dense]), meta.length)
+        return EpisodeProgress(meta.index, index, sparse, dense)
 
     async def _inputs(self, meta: EpisodeMeta, needed: np.ndarray) -> tuple[Encoded, Instruction]:
         """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames, and its instruction."""
@@ -304,8 +304,13 @@ class EpisodeScorer:
                 Instruction(self._store.text[meta.task], key),
             )
         height, width = engine.image_size
+        # A CLIP model crops frames of any size itself, as CLIPProcessor does: they go as decoded.
+        resize = engine.manifest.image_resize == "exact"
         images = np.stack(
-            [resize_frames(self._ds.frames(meta.index, camera, needed), height, width) for camera in self._cameras],
+            [
+                resize_frames(frames, height, width) if resize else frames
+                for frames in (self._ds.frames(meta.index, camera, needed) for camera in self._cameras)
+            ],
             axis=1,
         )
         encoded = await engine.encode(
@@ -315,7 +320,11 @@ class EpisodeScorer:
         keys = np.full((meta.length, cameras), "", dtype=object)  # rows no window reads are never looked at
         embeddings[needed] = encoded.embeddings.reshape(len(needed), cameras, -1)
         keys[needed] = encoded.keys.reshape(len(needed), cameras)
-        return Encoded(embeddings, keys), await engine.embed_instruction(meta.task)
+        state = None
+        if engine.manifest.state_dim:
+            values = np.asarray(self._ds.column(meta.index, engine.manifest.state_key), np.float32)
+            state = engine.state(values, meta.length, f"episode {meta.index}'s {engine.manifest.state_key}")
+        return Encoded(embeddings, keys).with_state(state), await engine.embed_instruction(meta.task)
 
 
 def _providers(options: EngineOptions, device: str) -> list[str] | None:
@@ -328,41 +337,3 @@ def _providers(options: EngineOptions, device: str) -> list[str] | None:
             "(drop --device, or export a GPU repository)"
         )
     return None
-
-
-class LeRobotEpisodes:
-    """Episodes scored by an imported LeRobot SARM (`sarm import lerobot`) exactly as LeRobot's compute_sarm_progress
-    scores them: the centred window, CLIP features, the normalised state, every head the model has (sparse, dense),
-    the same frames scored and interpolated. The network runs in PyTorch: its exported graph is not served yet."""
-
-    def __init__(
-        self, checkpoint: Path, ds: LeRobotDataset, stride: int, threads: int | None, device: str = "cpu"
-    ) -> None:
-        import torch
-
-        from sarm.lerobot.checkpoint import load_imported
-
-        torch_device = resolve_device(device)  # before loading: a missing GPU is one line
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self._scorer, info = load_imported(checkpoint, device=torch_device)
-        self._ds, self._stride = ds, stride
-        cfg = info.config
-        self.provenance: dict[str, Any] = {
-            "dataset": str(ds.root),
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": checkpoint_digest(checkpoint),
-            "architecture": LEROBOT_ARCHITECTURE,
-            "heads": list(self._scorer.heads),
-            "frame_encoder": {"id": "clip", "digest": info.clip_digest},
-            "cameras": [cfg.image_key],
-            "state": cfg.state_key,
-            "window": {"mode": "centered", "frames": cfg.n_obs_steps + 1, "stride_frames": cfg.frame_gap},
-            "fps": ds.fps,
-            "score_stride": stride,
-            "interpolation": "linear" if stride > 1 else "none",
-        }
-
-    def label(self, episode_index: int) -> EpisodeProgress:
-        scores = self._scorer.score_episode(self._ds, episode_index, self._stride)
-        return EpisodeProgress(episode_index, scores.index, scores.progress["sparse"], scores.progress.get("dense"))

@@ -481,16 +481,19 @@ class Engine:
             )
         scores: list[WindowScore] = []
         for start in range(0, len(t), WINDOW_CHUNK):
-            chunk = np.asarray(t[start : start + WINDOW_CHUNK])
-            if window.live:
-                seq = sequence_indices(chunk, stride, 0, 0, self.window_frames, self.max_rewind)
-                indices, lengths = seq.indices, seq.lengths
-            else:
-                assert length is not None
-                indices = centered_windows(chunk, stride, window.frames - 1, length)
-                lengths = np.full(len(chunk), window.frames, np.int64)
+            indices, lengths = self.windows(np.asarray(t[start : start + WINDOW_CHUNK]), stride, length)
             scores += await self._score_windows(frames, indices, lengths, instruction)
         return scores
+
+    def windows(self, t: np.ndarray, stride: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The time steps (N, L) of frames `t`'s windows and their valid positions (N,): causal windows ending at t,
+        or (a centred model) centred on t within the episode's `length` time steps."""
+        window = self.manifest.window
+        if window.live:
+            seq = sequence_indices(t, stride, 0, 0, self.window_frames, self.max_rewind)
+            return seq.indices, seq.lengths
+        assert length is not None  # score_at refuses a centred model without it
+        return centered_windows(t, stride, window.frames - 1, length), np.full(len(t), window.frames, np.int64)
 
     def time_steps(self, images: int, what: str) -> int:
         """How many time steps `images` images make, or InvalidInput if the cameras don't add up."""

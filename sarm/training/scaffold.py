@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sarm.encoders.base import FrameEncoder, TextEncoder
 from sarm.encoders.registry import load_frame_encoder, load_text_encoder
 from sarm.model.configuration_sarm import SARMConfig
 from sarm.model.modeling_sarm import SARM
@@ -21,8 +22,10 @@ def untrained_checkpoint(
     preset: str = "small",
     seed: int = 0,
     num_cameras: int = 1,
+    encoders: tuple[FrameEncoder, TextEncoder] | None = None,
 ) -> Path:
-    frame, text = load_frame_encoder(), load_text_encoder()
+    """`encoders`: the frame and text encoders the checkpoint says it was trained with (default: ours)."""
+    frame, text = encoders or (load_frame_encoder(), load_text_encoder())
     config = SARMConfig.from_preset(
         preset, stage_names, proportions, frame_dim=frame.dim, text_dim=text.dim, num_cameras=num_cameras
     )

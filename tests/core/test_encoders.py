@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from sarm.encoders import (
     load_text_encoder,
 )
 from sarm.encoders.onnx_export import INPUT_NAME
+from tests.conftest import save_tiny_clip
 
 DIGEST = r"[0-9a-f]{12}"
 
@@ -140,42 +140,10 @@ def test_minilm_text_encoder(minilm: TextEncoder) -> None:
     assert minilm.encode([]).shape == (0, 384)
 
 
-def _save_tiny_clip(path: Path) -> None:
-    """A randomly initialised CLIP with a 2 + 52 token BPE vocab, saved as a user's local copy would be."""
-    config = transformers.CLIPConfig(
-        text_config={
-            "vocab_size": 64,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "image_size": 32,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPModel(config).save_pretrained(path)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
-    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-
-
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-clip")
-    _save_tiny_clip(path)
+    save_tiny_clip(path)
     return path
 
 
