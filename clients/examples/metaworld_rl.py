@@ -60,13 +60,27 @@ class CornerCamera(gym.Wrapper[Any, Any, Any, Any]):
         super().close()
 
 
+class SeededReset(gym.Wrapper[Any, Any, Any, Any]):
+    """`reset(seed=s)` seeds the Meta-World env (its np_random and spaces) with `s`, as gymnasium promises.
+
+    Meta-World's own `reset` ignores its seed (only `env.seed()` seeds), so without this every reset drew its
+    object and goal layout from an unseeded generator: `reset(seed=0)` gave a different episode each run."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            self.env.unwrapped.seed(seed)  # type: ignore[attr-defined]
+        return self.env.reset(seed=seed, options=options)
+
+
 def make_env(task: str = "pick-place-v3", max_steps: int = 300, size: int = 128) -> gym.Env[Any, Any]:
-    """A Meta-World task whose object and goal layout is drawn from the seed at each reset, `max_steps` long."""
+    """A Meta-World task whose object and goal layout is drawn from the seed at each reset, `max_steps` long:
+    `reset(seed=s)` gives the same episode every time; a reset without a seed draws a new layout from the same
+    generator."""
     env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"]()
-    env._freeze_rand_vec = False  # a new layout at every reset, drawn from env.np_random (the reset's seed)
+    env._freeze_rand_vec = False  # a new layout at every reset, drawn from env.np_random (seeded by SeededReset)
     env.seeded_rand_vec = True
     env.render_mode = "rgb_array"  # what CornerCamera.render returns (Meta-World's own renderer is never used)
-    return CornerCamera(gym.wrappers.TimeLimit(env, max_steps), size)
+    return CornerCamera(gym.wrappers.TimeLimit(SeededReset(env), max_steps), size)
 
 
 def expert(task: str) -> Callable[[np.ndarray], np.ndarray]:
