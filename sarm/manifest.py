@@ -32,7 +32,7 @@ ARCHITECTURES = ("sarm", "lerobot-sarm")
 # How a frame reaches the encoder's H×W input: `exact` (it must already be that size; the gateway never resizes)
 # or `clip` (any size; CLIPProcessor's shortest side to H bicubic and centre crop, on the host, as LeRobot does).
 IMAGE_RESIZES = ("exact", "clip")
-SARM_HEADS_INPUTS = ("frames", "text", "lengths")
+SARM_HEADS_INPUTS = ("frames", "text", "lengths")  # and "state" (B, L, S) for a model that reads joint state
 SARM_HEADS_OUTPUTS = ("stage_probs", "tau", "progress", "confidence")
 LEROBOT_HEADS_INPUTS = ("frames", "text", "state")
 LEROBOT_HEAD_OUTPUTS = ("stage_probs", "tau", "progress")  # per head, named <head>_<output>
@@ -131,7 +131,9 @@ class Manifest:
 
     @property
     def heads_inputs(self) -> tuple[str, ...]:
-        return LEROBOT_HEADS_INPUTS if self.architecture == "lerobot-sarm" else SARM_HEADS_INPUTS
+        if self.architecture == "lerobot-sarm":
+            return LEROBOT_HEADS_INPUTS
+        return SARM_HEADS_INPUTS + (("state",) if self.state_dim else ())
 
     @property
     def heads_outputs(self) -> tuple[str, ...]:

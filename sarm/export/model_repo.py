@@ -78,6 +78,8 @@ def tensor_specs(manifest: Manifest) -> dict[str, tuple[list[TensorSpec], list[T
             TensorSpec("text", "TYPE_FP32", [text_dim]),
             TensorSpec("lengths", "TYPE_INT64", scalar),
         ]
+        if manifest.state_dim:
+            heads_inputs.append(TensorSpec("state", "TYPE_FP32", [window.sequence_length, manifest.state_dim]))
         heads_outputs = [
             TensorSpec("stage_probs", "TYPE_FP32", [len(manifest.stage_names)]),
             *(TensorSpec(name, "TYPE_FP32", scalar) for name in ("tau", "progress", "confidence")),
@@ -121,7 +123,8 @@ def manifest_dict(
             "sequence_length": config.sequence_length,
         },
         "heads": ["sparse"],
-        "state_dim": 0,  # the exported heads take no state input (state models are refused at export)
+        "state_dim": config.state_dim,  # raw joint state the heads read (z-scored inside by the checkpoint's stats)
+        "state_key": info.training.get("state_key", "observation.state") if config.state_dim else "",
         "num_cameras": config.num_cameras,
         "image": {"height": image_size[0], "width": image_size[1]},
         "max_batch": BATCHING.max_batch_size,
@@ -163,11 +166,6 @@ def export_model_repository(
     except ValueError as error:
         message = f"{checkpoint} was trained on embeddings this encoder no longer gives: {error}"
         raise CheckpointError(message) from error
-    if model.config.state_dim:
-        raise CheckpointError(
-            f"{checkpoint} reads joint state ({model.config.state_dim}-d), which the exported heads "
-            "cannot take yet: export a checkpoint trained without state"
-        )
     cameras = info.training.get("cameras", {})
     if image_size is None and not cameras:
         raise CheckpointError(f"{checkpoint} does not record its camera resolution: pass --image-size HxW")

@@ -3,6 +3,8 @@
 Inputs  (batch symbolic):  frames  (B, L, C, D_frame) float32   window embeddings, L = window + max rewind
                            text    (B, D_text)        float32   instruction embedding
                            lengths (B, 1)             int64     valid positions; the score is read at the last
+                           state   (B, L, S)          float32   raw joint state (models with state_dim > 0 only;
+                                                                z-scored inside by the checkpoint's statistics)
 Outputs:                   stage_probs (B, K), tau (B, 1), progress (B, 1), confidence (B, 1)   float32
 
 Per-window scalars are (B, 1), not (B,): Triton describes every tensor by its per-item dims, which cannot
@@ -28,8 +30,10 @@ class HeadsGraph(nn.Module):
         super().__init__()
         self.model = model.eval()
 
-    def forward(self, frames: Tensor, text: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        p = self.model.predict(frames, text, lengths[:, 0])
+    def forward(
+        self, frames: Tensor, text: Tensor, lengths: Tensor, state: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        p = self.model.predict(frames, text, lengths[:, 0], state)
         return p.stage_probs, p.tau[:, None], p.progress[:, None], p.confidence[:, None]
 
 
@@ -40,15 +44,18 @@ def export_heads(model: SARM, path: Path) -> Path:
     frames = torch.zeros(2, config.sequence_length, config.num_cameras, config.frame_dim)
     text = torch.zeros(2, config.text_dim)
     lengths = torch.full((2, 1), config.window_frames, dtype=torch.int64)
+    inputs: tuple[Tensor, ...] = (frames, text, lengths)
+    if config.state_dim:
+        inputs += (torch.zeros(2, config.sequence_length, config.state_dim),)
     batch = torch.export.Dim("batch")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         HeadsGraph(model).eval(),  # the wrapper too: torch warns about any module left in training mode
-        (frames, text, lengths),
+        inputs,
         str(path),
-        input_names=list(INPUTS),
+        input_names=[*INPUTS, *(["state"] if config.state_dim else [])],
         output_names=list(OUTPUTS),
-        dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+        dynamic_shapes=tuple({0: batch} for _ in inputs),
         dynamo=True,
         external_data=False,
         verbose=False,

@@ -297,10 +297,14 @@ class EpisodeScorer:
     async def _inputs(self, meta: EpisodeMeta, needed: np.ndarray) -> tuple[Encoded, Instruction]:
         """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames, and its instruction."""
         engine, cameras = self._handle.engine, len(self._cameras)
+        state = None
+        if engine.manifest.state_dim:
+            values = np.asarray(self._ds.column(meta.index, engine.manifest.state_key), np.float32)
+            state = engine.state(values, meta.length, f"episode {meta.index}'s {engine.manifest.state_key}")
         if self._store is not None:
             key = instruction_key(engine.manifest.text_encoder.fingerprint, meta.task)
             return (
-                Encoded.stored(self._store.frames[meta.index], f"{self._ds.root}|{meta.index}"),
+                Encoded.stored(self._store.frames[meta.index], f"{self._ds.root}|{meta.index}").with_state(state),
                 Instruction(self._store.text[meta.task], key),
             )
         height, width = engine.image_size
@@ -320,10 +324,6 @@ class EpisodeScorer:
         keys = np.full((meta.length, cameras), "", dtype=object)  # rows no window reads are never looked at
         embeddings[needed] = encoded.embeddings.reshape(len(needed), cameras, -1)
         keys[needed] = encoded.keys.reshape(len(needed), cameras)
-        state = None
-        if engine.manifest.state_dim:
-            values = np.asarray(self._ds.column(meta.index, engine.manifest.state_key), np.float32)
-            state = engine.state(values, meta.length, f"episode {meta.index}'s {engine.manifest.state_key}")
         return Encoded(embeddings, keys).with_state(state), await engine.embed_instruction(meta.task)
 
 

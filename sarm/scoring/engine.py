@@ -414,10 +414,12 @@ class Engine:
         """The heads graph's inputs (manifest.heads_inputs, in order) for windows (N, L, C, D)."""
         text_rows = np.ascontiguousarray(np.broadcast_to(text.astype(np.float32), (len(frames), len(text))))
         frames = frames.astype(np.float32, copy=False)
+        rows = state.astype(np.float32, copy=False) if state is not None else None
         if self.manifest.architecture == "lerobot-sarm":
-            assert state is not None  # checked when the windows were gathered
-            return frames[:, :, 0], text_rows, state.astype(np.float32, copy=False)
-        return frames, text_rows, lengths.astype(np.int64).reshape(-1, 1)
+            assert rows is not None  # checked when the windows were gathered
+            return frames[:, :, 0], text_rows, rows
+        ours = (frames, text_rows, lengths.astype(np.int64).reshape(-1, 1))
+        return ours if rows is None else (*ours, rows)
 
     def _scores(self, outputs: tuple[np.ndarray, ...]) -> list[WindowScore]:
         """Each window's WindowScore from the heads' outputs (manifest.heads_outputs, in order); each row is copied,

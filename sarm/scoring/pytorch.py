@@ -31,10 +31,12 @@ def score_embeddings(
     stride: int,
     frame_index: np.ndarray | None = None,
     batch_size: int = 256,
+    state: np.ndarray | None = None,
 ) -> EpisodeScores:
     """Score causal windows ending at `frame_index` (default: every frame) of one episode's embeddings.
 
-    frames: (T, C, D_frame) or (T, D_frame) for one camera; text: (D_text,).
+    frames: (T, C, D_frame) or (T, D_frame) for one camera; text: (D_text,); state: (T, S) raw joint state, for a
+    model that reads it.
     """
     if frames.ndim == 2:
         frames = frames[:, None]
@@ -47,7 +49,8 @@ def score_embeddings(
             t[start : start + batch_size], stride, 0, 0, model.config.window_frames, model.config.max_rewind
         )
         window = torch.from_numpy(frames[seq.indices]).float()
-        parts.append(model.predict(window, text_row.expand(len(window), -1), torch.from_numpy(seq.lengths)))
+        rows = None if state is None else torch.from_numpy(np.asarray(state, np.float32)[seq.indices])
+        parts.append(model.predict(window, text_row.expand(len(window), -1), torch.from_numpy(seq.lengths), rows))
     probs = torch.cat([p.stage_probs for p in parts]).numpy()
     return EpisodeScores(
         frame_index=t,

@@ -39,14 +39,14 @@ class TorchBackend:
         return np.asarray(embeddings, np.float32)
 
     async def heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        frames, text, lengths = inputs  # SARM_HEADS_INPUTS: a torch backend runs our own checkpoints only
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._heads, frames, text, lengths)
+        # SARM_HEADS_INPUTS (+ state): a torch backend runs our own checkpoints only.
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._heads, *inputs)
 
     @torch.inference_mode()
-    def _heads(self, frames: np.ndarray, text: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Our heads' outputs in SARM_HEADS_OUTPUTS order."""
-        inputs = (torch.from_numpy(a).to(self.device) for a in (frames, text, lengths[:, 0]))
-        p = self.model.predict(*inputs)
+    def _heads(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Our heads' outputs in SARM_HEADS_OUTPUTS order, from frames, text, lengths (B, 1) and the state if any."""
+        frames, text, lengths, *state = (torch.from_numpy(a).to(self.device) for a in inputs)
+        p = self.model.predict(frames, text, lengths[:, 0], *state)
         return tuple(
             t.cpu().numpy() for t in (p.stage_probs, p.tau[:, None], p.progress[:, None], p.confidence[:, None])
         )

@@ -23,11 +23,19 @@ def untrained_checkpoint(
     seed: int = 0,
     num_cameras: int = 1,
     encoders: tuple[FrameEncoder, TextEncoder] | None = None,
+    state_dim: int = 0,
 ) -> Path:
-    """`encoders`: the frame and text encoders the checkpoint says it was trained with (default: ours)."""
+    """`encoders`: the frame and text encoders the checkpoint says it was trained with (default: ours). `state_dim`
+    > 0: a model that reads `observation.state` of that width, with random (fixed by `seed`) z-score statistics."""
     frame, text = encoders or (load_frame_encoder(), load_text_encoder())
     config = SARMConfig.from_preset(
-        preset, stage_names, proportions, frame_dim=frame.dim, text_dim=text.dim, num_cameras=num_cameras
+        preset,
+        stage_names,
+        proportions,
+        frame_dim=frame.dim,
+        text_dim=text.dim,
+        num_cameras=num_cameras,
+        state_dim=state_dim,
     )
     cameras = (
         ["observation.images.camera"]
@@ -40,7 +48,13 @@ def untrained_checkpoint(
         frame_encoder={"id": frame.encoder_id, "version": frame.version, "dim": frame.dim},
         text_encoder={"id": text.encoder_id, "version": text.version, "dim": text.dim},
         labels="stage",
-        training={"cameras": {name: list(image_size) for name in cameras}},
+        training={
+            "cameras": {name: list(image_size) for name in cameras},
+            **({"state_key": "observation.state", "state_dim": state_dim} if state_dim else {}),
+        },
     )
-    save_checkpoint(path, SARM(config), info)
+    model = SARM(config)
+    if state_dim:
+        model.set_state_stats(torch.randn(state_dim), torch.rand(state_dim) + 0.5)
+    save_checkpoint(path, model, info)
     return path

@@ -50,20 +50,25 @@ class Episode:
     def embeddings_at(self, indices: np.ndarray) -> np.ndarray:
         return self._gather(indices, lambda step: step.embeddings)
 
-    def state_at(self, indices: np.ndarray) -> None:
-        """Streams score causal models, none of which reads joint state yet (the engine refuses one that does)."""
-        return None
+    def state_at(self, indices: np.ndarray) -> np.ndarray | None:
+        if not self.engine.manifest.state_dim:
+            return None
+        return self._gather(indices, lambda step: np.asarray(step.state))
 
     async def step(self, frames: list[FrameData], state: list[float]) -> list[FrameResult]:
         if not all(math.isfinite(x) for x in state):
             raise InvalidInput("state has NaN or infinite values: send finite joint readings (or none)")
         steps = self.engine.time_steps(len(frames), "this step")
+        rows = self.engine.state(state, steps, "this step")  # (steps, S) for a model that reads state, else None
         start = self.frames_seen
         encoded = (await self.engine.encode(frames, first_index=start * self.engine.num_cameras)).steps(
             self.engine.num_cameras
         )
+        encoded = encoded.with_state(rows)
         for i in range(steps):
-            self._history[start + i] = Encoded(encoded.embeddings[i], encoded.keys[i])
+            self._history[start + i] = Encoded(
+                encoded.embeddings[i], encoded.keys[i], None if rows is None else rows[i]
+            )
         self.frames_seen += steps
         scored = scored_live(start, self.frames_seen, self.options.score_every)
         scores = await self.engine.score_at(self, scored, self.stride, self.instruction)
