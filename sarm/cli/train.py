@@ -52,6 +52,14 @@ def train_command(
     device: Annotated[
         DeviceName, typer.Option(help=f"Where the model trains (recorded in the checkpoint). {DEVICE_HELP}")
     ] = "auto",
+    state: Annotated[
+        bool,
+        typer.Option(
+            "--state/--no-state",
+            help="Also read each frame's observation.state (every dataset needs it, all of one width); the "
+            "checkpoint stores its training mean/std and scoring then needs the state too.",
+        ),
+    ] = False,
 ) -> None:
     """Train SARM with the paper's recipe; progress bar with losses, checkpoint at every validation."""
     if labels not in ("stage", "frame-index"):
@@ -73,6 +81,7 @@ def train_command(
             threads=threads,
             stride_seconds=stride_seconds,
             device=device,
+            use_state=state,
         )
         with progress_bar() as bar:
             job = bar.add_task("training", total=steps, status="")

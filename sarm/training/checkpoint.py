@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from sarm.model.configuration_sarm import SARMConfig
 from sarm.model.modeling_sarm import SARM
+from sarm.training.samples import STATE_KEY
 
 if TYPE_CHECKING:
     from sarm.lerobot.checkpoint import ImportedInfo
@@ -52,6 +53,14 @@ class CheckpointInfo:
     text_encoder: dict[str, Any]
     labels: str  # "stage" or "frame-index"
     training: dict[str, Any] = field(default_factory=dict)  # provenance: data, preset, steps, seed, figures
+
+    @property
+    def state_key(self) -> str | None:
+        """The dataset feature the model's state stream reads (`training["state_key"]`, written by `sarm train
+        --state`); None for a model without state. Checkpoints from before it was recorded read observation.state."""
+        if not self.model.state_dim:
+            return None
+        return str(self.training.get("state_key", STATE_KEY))
 
     def to_dict(self) -> dict[str, Any]:
         return {

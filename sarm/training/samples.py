@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from sarm.data.annotations import EpisodeAnnotation, stage_proportions, stage_vocabulary
-from sarm.data.lerobot import LeRobotDataset
+from sarm.data.lerobot import DatasetError, LeRobotDataset
 from sarm.embeddings import DatasetEmbeddings
 from sarm.model.labels import FrameLabels, frame_index_labels, regress_labels, regress_start, stage_tau_labels
 from sarm.model.windows import MAX_REWIND, WINDOW_FRAMES, rewindable, sequence_indices, stride_frames
 
 LabelMode = Literal["stage", "frame-index"]
 FRAME_INDEX_STAGE = "task"  # the single stage of the frame-index baseline
+# The dataset feature a state-conditioned model reads; checkpoints name it in training["state_key"].
+STATE_KEY = "observation.state"
 
 
 @dataclass
@@ -33,6 +35,7 @@ class EpisodeArrays:
     stride: int  # window stride g in frames
     success: bool | None
     quality: str | None
+    state: np.ndarray | None = None  # (T, S) float32 raw joint state, when training with state
 
     @property
     def length(self) -> int:
@@ -46,6 +49,7 @@ class Batch:
     stage: torch.Tensor  # (B, L) int64
     tau: torch.Tensor  # (B, L) float32
     lengths: torch.Tensor  # (B,) valid positions
+    state: torch.Tensor | None = None  # (B, L, S) raw joint state at the same positions as `frames`
 
 
 def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tuple[list[str], list[dict[str, Any]]]:
@@ -79,14 +83,55 @@ def label_vocabulary(datasets: Sequence[LeRobotDataset], mode: LabelMode) -> tup
     return classes, tasks
 
 
+def state_width(datasets: Sequence[LeRobotDataset], key: str = STATE_KEY) -> int:
+    """The width S of the datasets' `key` feature; every dataset must declare it, all with one width."""
+    widths: dict[str, int] = {}
+    for ds in datasets:
+        feature = ds.info.get("features", {}).get(key)
+        if feature is None:
+            raise DatasetError(f"{ds.root} has no {key!r} feature, which --state trains on: drop --state")
+        shape = list(feature.get("shape") or [])
+        if len(shape) != 1 or int(shape[0]) < 1:
+            raise DatasetError(f"{ds.root}'s {key!r} feature has shape {shape}; --state needs one vector per frame")
+        widths[str(ds.root)] = int(shape[0])
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"{root} ({width})" for root, width in widths.items())
+        raise DatasetError(f"the datasets' {key!r} widths differ, so one model cannot read them all: {listed}")
+    return next(iter(widths.values()))
+
+
+def episode_state(ds: LeRobotDataset, episode: int, length: int, key: str, width: int) -> np.ndarray:
+    """(T, S) float32 joint state of one episode, checked against its length and the declared width."""
+    values = np.asarray(ds.column(episode, key), dtype=np.float32)
+    if values.shape != (length, width):
+        raise DatasetError(
+            f"{ds.root} episode {episode}: {key!r} has shape {values.shape}, expected ({length}, {width})"
+        )
+    if not np.all(np.isfinite(values)):
+        raise DatasetError(f"{ds.root} episode {episode}: {key!r} holds NaN or infinite values")
+    return values
+
+
+def state_statistics(episodes: Sequence[EpisodeArrays]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) std of the joint state over every frame of `episodes`, in float64 then float32."""
+    states = [e.state for e in episodes if e.state is not None]
+    if len(states) != len(episodes) or not states:
+        raise ValueError("state statistics need the joint state of every episode")
+    rows = np.concatenate(states).astype(np.float64)
+    return rows.mean(axis=0).astype(np.float32), rows.std(axis=0).astype(np.float32)
+
+
 def episode_arrays(
     ds: LeRobotDataset,
     embeddings: DatasetEmbeddings,
     vocabulary: Sequence[str],
     mode: LabelMode,
     stride_seconds: float = 1.0,
+    state_key: str | None = None,
 ) -> list[EpisodeArrays]:
+    """One EpisodeArrays per episode; with `state_key`, each also holds that feature's raw values."""
     stride = stride_frames(ds.fps, stride_seconds)
+    width = state_width([ds], state_key) if state_key else 0
     columns = set(ds.episodes_table.column_names)
     episodes = []
     for meta in ds.episodes:
@@ -105,6 +150,7 @@ def episode_arrays(
                 stride=stride,
                 success=bool(meta.row["success"]) if "success" in columns else None,
                 quality=str(meta.row["quality"]) if "quality" in columns else None,
+                state=episode_state(ds, meta.index, meta.length, state_key, width) if state_key else None,
             )
         )
     return episodes
@@ -143,7 +189,11 @@ class WindowSampler:
             raise ValueError("no training episodes")
         if len(distractors) == 0:
             raise ValueError("no distractor instructions for the wrong-instruction augmentation")
+        with_state = {e.state is not None for e in episodes}
+        if len(with_state) > 1:
+            raise ValueError("either every episode carries joint state or none does")
         self.episodes = episodes
+        self.with_state = with_state == {True}
         self.rewind_p, self.wrong_instruction_p, self.cross_task_p = rewind_p, wrong_instruction_p, cross_task_p
         self.window_frames, self.max_rewind = window_frames, max_rewind
         lengths = np.array([e.length for e in episodes])
@@ -185,7 +235,7 @@ class WindowSampler:
         own = self.num_distractors + self._task_of[np.asarray(picks, dtype=np.int64)]
         if np.any(np.asarray(distractor) == own):
             raise ValueError("a wrong-instruction window cannot use the episode's own instruction")
-        frames, texts, stages, taus = [], [], [], []
+        frames, texts, stages, taus, states = [], [], [], [], []
         lengths = np.empty(len(picks), dtype=np.int64)
         for row, (i, ti, n, d) in enumerate(zip(picks, t, rewinds, distractor, strict=True)):
             ep = self.episodes[int(i)]
@@ -193,6 +243,8 @@ class WindowSampler:
             index = seq.indices[0]
             lengths[row] = seq.lengths[0]
             frames.append(ep.frames[index])
+            if ep.state is not None:
+                states.append(ep.state[index])  # the same positions as the frames: rewinds and padding alike
             if d >= 0:
                 texts.append(self.negatives[d])
                 stages.append(np.zeros(len(index), np.int64))
@@ -207,4 +259,5 @@ class WindowSampler:
             stage=torch.from_numpy(np.stack(stages)),
             tau=torch.from_numpy(np.stack(taus)).float(),
             lengths=torch.from_numpy(lengths),
+            state=torch.from_numpy(np.stack(states)).float() if self.with_state else None,
         )

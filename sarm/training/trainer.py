@@ -37,6 +37,7 @@ from sarm.training.checkpoint import (
 from sarm.training.data_identity import dataset_identity
 from sarm.training.negatives import training_distractors
 from sarm.training.samples import (
+    STATE_KEY,
     Batch,
     EpisodeArrays,
     LabelMode,
@@ -44,6 +45,8 @@ from sarm.training.samples import (
     episode_arrays,
     label_vocabulary,
     split_episodes,
+    state_statistics,
+    state_width,
 )
 
 # Learning rates by preset: the paper's 5e-5 for its 119 M-parameter nets; the small CPU preset trains
@@ -82,6 +85,9 @@ class TrainConfig:
     threads: int = 1
     # auto, cpu or cuda (sarm.device). The paper preset is meant for a GPU; the small one trains fine on a CPU.
     device: str = "cpu"
+    # Condition on the datasets' observation.state (one more token per time step, z-scored with the training
+    # split's statistics, which the checkpoint stores); off by default, so state-free checkpoints stay as they were.
+    use_state: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.threads < 1:
@@ -128,7 +134,14 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(tensor.to(device) for tensor in (batch.frames, batch.text, batch.stage, batch.tau, batch.lengths)))
+    return Batch(
+        frames=batch.frames.to(device),
+        text=batch.text.to(device),
+        stage=batch.stage.to(device),
+        tau=batch.tau.to(device),
+        lengths=batch.lengths.to(device),
+        state=None if batch.state is None else batch.state.to(device),
+    )
 
 
 def validation_batch(sampler: WindowSampler, rng: np.random.Generator) -> Batch:
@@ -143,8 +156,8 @@ def validation_batch(sampler: WindowSampler, rng: np.random.Generator) -> Batch:
 @torch.no_grad()
 def evaluate_batch(model: SARM, batch: Batch) -> dict[str, float]:
     model.eval()
-    loss = sarm_loss(model(batch.frames, batch.text), batch.stage, batch.tau, batch.lengths)
-    prediction = model.predict(batch.frames, batch.text, batch.lengths)
+    loss = sarm_loss(model(batch.frames, batch.text, batch.state), batch.stage, batch.tau, batch.lengths)
+    prediction = model.predict(batch.frames, batch.text, batch.lengths, batch.state)
     rows = torch.arange(len(batch.lengths), device=batch.lengths.device)
     last = batch.lengths - 1
     true_stage, true_tau = batch.stage[rows, last], batch.tau[rows, last]
@@ -163,12 +176,15 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     device = resolve_device(config.device)  # first: a missing GPU is one line before any loading
     torch.set_num_threads(config.threads)
     datasets = [require_valid(path) for path in config.datasets]
+    # Checked across datasets before anything is loaded: a missing column or a width mismatch is one line.
+    state_key = STATE_KEY if config.use_state else None
+    state_dim = state_width(datasets, STATE_KEY) if config.use_state else 0
     embeddings = [load_embeddings(ds) for ds in datasets]
     _same_encoders(embeddings)
     stage_names, tasks = label_vocabulary(datasets, config.labels)
     episodes: list[EpisodeArrays] = []
     for ds, emb in zip(datasets, embeddings, strict=True):
-        episodes += episode_arrays(ds, emb, stage_names, config.labels, config.stride_seconds)
+        episodes += episode_arrays(ds, emb, stage_names, config.labels, config.stride_seconds, state_key)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     # Recorded so that `sarm eval` can refuse (or mark) evaluation data that overlaps the training data.
     data_identity = [dataset_identity(ds).to_dict() for ds in datasets]
@@ -200,9 +216,14 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
         text_dim=len(episodes[0].text),
         num_cameras=sample.shape[1],
         stride_seconds=config.stride_seconds,
+        state_dim=state_dim,
     )
     torch.manual_seed(config.seed)
     model = SARM(model_config)
+    if state_dim:
+        # Training split only, so validation episodes do not leak into the normalisation.
+        mean, std = state_statistics(train_eps)
+        model.set_state_stats(torch.from_numpy(mean), torch.from_numpy(std))
     instruction_text = {task: text for emb in embeddings for task, text in emb.text.items()}
     model.set_task_embeddings(torch.from_numpy(np.stack([instruction_text[t["instruction"]] for t in tasks])))
     model.to(device)  # before the optimiser is made over its parameters
@@ -226,7 +247,7 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
     running = 0.0
     while step < config.steps:
         batch = to_device(sampler.sample(config.batch_size, rng), device)
-        output = model(batch.frames, batch.text, true_stage=batch.stage)
+        output = model(batch.frames, batch.text, batch.state, true_stage=batch.stage)
         loss = sarm_loss(output, batch.stage, batch.tau, batch.lengths)
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -248,6 +269,10 @@ def train(config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] 
             info.training["device"] = str(device)  # `auto` as resolved: steps_per_s means little without it
             info.training["cameras"] = cameras
             info.training["data_identity"] = data_identity
+            if state_key:
+                # The dataset feature the state stream reads: export and serving name it from here.
+                info.training["state_key"] = state_key
+                info.training["state_dim"] = state_dim
             save_checkpoint(config.out, model, info)
             save_trainer_state(
                 config.out,
