@@ -153,6 +153,9 @@ async def _score_episodes(
             key = instruction_key(manifest.text_encoder.fingerprint, meta.task)
             instruction = Instruction(np.asarray(embeddings.text[meta.task], np.float32), key)
             source = Encoded.stored(frames.astype(np.float32, copy=False), f"{ds.root}|{meta.index}")
+            if manifest.state_dim:  # a model trained with `--state` reads the episode's joint state
+                state = np.asarray(ds.column(meta.index, manifest.state_key), np.float32)
+                source = source.with_state(engine.state(state, meta.length, f"episode {meta.index}"))
             t = list(range(meta.length))
             scores = await engine.score_at(source, t, stride, instruction)
             probs = np.stack([s.stage_probs for s in scores])

@@ -130,10 +130,10 @@ def _onnx_encoder(
             )
             kind = "an INT8" if "quantization" in identity else "a float"
             raise ValueError(f"{repo} holds {kind} frame encoder: {fix}")
-        return OnnxFrameEncoder(*ident, graphs, identity.get("quantization"), threads, providers)
+        return OnnxFrameEncoder(*ident, graphs, identity.get("quantization"), threads, providers, torch_encoder.prepare)
     cache = cache or DEFAULT_CACHE
     if quantize == "int8":
-        return OnnxFrameEncoder(
-            *ident, int8_graphs(torch_encoder, ds, cache), int8_identity("embedded dataset"), threads, providers
-        )
-    return OnnxFrameEncoder(*ident, float_graphs(torch_encoder, cache), None, threads, providers)
+        graphs, quantization = int8_graphs(torch_encoder, ds, cache), int8_identity("embedded dataset")
+        return OnnxFrameEncoder(*ident, graphs, quantization, threads, providers, torch_encoder.prepare)
+    graphs = float_graphs(torch_encoder, cache)
+    return OnnxFrameEncoder(*ident, graphs, None, threads, providers, torch_encoder.prepare)

@@ -70,6 +70,9 @@ class FrameEncoder(nn.Module, ABC):
     dim: int
     mean: torch.Tensor
     std: torch.Tensor
+    # How frames reach `forward` (the manifest's image.resize): "exact", as they are (resized inside), or "clip",
+    # cropped on the host first as CLIPProcessor does (PIL bicubic has no exact ONNX equivalent), see `prepare`.
+    image_resize = "exact"
 
     def __init__(
         self,
@@ -115,6 +118,15 @@ class FrameEncoder(nn.Module, ABC):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(self.preprocess(images)).float()
 
+    def prepare(self, frames: np.ndarray) -> np.ndarray:
+        """What `forward` takes for decoded frames (N, H, W, 3): the frames, or ("clip") their CLIPProcessor crops
+        (N, input_size, input_size, 3)."""
+        if self.image_resize != "clip":
+            return frames
+        from sarm.scoring.images import clip_crop
+
+        return np.stack([clip_crop(frame, self.input_size) for frame in frames]) if len(frames) else frames
+
     def train(self, mode: bool = True) -> FrameEncoder:
         # Frozen: a parent module's .train() must not switch BatchNorm/dropout back on.
         return super().train(False)
@@ -131,7 +143,7 @@ class FrameEncoder(nn.Module, ABC):
         with torch.inference_mode():
             for start in range(0, len(frames), batch_size):
                 # torch.tensor copies: frames decoded by PyAV or memory-mapped may be read-only.
-                chunk = torch.tensor(frames[start : start + batch_size], device=device)
+                chunk = torch.tensor(self.prepare(frames[start : start + batch_size]), device=device)
                 out[start : start + len(chunk)] = self(chunk).cpu().numpy()
         return out
 

@@ -49,14 +49,50 @@ def _load_tower(cls: type[_Tower], model_path: str, tower: str) -> _Tower:
     return model
 
 
+def _pixel_lut() -> np.ndarray:
+    """(3 · 256,) float32: per channel and byte, CLIPProcessor's rescale by 1/255 (in doubles, then float32) and
+    (x − mean) / std (in float32), as its PIL image processor computes each pixel."""
+    x = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    mean, std = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32), np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
+    return np.concatenate([(x - mean[c]) / std[c] for c in range(3)]).astype(np.float32)
+
+
+PIXEL_LUT = _pixel_lut()
+
+
+class ProcessorPixels(nn.Module):
+    """uint8 crops (B, H, W, 3) → CLIPProcessor's pixel_values (B, 3, H, W), bit for bit: a per-byte lookup of its
+    float arithmetic (one Gather in an exported graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lut: torch.Tensor
+        self.offsets: torch.Tensor
+        self.register_buffer("lut", torch.from_numpy(PIXEL_LUT.copy()), persistent=False)
+        self.register_buffer("offsets", (torch.arange(3) * 256).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.lut[crops.permute(0, 3, 1, 2).to(torch.int64) + self.offsets]
+
+
+PREPROCESSING = ("processor", "squash", "crop")
+
+
 class CLIPFrameEncoder(FrameEncoder):
-    """CLIPProcessor resizes the short side with bicubic and centre-crops; here the whole frame is kept
-    by default (squash, bilinear), and `center_crop=True` gives CLIP's framing. Expect embeddings close to,
-    not bit-equal with, CLIPProcessor's."""
+    """`preprocessing` "processor" (default): exactly CLIPProcessor's, the pixels the CLIP was trained on: the
+    shortest side to input_size with PIL bicubic and a centre crop, on the host (`prepare`; image_resize "clip"),
+    then its rescale and normalisation bit for bit inside `forward`. "squash" (the whole frame, bilinear) and "crop"
+    (centre square, bilinear) resize inside the graph instead, for frames of one fixed size; their embeddings are
+    close to, not equal to, CLIPProcessor's. Embeddings are L2-normalised projections."""
 
     encoder_id = ENCODER_ID
 
-    def __init__(self, model_path: str = DEFAULT_MODEL_PATH, center_crop: bool = False) -> None:
+    def __init__(
+        self, model_path: str = DEFAULT_MODEL_PATH, center_crop: bool = False, preprocessing: str | None = None
+    ) -> None:
+        preprocessing = preprocessing or ("crop" if center_crop else "processor")
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
         model = _load_tower(_VisionTower, model_path, "vision")
         size = model.config.image_size
         if not isinstance(size, int):
@@ -65,12 +101,28 @@ class CLIPFrameEncoder(FrameEncoder):
             input_size=size,
             mean=[255.0 * m for m in OPENAI_CLIP_MEAN],
             std=[255.0 * s for s in OPENAI_CLIP_STD],
-            center_crop=center_crop,
+            center_crop=preprocessing == "crop",
         )
+        self.processor = ProcessorPixels() if preprocessing == "processor" else None
+        self.image_resize = "clip" if self.processor is not None else "exact"
         self.model = model
         freeze(self)
         self.dim = model.visual_projection.out_features
         self.version = f"{transformers.__version__}+{weights_digest(model)}.{self.preprocessing_tag}"
+
+    @property
+    def preprocessing_tag(self) -> str:
+        return f"{self.input_size}processor" if self.processor is not None else super().preprocessing_tag
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        if self.processor is None:
+            return super().preprocess(images)
+        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (*[self.input_size] * 2, 3):
+            raise ValueError(
+                f"expected ({self.input_size}, {self.input_size}) uint8 crops (CLIPFrameEncoder.prepare), got "
+                f"{tuple(images.shape)} {images.dtype}"
+            )
+        return self.processor(images)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         embeds: torch.Tensor = self.model(pixel_values=pixels).image_embeds

@@ -104,6 +104,7 @@ def manifest_dict(
     frame_encoder: dict[str, Any],
     onnx: dict[str, str],
     onnx_sha256: dict[str, str],
+    image_resize: str = "exact",
 ) -> dict[str, Any]:
     """The manifest of a checkpoint's model: for a repository (its ONNX graphs) or for the PyTorch backend (none)."""
     return {
@@ -126,7 +127,7 @@ def manifest_dict(
         "state_dim": config.state_dim,  # raw joint state the heads read (z-scored inside by the checkpoint's stats)
         "state_key": info.training.get("state_key", "observation.state") if config.state_dim else "",
         "num_cameras": config.num_cameras,
-        "image": {"height": image_size[0], "width": image_size[1]},
+        "image": {"height": image_size[0], "width": image_size[1], "resize": image_resize},
         "max_batch": BATCHING.max_batch_size,
         "models": dict(MODELS),
         "onnx": onnx,
@@ -167,6 +168,10 @@ def export_model_repository(
         message = f"{checkpoint} was trained on embeddings this encoder no longer gives: {error}"
         raise CheckpointError(message) from error
     cameras = info.training.get("cameras", {})
+    if encoder.image_resize == "clip":  # CLIPProcessor's crop of any frame, on the host: the graph takes crops
+        if image_size is not None:
+            raise CheckpointError("--image-size does not apply to a CLIP frame encoder: it crops any frame as CLIP")
+        image_size = (encoder.input_size, encoder.input_size)
     if image_size is None and not cameras:
         raise CheckpointError(f"{checkpoint} does not record its camera resolution: pass --image-size HxW")
     height, width = image_size or next(iter(cameras.values()))
@@ -189,6 +194,7 @@ def export_model_repository(
             target,
             (height, width),
             frame_encoder,
+            image_resize=encoder.image_resize,
             onnx={role: str(sources[name].relative_to(out)) for role, name in MODELS.items()},
             onnx_sha256={"encoder": sha256_of(encoder_onnx), "heads": sha256_of(heads_onnx)},
         )

@@ -49,8 +49,11 @@ class OnnxFrameEncoder:
         quantization: dict[str, Any] | None = None,
         threads: int = 0,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
+        """`prepare`: what the graph takes for decoded frames (FrameEncoder.prepare: CLIP's host-side crop)."""
         self.encoder_id, self.version, self.dim = encoder_id, version, dim
+        self._prepare = prepare
         self.quantization = quantization
         self._graphs, self._threads, self._providers = graphs, threads, tuple(providers)
         self._sessions: dict[tuple[int, int], ort.InferenceSession] = {}
@@ -72,10 +75,11 @@ class OnnxFrameEncoder:
             raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        run = self._session(int(frames.shape[1]), int(frames.shape[2]))
         out = np.empty((len(frames), self.dim), dtype=np.float32)
         for start in range(0, len(frames), batch_size):
-            chunk = np.ascontiguousarray(frames[start : start + batch_size])
+            chunk = frames[start : start + batch_size]
+            chunk = np.ascontiguousarray(chunk if self._prepare is None else self._prepare(chunk))
+            run = self._session(int(chunk.shape[1]), int(chunk.shape[2]))
             out[start : start + len(chunk)] = run.run(None, {INPUT_NAME: chunk})[0]
         return out
 

@@ -23,7 +23,7 @@ from transformers.activations import QuickGELUActivation
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from sarm.encoders.base import weights_digest
-from sarm.encoders.clip import CLIPFrameEncoder, CLIPTextEncoder
+from sarm.encoders.clip import PIXEL_LUT, CLIPFrameEncoder, CLIPTextEncoder
 from sarm.scoring.images import CROP, clip_crop
 
 
@@ -41,17 +41,6 @@ def clip_normalize(crops: np.ndarray) -> np.ndarray:
     planes = np.ascontiguousarray(crops.astype(np.uint8).transpose(0, 3, 1, 2)).astype(np.int32)
     planes += (np.arange(3, dtype=np.int32) * 256).reshape(1, 3, 1, 1)
     return np.take(PIXEL_LUT, planes)
-
-
-def _pixel_lut() -> np.ndarray:
-    """(3 · 256,) float32: per channel and byte, rescale by 1/255 in doubles then float32, then (x − mean) / std
-    in float32, as the PIL image processor computes each pixel."""
-    x = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
-    mean, std = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32), np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
-    return np.concatenate([(x - mean[c]) / std[c] for c in range(3)]).astype(np.float32)
-
-
-PIXEL_LUT = _pixel_lut()
 
 
 # CLIPProcessor settings the preprocessing above implements (openai/clip-vit-base-patch32's).

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sarm.encoders.clip import ProcessorPixels
 from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME
 from sarm.lerobot.checkpoint import load_imported, load_imported_network
-from sarm.lerobot.clip import PIXEL_LUT
 from sarm.lerobot.onnx import export_lerobot_heads, state_width
 from sarm.manifest import DEFAULT_MAX_BATCH, MANIFEST_FORMAT
 from sarm.scoring.images import CROP
@@ -35,14 +35,10 @@ class CLIPImageGraph(nn.Module):
     def __init__(self, vision: nn.Module) -> None:
         super().__init__()
         self.vision = vision.eval()
-        self.lut: Tensor
-        self.offsets: Tensor
-        self.register_buffer("lut", torch.from_numpy(PIXEL_LUT.copy()))
-        self.register_buffer("offsets", (torch.arange(3) * 256).reshape(1, 3, 1, 1))
+        self.pixels = ProcessorPixels()
 
     def forward(self, images: Tensor) -> Tensor:
-        index = images.permute(0, 3, 1, 2).to(torch.int64) + self.offsets
-        features: Tensor = self.vision(pixel_values=self.lut[index]).image_embeds
+        features: Tensor = self.vision(pixel_values=self.pixels(images)).image_embeds
         return features
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarm.encoders.base import TextEncoder
+from sarm.encoders.weights import use_encoder_path
 from sarm.scoring.backends import Backend
 from sarm.scoring.engine import Engine
 from sarm.scoring.redis_cache import connect
@@ -39,6 +40,7 @@ def job_store(settings: Settings) -> JobStore:
 def build_deps(settings: Settings, backend: Backend | None = None, text_encoder: TextEncoder | None = None) -> Deps:
     """Everything from `settings`; `backend` and `text_encoder` replace the ones the repository names (tests)."""
     metrics = Metrics()
+    use_encoder_path(settings.encoder_path)  # read where the engine loads the instruction encoder
     engine = Engine.open(Path(settings.model_repo), settings.engine_options(), metrics, text_encoder, backend)
     # Bounded by count and by the measured time to finish: what is admitted must fit in the drain (settings.py).
     budget_s = settings.drain_budget * settings.drain_seconds if settings.drain_seconds > 0 else math.inf

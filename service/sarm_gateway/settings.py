@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         description="Model repository written by `sarm export`; its manifest gives stages, tasks, window, image size "
         "and encoders. Default: the shipped model, built by `make setup` (the image sets /opt/sarm/model_repo).",
     )
+    encoder_path: Path | None = Field(
+        None,
+        description="Local weights of an instruction encoder the model needs that ships none (CLIP: a save_pretrained "
+        "folder or a Hub id in the local cache); default: the folder the manifest records. Nothing is downloaded.",
+    )
     backend: Literal["local", "triton"] = Field(
         "local", description="`local`: ONNX Runtime in the gateway process; `triton`: the models run on Triton."
     )

@@ -150,7 +150,7 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_clip_frame_encoder_from_local_dir(tiny_clip_dir: Path, offline: None) -> None:
     encoder = load_frame_encoder("clip-vit-b32", model_path=str(tiny_clip_dir))
     assert (encoder.encoder_id, encoder.dim, encoder.input_size) == ("clip-vit-b32", 16, 32)
-    assert re.fullmatch(rf"{re.escape(transformers.__version__)}\+{DIGEST}\.32squash", encoder.version)
+    assert re.fullmatch(rf"{re.escape(transformers.__version__)}\+{DIGEST}\.32processor", encoder.version)
     _assert_frozen(encoder)
     frames = _frames(3, 40, 50)
     out = encoder.encode_frames(frames)
@@ -181,3 +181,41 @@ def test_clip_text_encoder_from_local_dir(tiny_clip_dir: Path, offline: None) ->
     np.testing.assert_array_equal(out, encoder.encode(texts))
     assert not np.allclose(out[0], out[1])
     assert encoder.encode([]).shape == (0, 16)
+
+
+SHARED_CLIP = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lerobot_sarm_insertion" / "clip"
+
+
+@pytest.mark.skipif(not SHARED_CLIP.is_dir(), reason=f"the shared CLIP fixture {SHARED_CLIP} is missing")
+def test_clip_encoders_equal_clipmodel_with_clipprocessor(offline: None, tmp_path: Path) -> None:
+    """Our CLIP frame encoder (eager, and its exported graph after the host crop) and text encoder give what
+    transformers' CLIPModel gives for CLIPProcessor's inputs, L2-normalised, on frames of several sizes."""
+    encoder = load_frame_encoder("clip-vit-b32", model_path=str(SHARED_CLIP))
+    texts = load_text_encoder("clip-vit-b32", model_path=str(SHARED_CLIP))
+    assert encoder.image_resize == "clip" and encoder.version.endswith(".224processor")
+    processor = transformers.CLIPProcessor.from_pretrained(str(SHARED_CLIP))
+    model = transformers.CLIPModel.from_pretrained(str(SHARED_CLIP)).eval()
+    graph = export_frame_encoder(encoder, tmp_path / "clip.onnx", height=224, width=224)
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    for height, width in ((120, 160), (300, 200), (224, 224)):
+        frames = _frames(3, height, width)
+        with torch.no_grad():
+            pixels = processor(images=list(frames), return_tensors="pt")["pixel_values"]
+            want = _unit(_features(model.get_image_features(pixel_values=pixels)))
+        np.testing.assert_allclose(encoder.encode_frames(frames), want, atol=1e-5)
+        np.testing.assert_allclose(session.run(None, {INPUT_NAME: encoder.prepare(frames)})[0], want, atol=1e-5)
+    instructions = ["insert the peg into the socket", "pick up the cube"]
+    with torch.no_grad():
+        tokens = processor(text=instructions, return_tensors="pt", padding=True)
+        want = _unit(_features(model.get_text_features(**tokens)))
+    np.testing.assert_allclose(texts.encode(instructions), want, atol=1e-5)
+
+
+def _features(output: object) -> np.ndarray:
+    """CLIPModel.get_*_features: a tensor, or (newer transformers) an output whose pooler_output is the projection."""
+    tensor = output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[attr-defined]
+    return tensor.numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -3,6 +3,7 @@ stored in the checkpoint; `--no-state` (the default) trains exactly as before.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -194,3 +195,32 @@ def test_resume_keeps_the_state_statistics(embedded: Path, tmp_path: Path) -> No
     assert [h["step"] for h in resumed.history] == [5, 10]
     second, _ = load_checkpoint(tmp_path / "ckpt")
     assert torch.equal(first.state_mean, second.state_mean) and torch.equal(first.state_std, second.state_std)
+
+
+def test_eval_scores_a_state_checkpoint_with_the_episodes_state(embedded: Path, tmp_path: Path) -> None:
+    """`sarm eval` (the engine on the PyTorch backend, stored embeddings) reads each episode's state: its progress
+    is the reference computation with the state, not a refusal or zeros."""
+    from sarm.scoring.pytorch import score_embeddings
+
+    out = tmp_path / "ckpt"
+    args = ["train", str(embedded), "--out", str(out), "--steps", "10", "--batch-size", "8", "--eval-every", "10"]
+    assert runner.invoke(app, [*args, "--device", "cpu", "--state"]).exit_code == 0
+    report = tmp_path / "report"
+    result = runner.invoke(
+        app, ["eval", str(out), "--data", str(embedded), "--out", str(report), "--allow-in-sample", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert len(metrics["checkpoints"]) == 1
+    from sarm.evaluation import _score_episodes
+    from sarm.model.windows import stride_frames
+
+    ds = LeRobotDataset(embedded)
+    model, info = load_checkpoint(out)
+    emb = load_embeddings(ds)
+    stride = stride_frames(ds.fps, model.config.stride_seconds)
+    scores = asyncio.run(_score_episodes(out, model, info, ds, emb, stride, torch.device("cpu")))
+    meta = ds.episodes[0]
+    state = np.asarray(ds.column(meta.index, STATE_KEY), np.float32)
+    reference = score_embeddings(model, emb.frames[meta.index], emb.text[meta.task], stride, state=state)
+    np.testing.assert_allclose(scores[meta.index].progress, reference.progress, atol=1e-5)
