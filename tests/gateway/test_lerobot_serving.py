@@ -6,6 +6,7 @@ joint state the model reads."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,14 @@ def clip_text(repo: Path) -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def served(repo: Path, clip_text: TextEncoder) -> Iterator[RunningGateway]:
-    running = RunningGateway(repo, clip_text, http_port=0, max_message_bytes=64 * 1024 * 1024)
+    running = RunningGateway(
+        repo,
+        clip_text,
+        http_port=0,
+        max_message_bytes=64 * 1024 * 1024,
+        data_root=LEROBOT_FIXTURE.parent,  # read only: jobs write their results to the job store
+        job_heartbeat_s=0.05,
+    )
     yield running
     running.close()
 
@@ -222,3 +230,22 @@ def test_the_client_sends_state_and_reads_the_dense_head(
             client.score_video(tmp_path / "short.mkv", task)
         with pytest.raises(NotLive, match="centred"), client.stream(task, fps=50.0) as episode:
             episode.step(frames[:1], state[0])
+
+
+def test_an_rabc_job_labels_with_lerobots_numbers(
+    served: RunningGateway, golden: dict[int, dict[str, np.ndarray]]
+) -> None:
+    """A job on the gateway serving the imported model scores on that engine: centred windows, the dataset's state,
+    both heads; the progress it returns is LeRobot's on the frames LeRobot scored."""
+    from sarm_client import RabcJobs
+
+    jobs = RabcJobs(served.http_url)
+    job = jobs.submit(LEROBOT_FIXTURE.name, chunk_size=10, stride=EVERY)
+    jobs.wait(job.id, poll_s=0.2, timeout=TIMEOUT * 20)
+    table = pq.read_table(io.BytesIO(jobs.download(job.id, "progress"))).to_pydict()
+    episode, frame = np.array(table["episode_index"]), np.array(table["frame_index"])
+    for e in EPISODES:
+        rows = np.flatnonzero(episode == e)
+        rows = rows[np.argsort(frame[rows])][golden[e]["frames"]]
+        for head in ("sparse", "dense"):
+            assert np.abs(np.array(table[f"progress_{head}"])[rows] - golden[e][head]).max() < TOLERANCE, (e, head)
