@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -148,16 +149,17 @@ def dataset_progress(
         if on_episode is not None:
             on_episode(0, total)
         episodes = []
-        for done, episode_index in enumerate(scorer.episodes):
+        order = scorer.episodes
+        for done, episode_index in enumerate(order):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped after {done} of {total} episodes")
-            episodes.append(scorer.label(episode_index))
+            # The next episode's frames decode on a thread while this one is encoded and scored.
+            episodes.append(scorer.label(episode_index, then=order[done + 1] if done + 1 < total else None))
             if on_episode is not None:
                 on_episode(done + 1, total)
         return labeller.assemble(episodes, scorer.provenance, scorer.episodes)
     finally:
-        if engine is None:
-            scorer.close()
+        scorer.close()  # its decoding thread, and the engine when it opened one
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ class EpisodeScorer:
         if manifest.state_dim and manifest.state_key not in ds.info.get("features", {}):
             raise ValueError(f"{ds.root} has no {manifest.state_key!r} column, which this model reads (its state)")
         self._ds, self._cameras, self._stride = ds, cameras, spec.stride
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="sarm-rabc-decode")
+        self._decoding: dict[int, Future[np.ndarray]] = {}  # episode -> its frames, decoding ahead
         self._window_stride = manifest.window.stride(ds.fps)
         self._meta = {meta.index: meta for meta in ds.episodes}
         self.episodes = list(self._meta)  # in dataset order
@@ -269,24 +273,50 @@ class EpisodeScorer:
             "interpolation": "linear" if spec.stride > 1 else "none",
         }
 
-    def label(self, episode_index: int) -> EpisodeProgress:
+    def label(self, episode_index: int, then: int | None = None) -> EpisodeProgress:
+        """φ of one episode; `then`: the episode labelled next, whose frames start decoding now (videos only)."""
         if episode_index not in self._meta:
             raise ValueError(f"the dataset has no episode {episode_index}")
-        progress: EpisodeProgress = self._handle.run(self._label(self._meta[episode_index]))
+        meta = self._meta[episode_index]
+        decoding = self._decoding.pop(episode_index, None)
+        if then is not None and self._store is None and then in self._meta and then not in self._decoding:
+            self._decoding[then] = self._decoder.submit(self._decode, self._meta[then])
+        images = decoding.result() if decoding is not None else None
+        progress: EpisodeProgress = self._handle.run(self._label(meta, images))
         return progress
 
     def close(self) -> None:
+        self._decoder.shutdown(wait=True, cancel_futures=True)
         if self._owned is not None:
             self._owned.close()
 
-    async def _label(self, meta: EpisodeMeta) -> EpisodeProgress:
+    def _scored(self, meta: EpisodeMeta) -> tuple[np.ndarray, np.ndarray]:
+        """The episode's scored frames and the frames their windows read (sorted, unique)."""
+        scored = scored_frames(meta.length, self._stride)
+        windows, _ = self._handle.engine.windows(scored, self._window_stride, meta.length)
+        return scored, np.unique(windows)
+
+    def _decode(self, meta: EpisodeMeta) -> np.ndarray:
+        """The frames the episode's windows read, (N, C, H, W, 3): decoded, and resized to the model's image size
+        (a CLIP model crops frames of any size itself, as CLIPProcessor does: they stay as decoded)."""
+        engine = self._handle.engine
+        (height, width), resize = engine.image_size, engine.manifest.image_resize == "exact"
+        needed = self._scored(meta)[1]
+        return np.stack(
+            [
+                resize_frames(frames, height, width) if resize else frames
+                for frames in (self._ds.frames(meta.index, camera, needed) for camera in self._cameras)
+            ],
+            axis=1,
+        )
+
+    async def _label(self, meta: EpisodeMeta, images: np.ndarray | None) -> EpisodeProgress:
         index = meta.dataset_from_index + np.arange(meta.length, dtype=np.int64)
         if meta.length == 0:
             return EpisodeProgress(meta.index, index, np.zeros(0, np.float32))
         engine = self._handle.engine
-        scored = scored_frames(meta.length, self._stride)
-        needed, _ = engine.windows(scored, self._window_stride, meta.length)
-        frames, instruction = await self._inputs(meta, np.unique(needed))
+        scored, needed = self._scored(meta)
+        frames, instruction = await self._inputs(meta, needed, images)
         scores = await engine.score_at(frames, scored.tolist(), self._window_stride, instruction, meta.length)
         sparse = interpolate(scored, np.array([s.progress for s in scores]), meta.length)
         dense = None
@@ -294,8 +324,11 @@ class EpisodeScorer:
             dense = interpolate(scored, np.array([s.dense.progress for s in scores if s.dense]), meta.length)
         return EpisodeProgress(meta.index, index, sparse, dense)
 
-    async def _inputs(self, meta: EpisodeMeta, needed: np.ndarray) -> tuple[Encoded, Instruction]:
-        """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames, and its instruction."""
+    async def _inputs(
+        self, meta: EpisodeMeta, needed: np.ndarray, images: np.ndarray | None
+    ) -> tuple[Encoded, Instruction]:
+        """The episode's time steps (T, C) as a FrameSource, filled at the `needed` frames (`images`, when already
+        decoded), and its instruction."""
         engine, cameras = self._handle.engine, len(self._cameras)
         state = None
         if engine.manifest.state_dim:
@@ -307,16 +340,8 @@ class EpisodeScorer:
                 Encoded.stored(self._store.frames[meta.index], f"{self._ds.root}|{meta.index}").with_state(state),
                 Instruction(self._store.text[meta.task], key),
             )
-        height, width = engine.image_size
-        # A CLIP model crops frames of any size itself, as CLIPProcessor does: they go as decoded.
-        resize = engine.manifest.image_resize == "exact"
-        images = np.stack(
-            [
-                resize_frames(frames, height, width) if resize else frames
-                for frames in (self._ds.frames(meta.index, camera, needed) for camera in self._cameras)
-            ],
-            axis=1,
-        )
+        if images is None:
+            images = await engine.offload(self._decode, meta)
         encoded = await engine.encode(
             [FrameData(image.tobytes(), image.shape) for image in images.reshape(-1, *images.shape[2:])]
         )
