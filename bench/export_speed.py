@@ -1,7 +1,8 @@
 """PyTorch eager vs ONNX Runtime for the frame encoder (images/s) and the SARM heads (windows/s).
 
 Both engines run in one process, in interleaved rounds, so machine noise hits both alike; the table
-reports the median of the rounds and the ratio. Usage:
+reports the median of the rounds and the ratio. ONNX Runtime sessions use the backends' options
+(sarm.export.session.cpu_session_options); bench/heads_profile.py breaks the heads down further. Usage:
     .venv/bin/python bench/export_speed.py [--rounds 5] [--threads 2] [--image 128] [--preset small]
 Writes bench/results/export_speed.json.
 
@@ -30,6 +31,7 @@ from rich.table import Table
 from sarm.encoders.onnx_export import export_frame_encoder
 from sarm.encoders.registry import load_frame_encoder
 from sarm.export.onnx_heads import export_heads
+from sarm.export.session import cpu_session_options
 from sarm.model.configuration_sarm import SARMConfig
 from sarm.model.modeling_sarm import SARM
 
@@ -48,9 +50,8 @@ def rate(fn: Callable[[], object], items: int, min_seconds: float = 0.5) -> floa
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """The session options the backends use (sarm.export.session)."""
+    return ort.InferenceSession(str(path), cpu_session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def embed_speed(dataset: Path, threads: int) -> None:

@@ -4,7 +4,9 @@ Measured on our 2-core machines shared with other work: with onnxruntime's defau
 waiting for the next parallel section; when the cores are busy (the gateway's event loop, video decoding, other
 processes) the spinning threads steal the time the working thread needs. Turning spinning off made the heads
 1.6-3x faster at batch 1-64 under load (bench/results/heads_profile.json). Graph optimisation stays at
-ORT_ENABLE_ALL (EXTENDED measured no faster).
+ORT_ENABLE_ALL (EXTENDED measured no faster). What made the heads faster than PyTorch at batch 8-64 is the graph
+itself, not an option: sarm/export/onnx_heads.py exports the transformer layers as Gemms on token rows, out of
+reach of the slow SkipLayerNormalization fusion, so Triton's sessions get it too.
 """
 
 from __future__ import annotations
