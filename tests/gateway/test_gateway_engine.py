@@ -175,6 +175,7 @@ def test_episode_memory_stays_within_one_window_span() -> None:
         encode=encode,
         score_at=score_at,
         time_steps=lambda n, what: n,
+        state=lambda values, steps, what: None,  # a model without joint state
     )
     episode = Episode(engine, Instruction(np.zeros(3), "i"), fps=3, options=ScoringOptions())
 

@@ -19,7 +19,7 @@ def test_client_gateway_and_datasets_resize_a_video_identically(tmp_path: Path) 
     frames = rng.integers(0, 256, (6, 96, 128, 3), dtype=np.uint8)
     video = write_video(tmp_path / "camera.mp4", frames, fps=5)
     height, width = 48, 64
-    by_client = decode(video, SimpleNamespace(num_cameras=1, image_size=(height, width)))  # type: ignore[arg-type]
+    by_client = decode(video, SimpleNamespace(num_cameras=1, image_size=(height, width), image_resize="exact"))  # type: ignore[arg-type]
     reader = VideoReader(video, height, width, VideoLimits(60, 100, 10**7))
     try:
         by_gateway = reader.read(100)
