@@ -51,8 +51,16 @@ class AsyncEpisodeStream(EpisodeBase):
                 self._status = grpc.aio.AioRpcError(code, None, trailing, details)
 
     async def _outgoing(self) -> AsyncIterator[Any]:
+        opened = False
         while (request := await self._requests.get()) is not _END:
             yield request
+            if not opened:
+                # Steps wait for the server's initial metadata (the stream is admitted) or the end of the call (a
+                # refusal): a step written while a refusal ends the call would lose the server's status.
+                opened = True
+                await self._call.initial_metadata()
+                if self._call.done():
+                    return
 
     async def step(
         self, frames: Image | Images, state: State | None = None, *, timeout: float | None = None

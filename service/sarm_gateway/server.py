@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -60,6 +60,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
+T = TypeVar("T")
 Request = pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.StreamEpisodeRequest
 # The drain (Gateway.stop): how often it checks the work in flight, how long no new call must have come before the
 # gRPC server is stopped (calls it has taken but not yet handed to a handler are cancelled by the stop), and the
@@ -167,8 +168,14 @@ class RewardService(pb_grpc.RewardServiceServicer):
         episode_id = ""
         async with self._errors(context):
             self._authorize(context, Operation.STREAM)
+            # The first message is read before the stream is admitted, and admission is announced by the initial
+            # metadata, which clients await before sending steps: so no client write is in flight when a refusal
+            # ends the call (grpc.aio would replace the refusal's status with its own INTERNAL).
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
             with self.streams.slot():
-                async for request in request_iterator:
+                await context.send_initial_metadata(())
+                async for request in _prepend(first, requests):
                     kind = request.WhichOneof("message")
                     # An admitted stream is never cut by a burst of other calls: its steps, one at a time,
                     # are bounded by max_streams instead of max_in_flight.
@@ -206,6 +213,13 @@ class RewardService(pb_grpc.RewardServiceServicer):
         async with self._errors(context):
             self._authorize(context, Operation.INFO)
         return model_info(self.engine)
+
+
+async def _prepend(first: T | None, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    if first is not None:
+        yield first
+    async for item in rest:
+        yield item
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
