@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from sarm.encoders.base import FrameEncoder
 
@@ -12,8 +13,9 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 
 
-def export_frame_encoder(encoder: FrameEncoder, path: str | Path, *, height: int, width: int) -> Path:
-    """Write a self-contained .onnx with a symbolic batch dimension; H and W are fixed to the camera's.
+def export_frame_encoder(encoder: FrameEncoder | nn.Module, path: str | Path, *, height: int, width: int) -> Path:
+    """Write a self-contained .onnx with a symbolic batch dimension; H and W are fixed to the camera's. `encoder`
+    takes uint8 images (B, H, W, 3): a FrameEncoder, or another module of that contract (an imported CLIP's graph).
 
     The example batch has 2 images because torch.export specialises a dimension of size 1 to a constant.
     """

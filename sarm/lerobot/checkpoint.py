@@ -212,6 +212,15 @@ def load_imported(
     """A ready scorer (network, CLIP, normaliser) for an imported checkpoint, running on `device`. `clip_path`
     overrides the CLIP folder recorded at import; its weights must have the recorded digest."""
     model, normalizer, info = load_imported_model(path)
+    clip = load_imported_clip(info, clip_path, device)
+    return LeRobotScorer(model, clip, normalizer, batch_size, device), info
+
+
+def load_imported_clip(
+    info: ImportedInfo, clip_path: Path | None = None, device: str | torch.device = "cpu"
+) -> LeRobotCLIP:
+    """The CLIP an imported checkpoint was imported with (`clip_path` overrides the recorded folder); its weights
+    must have the recorded digest."""
     folder = clip_path or info.clip_path
     if not folder.is_dir():
         raise LeRobotConfigError(
@@ -223,7 +232,7 @@ def load_imported(
             f"the CLIP at {folder} has weights {clip.digest}, not the {info.clip_digest} this checkpoint was "
             "imported with"
         )
-    return LeRobotScorer(model, clip, normalizer, batch_size, device), info
+    return clip
 
 
 def load_imported_network(path: Path) -> tuple[ImportedLeRobotSARM, ImportedInfo]:

@@ -23,7 +23,7 @@ from transformers.activations import QuickGELUActivation
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from sarm.encoders.base import weights_digest
-from sarm.encoders.clip import PIXEL_LUT, CLIPFrameEncoder, CLIPTextEncoder
+from sarm.encoders.clip import CLIPFrameEncoder, CLIPTextEncoder, ProcessorPixels
 from sarm.scoring.images import CROP, clip_crop
 
 
@@ -36,11 +36,13 @@ def clip_pixels(images: np.ndarray, size: int = CROP) -> np.ndarray:
 
 
 def clip_normalize(crops: np.ndarray) -> np.ndarray:
-    """(N, size, size, 3) uint8 crops → (N, 3, size, size) float32 by a per-byte lookup of the processor's float
-    arithmetic (bit-identical, and several times faster than doing it per pixel)."""
-    planes = np.ascontiguousarray(crops.astype(np.uint8).transpose(0, 3, 1, 2)).astype(np.int32)
-    planes += (np.arange(3, dtype=np.int32) * 256).reshape(1, 3, 1, 1)
-    return np.take(PIXEL_LUT, planes)
+    """(N, size, size, 3) uint8 crops → (N, 3, size, size) float32: the processor's arithmetic, bit for bit
+    (ProcessorPixels, the lookup the exported graphs use too)."""
+    with torch.no_grad():
+        return _PIXELS(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8))).numpy()
+
+
+_PIXELS = ProcessorPixels()
 
 
 # CLIPProcessor settings the preprocessing above implements (openai/clip-vit-base-patch32's).

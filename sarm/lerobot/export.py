@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from sarm.encoders.clip import ProcessorPixels
-from sarm.encoders.onnx_export import INPUT_NAME, OUTPUT_NAME
-from sarm.lerobot.checkpoint import load_imported, load_imported_network
+from sarm.encoders.onnx_export import export_frame_encoder
+from sarm.lerobot.checkpoint import load_imported_clip, load_imported_network
 from sarm.lerobot.onnx import export_lerobot_heads, state_width
 from sarm.manifest import DEFAULT_MAX_BATCH, MANIFEST_FORMAT
 from sarm.scoring.images import CROP
@@ -42,33 +42,17 @@ class CLIPImageGraph(nn.Module):
         return features
 
 
-def export_clip_image_graph(vision: nn.Module, path: Path) -> Path:
-    example = torch.zeros((2, CROP, CROP, 3), dtype=torch.uint8)  # a batch of 2: 1 would be specialised
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        CLIPImageGraph(vision).eval(),
-        (example,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
-    return path
-
-
 def export_lerobot_graphs(checkpoint: Path, out: Path, target: str, sources: dict[str, Path]) -> dict[str, Any]:
     """Write the encoder and heads graphs to `sources` (role -> path under `out`) and return the manifest's fields
     (all but `models`)."""
     from sarm.export.model_repo import sha256_of  # the repository writer imports this module lazily
 
-    scorer, info = load_imported(checkpoint)  # the CLIP it names, with the recorded weights digest
-    network, _ = load_imported_network(checkpoint)
+    network, info = load_imported_network(checkpoint)
+    clip = load_imported_clip(info)  # the CLIP it names, with the recorded weights digest
     cfg = network.cfg
+    sources["encoder"].parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        export_clip_image_graph(scorer.clip.vision, sources["encoder"])
+        export_frame_encoder(CLIPImageGraph(clip.vision), sources["encoder"], height=CROP, width=CROP)
         export_lerobot_heads(network, sources["heads"])
     sparse = cfg.sparse
     return {
