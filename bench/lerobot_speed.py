@@ -169,35 +169,32 @@ class Stage:
 class Timers:
     stages: dict[str, Stage] = field(default_factory=dict)
 
-    def wrap_async(self, name: str, fn: Callable[..., Any], count: Callable[..., int]) -> Callable[..., Any]:
+    def wrap(
+        self, name: str, fn: Callable[..., Any], count: Callable[..., int], coroutine: bool = False
+    ) -> Callable[..., Any]:
+        """`fn` (a coroutine function when `coroutine`), timed into stage `name`."""
         stage = self.stages.setdefault(name, Stage())
 
-        async def timed(*args: Any, **kwargs: Any) -> Any:
+        @contextmanager
+        def measured(*args: Any, **kwargs: Any) -> Iterator[None]:
             start, cpu = time.perf_counter(), cpu_seconds()
             try:
-                return await fn(*args, **kwargs)
+                yield
             finally:
                 stage.seconds += time.perf_counter() - start
                 stage.cpu += cpu_seconds() - cpu
                 stage.calls += 1
                 stage.items += count(*args, **kwargs)
 
-        return timed
-
-    def wrap(self, name: str, fn: Callable[..., Any], count: Callable[..., int]) -> Callable[..., Any]:
-        stage = self.stages.setdefault(name, Stage())
+        async def timed_coroutine(*args: Any, **kwargs: Any) -> Any:
+            with measured(*args, **kwargs):
+                return await fn(*args, **kwargs)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start, cpu = time.perf_counter(), cpu_seconds()
-            try:
+            with measured(*args, **kwargs):
                 return fn(*args, **kwargs)
-            finally:
-                stage.seconds += time.perf_counter() - start
-                stage.cpu += cpu_seconds() - cpu
-                stage.calls += 1
-                stage.items += count(*args, **kwargs)
 
-        return timed
+        return timed_coroutine if coroutine else timed
 
 
 @contextmanager
@@ -219,8 +216,7 @@ def timed_stages() -> Iterator[Timers]:
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _, _ in patches]
     try:
         for owner, attr, count, coroutine in patches:
-            wrap = timers.wrap_async if coroutine else timers.wrap
-            setattr(owner, attr, wrap(names[attr], getattr(owner, attr), count))
+            setattr(owner, attr, timers.wrap(names[attr], getattr(owner, attr), count, coroutine))
         yield timers
     finally:
         for owner, attr, original in originals:
