@@ -48,10 +48,17 @@ def main(
     chunk: Annotated[int, typer.Option(min=1, help="Action-chunk length (RA-BC's Δ).")] = 8,
     execute: Annotated[int, typer.Option(min=1, help="Actions executed per chunk.")] = 4,
     kappa: Annotated[float, typer.Option(help="RA-BC κ.")] = 0.01,
-    episodes: Annotated[int, typer.Option(min=1, help="Rollout episodes per task, arm and seed.")] = 50,
+    episodes: Annotated[
+        int, typer.Option(min=1, help="Rollout layouts per task, arm and seed (paired across arms).")
+    ] = 100,
+    bootstrap: Annotated[int, typer.Option(min=100, help="Paired bootstrap resamples of layouts.")] = 10_000,
+    repeat_check: Annotated[
+        bool, typer.Option(help="Retrain and re-roll the first BC policy in the same process and compare the two.")
+    ] = True,
     quick: Annotated[bool, typer.Option(help="Tiny smoke configuration (one task, a few demos and steps).")] = False,
 ) -> None:
-    """Mixed-quality demos → SARM → RA-BC weights → BC vs BC + RA-BC (same seeds, steps, batches) → rollouts."""
+    """Mixed-quality demos → SARM → RA-BC weights → BC, success-filtered BC and BC + RA-BC (same seeds, steps and
+    batch size) → rollouts on the same layouts → paired statistics."""
     if quick:
         tasks, demos, sarm_steps, seeds, bc_steps, episodes = "pick-place-v3", 6, 10, "0", 50, 3
         image_size, encoder_input = 64, 64
@@ -71,6 +78,8 @@ def main(
         bc=BCConfig(chunk=chunk, execute=execute, steps=bc_steps),
         kappa=kappa,
         episodes=episodes,
+        bootstrap=bootstrap,
+        repeat_check=repeat_check,
     )
     outcome = run(config)
     for task, r in outcome["tasks"].items():
@@ -78,6 +87,9 @@ def main(
             f"{arm} {a['rate']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]" for arm, a in r["arms"].items()
         )
         console.print(f"{task}: {rates}; mean weight {r['weights']['mean_weight']:.3f}")
+        for name, c in r["paired"].items():
+            low, high = c["ci95"]
+            console.print(f"  {name}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}], McNemar p {c['p_mcnemar']:.3g}")
     console.print(f"report: {config.results}.md")
 
 

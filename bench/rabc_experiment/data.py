@@ -37,7 +37,7 @@ class Demos:
 
 
 def generate(task: str, episodes: int, out: Path, *, seed: int, mix: QualityMix, image_size: int) -> Path:
-    if (out / "meta" / "info.json").exists():
+    if generated(out):
         return out
     with progress_bar() as bar, LeRobotWriter(out, fps=METAWORLD_FPS, robot_type="sawyer") as writer:
         job = bar.add_task(f"generate {task}", total=episodes, status="")
@@ -47,20 +47,36 @@ def generate(task: str, episodes: int, out: Path, *, seed: int, mix: QualityMix,
     return out
 
 
-def embed(root: Path, encoder_input_size: int) -> None:
-    """Encode every frame once; a smaller encoder input than the paper's 224 keeps this CPU-affordable."""
+def generated(root: Path) -> bool:
+    return (root / "meta" / "info.json").exists()
+
+
+def embed(root: Path, encoder_input_size: int) -> int:
+    """Encode every frame once; a smaller encoder input than the paper's 224 keeps this CPU-affordable.
+    Returns the frames encoded now (0 when every episode was already stored)."""
     ds = LeRobotDataset(root)
     frames = load_frame_encoder(DEFAULT_FRAME_ENCODER, input_size=encoder_input_size)
     texts = load_text_encoder(DEFAULT_TEXT_ENCODER)
+    encoded = [0]
+
+    def advance(_episode: int, frames_encoded: int) -> None:
+        encoded[0] += frames_encoded
+        bar.update(job, advance=1)
+
     with progress_bar() as bar:
         job = bar.add_task(f"embed {root.name}", total=len(ds.episodes), status="")
-        embed_dataset(ds, frames, texts, batch_size=64, on_episode=lambda *_: bar.update(job, advance=1))
+        embed_dataset(ds, frames, texts, batch_size=64, on_episode=advance)
+    return encoded[0]
+
+
+def sarm_steps_done(out: Path) -> int:
+    config_file = out / CONFIG
+    return int(json.loads(config_file.read_text())["training"].get("steps_done", 0)) if config_file.exists() else 0
 
 
 def train_sarm(roots: list[Path], out: Path, *, steps: int, seed: int) -> Path:
     """One multi-task SARM (small preset) on the experiment's own demos; resumes an unfinished run."""
-    config_file = out / CONFIG
-    done = json.loads(config_file.read_text())["training"].get("steps_done", 0) if config_file.exists() else 0
+    done = sarm_steps_done(out)
     if done >= steps:
         return out
     config = TrainConfig(datasets=roots, out=out, steps=steps, seed=seed, resume=done > 0, threads=1)
@@ -98,4 +114,20 @@ def load_demos(task: str, root: Path) -> Demos:
         success=[bool(m.row["success"]) for m in metas],
         state=[ds.column(m.index, "observation.state").astype(np.float32) for m in metas],
         action=[ds.column(m.index, "action").astype(np.float32) for m in metas],
+    )
+
+
+def successful(demos: Demos) -> Demos:
+    """Only the demos whose dataset success flag is true: the success-filtered BC baseline's training set."""
+    keep = [i for i, ok in enumerate(demos.success) if ok]
+    if not keep:
+        raise ValueError(f"{demos.task}: no demo has its success flag set; the success-filtered arm has no data")
+    return Demos(
+        task=demos.task,
+        episodes=[demos.episodes[i] for i in keep],
+        quality=[demos.quality[i] for i in keep],
+        perturbations=[demos.perturbations[i] for i in keep],
+        success=[True] * len(keep),
+        state=[demos.state[i] for i in keep],
+        action=[demos.action[i] for i in keep],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -35,17 +36,28 @@ def expert_controller(task: str) -> Controller:
     return lambda obs: np.clip(expert.get_action(obs), -1.0, 1.0)[None]
 
 
+def layout_digest(obs: np.ndarray) -> str:
+    """A short fingerprint of a layout's first observation (object and goal positions included): equal digests
+    across arms show the arms really were rolled out on the same layouts."""
+    return hashlib.sha256(np.asarray(obs, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
 def rollout(
-    task: str, controller: Controller, seeds: Sequence[int], on_episode: Callable[[bool], None] | None = None
+    task: str,
+    controller: Controller,
+    seeds: Sequence[int],
+    on_episode: Callable[[bool], None] | None = None,
+    digests: list[str] | None = None,
 ) -> list[bool]:
-    """One episode per layout seed, up to MAX_STEPS steps; returns whether each succeeded."""
+    """One episode per layout seed, up to MAX_STEPS steps; returns whether each succeeded. If `digests` is given,
+    each episode's layout_digest is appended to it."""
     env = make_env(task)
     results = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the experts warn on every saturated action
             for seed in seeds:
-                results.append(_episode(env, controller, seed))
+                results.append(_episode(env, controller, seed, digests))
                 if on_episode is not None:
                     on_episode(results[-1])
     finally:
@@ -53,8 +65,10 @@ def rollout(
     return results
 
 
-def _episode(env: SawyerXYZEnv, controller: Controller, seed: int) -> bool:
+def _episode(env: SawyerXYZEnv, controller: Controller, seed: int, digests: list[str] | None) -> bool:
     obs = reset_env(env, seed)
+    if digests is not None:
+        digests.append(layout_digest(obs))
     steps = 0
     while steps < MAX_STEPS:
         for action in controller(obs):

@@ -1,8 +1,10 @@
-"""The RA-BC experiment's cheap logic: Wilson intervals, chunk targets, the weighted BC loss, rollouts, and
-the whole `--quick` pipeline (slow)."""
+"""The RA-BC experiment's cheap logic: Wilson intervals, paired statistics, chunk targets, the weighted BC loss,
+the success filter, rollouts and their layout check, the generated report, and the whole `--quick` pipeline
+(slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,11 +13,19 @@ import pytest
 
 pytest.importorskip("sarm.sim.metaworld_demos")
 
-from bench.rabc_experiment.data import Demos
+from bench.rabc_experiment.data import Demos, successful
+from bench.rabc_experiment.experiment import LayoutCheck
 from bench.rabc_experiment.policy import BCConfig, chunk_targets, train_bc
+from bench.rabc_experiment.report import _summary
 from bench.rabc_experiment.rollout import eval_seeds, expert_controller, rollout, state_controller
 from bench.rabc_experiment.segments import retreat_frames
-from bench.rabc_experiment.stats import newcombe_difference, wilson_interval
+from bench.rabc_experiment.stats import (
+    interval_verdict,
+    mcnemar_exact,
+    newcombe_difference,
+    paired_comparison,
+    wilson_interval,
+)
 from bench.rabc_experiment.weights import weight_report
 from sarm.rabc.weights import RabcParams, compute
 from sarm.sim.metaworld_demos import MAX_STEPS, STATE_NAMES
@@ -48,6 +58,97 @@ def test_newcombe_difference_matches_his_worked_example() -> None:
     assert newcombe_difference(48, 80, 56, 70) == pytest.approx((0.0524, 0.3339), abs=5e-5)
     low, high = newcombe_difference(25, 50, 25, 50)
     assert low == pytest.approx(-high) and low < 0 < high
+
+
+@pytest.mark.parametrize(
+    ("a_only", "b_only", "p"),
+    [  # hand-computed: p = 2·Σ_{i ≤ min} C(n, i) / 2^n, capped at 1
+        (10, 2, 2 * (1 + 12 + 66) / 4096),  # 0.03857
+        (2, 10, 2 * (1 + 12 + 66) / 4096),
+        (0, 6, 2 / 64),
+        (1, 9, 2 * (1 + 10) / 1024),
+        (5, 5, 1.0),  # 2 · 638/1024 > 1
+        (0, 0, 1.0),  # no discordant pair: no evidence either way
+    ],
+)
+def test_mcnemar_exact_matches_hand_values(a_only: int, b_only: int, p: float) -> None:
+    assert mcnemar_exact(a_only, b_only) == pytest.approx(p, rel=1e-12)
+
+
+def test_mcnemar_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 3)
+
+
+def test_paired_comparison_counts_discordant_pairs_and_difference() -> None:
+    a = np.array([[1, 1, 0, 0, 1], [0, 1, 0, 1, 1]], bool)
+    b = np.array([[1, 0, 1, 1, 1], [1, 1, 1, 1, 0]], bool)
+    c = paired_comparison(a, b, resamples=2000)
+    # only a: (0,1), (1,4); only b: (0,2), (0,3), (1,0), (1,2); b − a = (8 − 6) / 10.
+    assert (c.a_only, c.b_only, c.pairs) == (2, 4, 10)
+    assert c.difference == pytest.approx(0.2)
+    assert c.p_mcnemar == pytest.approx(2 * (1 + 6 + 15) / 64)
+    assert c.ci95[0] <= c.difference <= c.ci95[1]
+
+
+def test_paired_bootstrap_interval_matches_the_normal_approximation() -> None:
+    # 100 layouts, one seed: b − a is 1 on half of them and 0 on the rest. The mean difference is 0.5 with
+    # standard error sqrt(0.25 / 100) = 0.05, so the 95% interval is about 0.5 ± 1.96 · 0.05 = [0.402, 0.598].
+    a = np.zeros((1, 100), bool)
+    b = np.arange(100)[None] % 2 == 0
+    c = paired_comparison(a, b, resamples=20_000, seed=1)
+    assert c.difference == pytest.approx(0.5)
+    assert c.ci95 == pytest.approx((0.402, 0.598), abs=0.015)
+
+
+def test_paired_bootstrap_keeps_the_seeds_of_a_layout_together() -> None:
+    # On every layout seed 0 favours b and seed 1 favours a: each layout's difference is 0, so resampling
+    # layouts (not single rollouts) gives a degenerate interval at 0, while McNemar sees 50 discordant pairs a side.
+    a = np.array([[0] * 50, [1] * 50], bool)
+    b = np.array([[1] * 50, [0] * 50], bool)
+    c = paired_comparison(a, b, resamples=500)
+    assert c.difference == 0 and c.ci95 == (0.0, 0.0)
+    assert (c.a_only, c.b_only) == (50, 50) and c.p_mcnemar == pytest.approx(1.0)
+    constant = paired_comparison(np.zeros((3, 7), bool), np.ones((3, 7), bool), resamples=100)
+    assert constant.difference == 1.0 and constant.ci95 == (1.0, 1.0)
+
+
+def test_paired_comparison_rejects_unpaired_shapes() -> None:
+    with pytest.raises(ValueError, match="equal"):
+        paired_comparison(np.zeros((2, 5), bool), np.zeros((2, 6), bool))
+    with pytest.raises(ValueError, match="equal"):
+        paired_comparison(np.zeros(5, bool), np.zeros(5, bool))
+
+
+def test_interval_verdict() -> None:
+    assert interval_verdict(0.01, 0.2) == "above 0"
+    assert interval_verdict(0.0, 0.2) == "includes 0"
+    assert interval_verdict(-0.3, -0.1) == "below 0"
+
+
+def _paired(low: float, high: float, b: str = "rabc", a: str = "bc") -> dict[str, object]:
+    return {"b": b, "a": a, "ci95": [low, high]}
+
+
+def test_summary_sentences_are_computed_from_the_intervals() -> None:
+    results = {
+        "tasks": {
+            "t1": {"paired": {"rabc-bc": _paired(0.05, 0.2), "rabc-bc_success": _paired(-0.2, -0.05, a="bc_success")}},
+            "t2": {"paired": {"rabc-bc": _paired(-0.01, 0.2), "rabc-bc_success": _paired(-0.1, 0.1, a="bc_success")}},
+            "t3": {"paired": {"rabc-bc": _paired(0.01, 0.3), "rabc-bc_success": _paired(-0.1, 0.1, a="bc_success")}},
+        }
+    }
+    lines = _summary(results)
+    assert lines[0] == (
+        "- RA-BC − BC: the paired 95% interval lies above 0 on 2 of 3 tasks (t1, t3), includes 0 on 1 (t2) and "
+        "lies below 0 on 0 (none)."
+    )
+    assert lines[1].endswith(": met.")
+    assert lines[2] == (
+        "- RA-BC − BC (success-filtered): interval above 0 on 0 (none), includes 0 on 2 (t2, t3), below 0 on 1 (t1)."
+    )
+    results["tasks"]["t3"]["paired"]["rabc-bc"] = _paired(-0.01, 0.3)
+    assert _summary(results)[1].endswith(": not met.")
 
 
 def test_chunk_targets_clamp_at_each_episode_end() -> None:
@@ -103,9 +204,31 @@ def test_weight_report_groups_by_quality() -> None:
 
 def test_rollouts_expert_succeeds_and_idle_policy_fails() -> None:
     layouts = eval_seeds(2)
-    assert rollout("pick-place-v3", expert_controller("pick-place-v3"), layouts) == [True, True]
+    expert_digests: list[str] = []
+    assert rollout("pick-place-v3", expert_controller("pick-place-v3"), layouts, digests=expert_digests) == [True, True]
     idle = state_controller(lambda state: np.zeros((8, 4), np.float32))
-    assert rollout("pick-place-v3", idle, layouts[:1]) == [False]
+    idle_digests: list[str] = []
+    assert rollout("pick-place-v3", idle, layouts[:1], digests=idle_digests) == [False]
+    # The same layout seed gives the same layout whatever the controller; different seeds give different layouts.
+    assert idle_digests == expert_digests[:1] and expert_digests[0] != expert_digests[1]
+
+
+def test_layout_check_stops_on_a_different_layout() -> None:
+    check = LayoutCheck()
+    check.check(["a", "b"], "expert")
+    check.check(["a", "b"], "bc seed 0")
+    assert check.summary() == {"layouts": 2, "runs_compared": 2, "identical": True}
+    with pytest.raises(RuntimeError, match="layout 1 differs"):
+        check.check(["a", "c"], "rabc seed 0")
+
+
+def test_success_filter_keeps_only_flagged_demos() -> None:
+    demos = _demos([0.5, -0.5, 0.1], qualities=("clean", "failed", "degraded"))
+    kept = successful(demos)
+    assert kept.episodes == [0, 2] and kept.quality == ["clean", "degraded"] and all(kept.success)
+    assert [float(a[0, 0]) for a in kept.action] == [0.5, pytest.approx(0.1)]
+    with pytest.raises(ValueError, match="no demo"):
+        successful(dataclasses.replace(demos, success=[False] * 3))
 
 
 @pytest.mark.slow
@@ -121,10 +244,18 @@ def test_quick_experiment_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "rabc_experiment.json").read_text())
     arms = report["tasks"]["pick-place-v3"]["arms"]
-    assert set(arms) == {"expert", "bc", "rabc"}
-    assert arms["bc"]["episodes"] == arms["rabc"]["episodes"] == 3
+    assert set(arms) == {"expert", "bc", "bc_success", "rabc"}
+    assert arms["bc"]["episodes"] == arms["bc_success"]["episodes"] == arms["rabc"]["episodes"] == 3
+    assert all(len(s["outcomes"]) == 3 for arm in arms.values() for s in arm["per_seed"])
+    task = report["tasks"]["pick-place-v3"]
+    assert set(task["paired"]) == {"rabc-bc", "rabc-bc_success", "bc_success-bc"}
+    assert task["layout_check"] == {"layouts": 3, "runs_compared": 5, "identical": True}  # expert, 3 arms, repeat
+    assert report["repeat_check"]["parameters_identical"] and report["repeat_check"]["outcomes_identical"]
+    assert report["environment"]["packages"]["torch"].startswith("2.13.0")
     assert (tmp_path / "rabc_experiment.png").stat().st_size > 0
-    assert "RA-BC weights per demo quality" in (tmp_path / "rabc_experiment.md").read_text()
+    text = (tmp_path / "rabc_experiment.md").read_text()
+    for section in ("Paired comparisons", "RA-BC weights per demo quality", "Environment and wall time"):
+        assert section in text
 
 
 def test_retreat_frames_read_from_the_give_up_event() -> None:
