@@ -5,15 +5,22 @@ ground-truth stage-aware progress (overall and per quality), stage accuracy (sta
 stages include the data's), AUROC of final progress separating successful from failed demos, and stage
 flicker: how often the predicted stage (argmax at every scored frame) changes per episode, against how often the
 ground-truth stage does (per task and overall; a ratio near 1 is a steady curve, well above 1 is flicker).
+
+Scores come from the scoring engine over the dataset's stored embeddings. `engine="onnxruntime"` (the default) runs
+the heads graph of the checkpoint's exported repository, the one `sarm rabc` and the gateway run (exported once and
+cached, sarm.scoring.repository), in ONNX Runtime; `engine="torch"` runs the checkpoint's PyTorch heads. The two agree
+within the export parity tolerance (tests/core/test_eval_engine.py). A checkpoint that cannot be exported (one that
+records no camera resolution) is scored in PyTorch, and its metrics say so (`engine`, `engine_note`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import matplotlib
 
@@ -25,7 +32,7 @@ from scipy.stats import rankdata, spearmanr
 
 from sarm.data.lerobot import LeRobotDataset
 from sarm.data.validate import require_valid
-from sarm.device import resolve_device
+from sarm.device import CPU_PROVIDER, CUDA_PROVIDER, DeviceError, onnx_providers, resolve_device
 from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.modeling_sarm import SARM
@@ -35,8 +42,43 @@ from sarm.scoring.metrics import EngineMetrics
 from sarm.scoring.options import EngineOptions
 from sarm.scoring.pytorch import EpisodeScores
 from sarm.scoring.torch_backend import TorchBackend, checkpoint_manifest
-from sarm.training.checkpoint import CheckpointInfo, load_checkpoint, load_info
+from sarm.training.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, load_info
 from sarm.training.data_identity import Overlap, dataset_identity, training_overlap
+
+EvalEngine = Literal["onnxruntime", "torch"]
+EVAL_ENGINES: tuple[str, ...] = get_args(EvalEngine)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where `sarm eval` scores: the engine, the torch device (the torch engine, and checkpoints that cannot be
+    exported) and ONNX Runtime's execution providers (the onnxruntime engine)."""
+
+    engine: EvalEngine
+    torch_device: torch.device
+    providers: tuple[str, ...] = (CPU_PROVIDER,)
+
+    @property
+    def device(self) -> str:
+        """The device the engine runs on: cuda or cpu."""
+        if self.engine == "torch":
+            return self.torch_device.type
+        return "cuda" if self.providers[0] == CUDA_PROVIDER else "cpu"
+
+
+def placement(engine: str, device: str) -> Placement:
+    """`--engine` and `--device` resolved: a missing GPU first (one line, before any loading), then, for ONNX
+    Runtime, its CUDA provider (onnxruntime-gpu) for cuda, or the one line that says how to do without."""
+    if engine not in EVAL_ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(EVAL_ENGINES)}; got {engine!r}")
+    torch_device = resolve_device(device)
+    if engine == "torch":
+        return Placement("torch", torch_device)
+    try:
+        providers = onnx_providers(device)
+    except DeviceError as error:
+        raise DeviceError(f"{error}; or score in PyTorch on the GPU with --engine torch") from error
+    return Placement("onnxruntime", torch_device, tuple(providers))
 
 
 @dataclass
@@ -120,6 +162,37 @@ def ground_truth_progress(
     return progress_from_stage_tau(labels.stage, labels.tau, list(proportions.values())), labels.stage
 
 
+async def _score_with(
+    engine: Engine, ds: LeRobotDataset, embeddings: DatasetEmbeddings, stride: int
+) -> dict[int, EpisodeScores]:
+    """Every frame of every episode, from the stored embeddings, through the scoring engine (the loop every front
+    end uses: windows, the score cache's keys, batching), whatever its backend."""
+    manifest = engine.manifest
+    out = {}
+    for meta in ds.episodes:
+        frames = embeddings.frames[meta.index]
+        if frames.ndim == 2:
+            frames = frames[:, None]
+        key = instruction_key(manifest.text_encoder.fingerprint, meta.task)
+        instruction = Instruction(np.asarray(embeddings.text[meta.task], np.float32), key)
+        source = Encoded.stored(frames.astype(np.float32, copy=False), f"{ds.root}|{meta.index}")
+        if manifest.state_dim:  # a model trained with `--state` reads the episode's joint state
+            state = np.asarray(ds.column(meta.index, manifest.state_key), np.float32)
+            source = source.with_state(engine.state(state, meta.length, f"episode {meta.index}"))
+        t = list(range(meta.length))
+        scores = await engine.score_at(source, t, stride, instruction)
+        probs = np.stack([s.stage_probs for s in scores])
+        out[meta.index] = EpisodeScores(
+            frame_index=np.asarray(t, np.int64),
+            stage=probs.argmax(-1),
+            stage_probs=probs,
+            tau=np.array([s.tau for s in scores], np.float32),
+            progress=np.array([s.progress for s in scores], np.float32),
+            confidence=np.array([s.confidence for s in scores], np.float32),
+        )
+    return out
+
+
 async def _score_episodes(
     checkpoint: Path,
     model: SARM,
@@ -129,8 +202,7 @@ async def _score_episodes(
     stride: int,
     device: torch.device,
 ) -> dict[int, EpisodeScores]:
-    """Every frame of every episode, from the stored embeddings, through the scoring engine on the PyTorch backend
-    (the loop every front end uses: windows, the score cache's keys, batching)."""
+    """`_score_with` on the PyTorch backend: the checkpoint's heads on `device`, no export."""
     from sarm.encoders.registry import text_encoder_for
 
     options = EngineOptions(frame_cache_entries=0, score_cache_entries=0)
@@ -144,37 +216,45 @@ async def _score_episodes(
         EngineCaches.build(options, manifest, manifest.text_encoder.fingerprint),
         EngineMetrics(),
     )
-    out = {}
     try:
-        for meta in ds.episodes:
-            frames = embeddings.frames[meta.index]
-            if frames.ndim == 2:
-                frames = frames[:, None]
-            key = instruction_key(manifest.text_encoder.fingerprint, meta.task)
-            instruction = Instruction(np.asarray(embeddings.text[meta.task], np.float32), key)
-            source = Encoded.stored(frames.astype(np.float32, copy=False), f"{ds.root}|{meta.index}")
-            if manifest.state_dim:  # a model trained with `--state` reads the episode's joint state
-                state = np.asarray(ds.column(meta.index, manifest.state_key), np.float32)
-                source = source.with_state(engine.state(state, meta.length, f"episode {meta.index}"))
-            t = list(range(meta.length))
-            scores = await engine.score_at(source, t, stride, instruction)
-            probs = np.stack([s.stage_probs for s in scores])
-            out[meta.index] = EpisodeScores(
-                frame_index=np.asarray(t, np.int64),
-                stage=probs.argmax(-1),
-                stage_probs=probs,
-                tau=np.array([s.tau for s in scores], np.float32),
-                progress=np.array([s.progress for s in scores], np.float32),
-                confidence=np.array([s.confidence for s in scores], np.float32),
-            )
+        return await _score_with(engine, ds, embeddings, stride)
     finally:
         await engine.close()
-    return out
+
+
+def _score_on_onnxruntime(
+    checkpoint: Path, ds: LeRobotDataset, embeddings: DatasetEmbeddings, stride: int, providers: Sequence[str]
+) -> dict[int, EpisodeScores]:
+    """`_score_with` on the local ONNX Runtime backend of the checkpoint's exported repository: `sarm rabc`'s engine
+    (sarm.rabc.progress.EngineHandle: the cached export, no frame or score cache), on `providers`."""
+    from sarm.rabc.progress import EngineHandle
+
+    handle = EngineHandle.open(checkpoint, EngineOptions(), providers=list(providers))
+    try:
+        scores: dict[int, EpisodeScores] = handle.run(_score_with(handle.engine, ds, embeddings, stride))
+        return scores
+    finally:
+        handle.close()
+
+
+def _unexportable(checkpoint: Path) -> str | None:
+    """Why the checkpoint has no exported repository (then it is scored in PyTorch), or None once it has one (the
+    export runs here on first use, cached)."""
+    from sarm.scoring.repository import repository_for
+
+    try:
+        repository_for(checkpoint)
+    except CheckpointError as error:
+        return f"scored in PyTorch: no ONNX export ({error})"
+    return None
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, ds: LeRobotDataset, device: torch.device | None = None
+    checkpoint: Path, ds: LeRobotDataset, device: torch.device | None = None, where: Placement | None = None
 ) -> tuple[dict[str, Any], list[EpisodeResult]]:
+    """The checkpoint's metrics on `ds` and its per-episode results, scored as `where` says (default: ONNX Runtime
+    on the CPU; `device`, if given, is the torch device of a checkpoint scored in PyTorch)."""
+    where = where or Placement("onnxruntime", device or torch.device("cpu"))
     model, info = load_checkpoint(checkpoint)
     embeddings = load_embeddings(ds, info.frame_encoder["id"])
     require_same_encoders(embeddings, info.frame_encoder, info.text_encoder)
@@ -188,8 +268,15 @@ def evaluate_checkpoint(
     stages_match = info.labels == "stage" and set(vocabulary) <= set(classes)
     checkpoint_class = np.array([classes.index(name) for name in vocabulary if name in classes], np.int64)
     results, correct, counted = [], 0, 0
-    device = device or torch.device("cpu")
-    episode_scores = asyncio.run(_score_episodes(checkpoint, model, info, ds, embeddings, stride, device))
+    note = _unexportable(checkpoint) if where.engine == "onnxruntime" else None
+    if where.engine == "onnxruntime" and note is None:
+        engine, on = "onnxruntime", where.device
+        episode_scores = _score_on_onnxruntime(checkpoint, ds, embeddings, stride, where.providers)
+    else:
+        engine, on = "torch", where.torch_device.type
+        episode_scores = asyncio.run(
+            _score_episodes(checkpoint, model, info, ds, embeddings, stride, where.torch_device)
+        )
     for meta in ds.episodes:
         scores = episode_scores[meta.index]
         truth, true_stage = ground_truth_progress(ds, meta.index, proportions)
@@ -229,6 +316,9 @@ def evaluate_checkpoint(
     metrics = {
         "checkpoint": str(checkpoint),
         "labels": info.labels,
+        "engine": engine,  # what scored this checkpoint: onnxruntime, or torch (asked for, or no export)
+        "device": on,
+        **({"engine_note": note} if note else {}),
         "voc_mean": float(np.mean(vocs)) if vocs else None,
         "voc_episodes": len(vocs),
         "demo_mse": float(np.mean(list(mse.values()))),
@@ -294,25 +384,37 @@ def check_held_out(checkpoints: list[Path], ds: LeRobotDataset, allow_in_sample:
 
 
 def evaluate(
-    checkpoints: list[Path], data: Path, out: Path, allow_in_sample: bool = False, device: str = "cpu"
+    checkpoints: list[Path],
+    data: Path,
+    out: Path,
+    allow_in_sample: bool = False,
+    device: str = "cpu",
+    engine: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Evaluate checkpoints side by side; writes metrics.json, report.md and plots under `out`.
 
     Refuses data that overlaps a checkpoint's training data (InSampleError) unless `allow_in_sample`,
-    which marks those checkpoints' figures `in_sample` in every output. The heads run on `device` (sarm.device).
+    which marks those checkpoints' figures `in_sample` in every output. The heads run in `engine` (onnxruntime:
+    the exported graph; torch: PyTorch) on `device` (sarm.device; ONNX Runtime's CUDA provider for cuda).
     """
-    torch_device = resolve_device(device)  # first: a missing GPU is one line before any loading
+    where = placement(engine, device)  # first: a missing GPU is one line before any loading
     ds = require_valid(data)
     overlaps = check_held_out(checkpoints, ds, allow_in_sample)
     out.mkdir(parents=True, exist_ok=True)
     names = [c.name if checkpoints.count(c) == 1 else str(c) for c in checkpoints]
     runs, metrics = {}, {}
     for name, checkpoint in zip(names, checkpoints, strict=True):
-        metrics[name], runs[name] = evaluate_checkpoint(checkpoint, ds, torch_device)
+        metrics[name], runs[name] = evaluate_checkpoint(checkpoint, ds, where=where)
         overlap = overlaps[checkpoint]
         metrics[name]["in_sample"] = overlap.in_sample if overlap.checked != "none" else None
         metrics[name]["held_out_check"] = {**asdict(overlap), "note": overlap.describe()}
-    report = {"data": str(data), "episodes": len(ds.episodes), "device": str(torch_device), "checkpoints": metrics}
+    report = {
+        "data": str(data),
+        "episodes": len(ds.episodes),
+        "engine": where.engine,
+        "device": where.device,
+        "checkpoints": metrics,
+    }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     plots = _plot_examples(out, runs, ds.fps)
     (out / "report.md").write_text(_markdown(report, plots))
@@ -345,8 +447,8 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             else []
         ),
         "| checkpoint | labels | data | VOC (successful) | demo MSE | stage accuracy | success AUROC "
-        "| stage changes / episode: predicted vs annotated (ratio) | fixed-stride frames |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stage changes / episode: predicted vs annotated (ratio) | fixed-stride frames | scored by |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in report["checkpoints"].items():
         data = {True: "in-sample", False: "held out", None: "unknown"}[m.get("in_sample")]
@@ -354,8 +456,12 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"| {name} | {m['labels']} | {data} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | "
             f"{_fmt(m['demo_mse'])} | {_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} | "
             f"{_flicker_cell(m['stage_flicker'] and m['stage_flicker']['overall'])} | "
-            f"{m['fixed_stride_share']:.0%} (stride {m['stride_frames']} frames) |"
+            f"{m['fixed_stride_share']:.0%} (stride {m['stride_frames']} frames) | "
+            f"{m.get('engine', 'n/a')} ({m.get('device', 'n/a')}) |"
         )
+    notes = [f"- {name}: {m['engine_note']}" for name, m in report["checkpoints"].items() if m.get("engine_note")]
+    if notes:
+        lines += ["", *notes]
     by_task = [(name, m["stage_flicker"]["by_task"]) for name, m in report["checkpoints"].items() if m["stage_flicker"]]
     if by_task:
         lines += [
