@@ -1,10 +1,14 @@
 """PyTorch eager vs ONNX Runtime for the frame encoder (images/s) and the SARM heads (windows/s).
 
 Both engines run in one process, in interleaved rounds, so machine noise hits both alike; the table
-reports the median of the rounds and the ratio. ONNX Runtime sessions use the backends' options
-(sarm.export.session.cpu_session_options); bench/heads_profile.py breaks the heads down further. Usage:
+reports the median throughput of the rounds, the ratio, and p50 / p99 milliseconds per call over every timed call.
+ONNX Runtime sessions use the backends' options (sarm.export.session.cpu_session_options); PyTorch runs with
+OMP_WAIT_POLICY=PASSIVE unless set (libgomp's spin-waiting slows it many times over on busy cores, see
+bench/heads_profile.py, which breaks the heads down further). Usage:
     .venv/bin/python bench/export_speed.py [--rounds 5] [--threads 2] [--image 128] [--preset small]
-Writes bench/results/export_speed.json.
+        [--models encoder heads]
+Writes bench/results/export_speed.json; `--models heads` re-measures the heads only and keeps the encoder's rows
+of the JSON (each row records when and under what load it was measured).
 
 `--embed DATASET` instead times `sarm embed`'s work (decode + encode every frame, sarm.embeddings.embed_dataset)
 on copies of DATASET with the PyTorch encoder, the float ONNX Runtime one and the INT8 one (graphs exported and
@@ -13,7 +17,12 @@ calibrated beforehand, not timed), one after another, and writes bench/results/e
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp (see above)
+
 import argparse
+import datetime
 import json
 import statistics
 import tempfile
@@ -26,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from sarm.encoders.onnx_export import export_frame_encoder
@@ -36,17 +46,24 @@ from sarm.model.configuration_sarm import SARMConfig
 from sarm.model.modeling_sarm import SARM
 
 BATCHES = (1, 8, 32)
+MODELS = ("encoder", "heads")
 RESULTS = Path(__file__).with_name("results") / "export_speed.json"
 
 
-def rate(fn: Callable[[], object], items: int, min_seconds: float = 0.5) -> float:
-    """Items per second of `fn` (one warm-up call, then as many calls as fit in `min_seconds`)."""
+def timed_calls(fn: Callable[[], object], min_seconds: float = 0.5) -> list[float]:
+    """Seconds per call of `fn`: one warm-up call, then as many calls as fit in `min_seconds` (at least 3)."""
     fn()
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < min_seconds or calls < 3:
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_seconds or len(times) < 3:
+        begin = time.perf_counter()
         fn()
-        calls += 1
-    return calls * items / elapsed
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def ort_call(run: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: run.run(None, feeds)
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -124,6 +141,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image", type=int, default=128, help="camera image side in pixels")
     parser.add_argument("--preset", default="small")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="what to measure (the others' rows are kept)"
+    )
     args = parser.parse_args()
     if args.embed is not None:
         embed_speed(args.embed, args.threads)
@@ -133,12 +153,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
 
     encoder = load_frame_encoder()
-    encoder_session = session(
-        export_frame_encoder(encoder, tmp / "encoder.onnx", height=args.image, width=args.image), args.threads
+    encoder_session = (
+        session(export_frame_encoder(encoder, tmp / "encoder.onnx", height=args.image, width=args.image), args.threads)
+        if "encoder" in args.models
+        else None
     )
     config = SARMConfig.from_preset(args.preset, ["a", "b", "c", "d"], [0.25] * 4, frame_dim=encoder.dim, text_dim=384)
     heads = SARM(config).eval()
-    heads_session = session(export_heads(heads, tmp / "heads.onnx"), args.threads)
+    heads_session = session(export_heads(heads, tmp / "heads.onnx"), args.threads) if "heads" in args.models else None
 
     cases: dict[tuple[str, int], dict[str, Callable[[], object]]] = {}
     for batch in BATCHES:
@@ -159,46 +181,45 @@ def main() -> None:
             with torch.inference_mode():
                 return heads.predict(f, t, n)
 
-        cases[("encoder", batch)] = {
-            "torch": encoder_torch,
-            "onnxruntime": lambda x=images: encoder_session.run(None, {"images": x}),
-        }
-        cases[("heads", batch)] = {
-            "torch": heads_torch,
-            "onnxruntime": lambda f=frames, t=text, n=lengths: heads_session.run(
-                None, {"frames": f, "text": t, "lengths": n}
-            ),
-        }
+        if encoder_session is not None:
+            onnx_encoder = ort_call(encoder_session, {"images": images})
+            cases[("encoder", batch)] = {"torch": encoder_torch, "onnxruntime": onnx_encoder}
+        if heads_session is not None:
+            onnx_heads = ort_call(heads_session, {"frames": frames, "text": text, "lengths": lengths})
+            cases[("heads", batch)] = {"torch": heads_torch, "onnxruntime": onnx_heads}
 
-    samples: dict[tuple[str, int, str], list[float]] = {}
-    for _ in range(args.rounds):
+    load = [os.getloadavg()[0]]
+    samples: dict[tuple[str, int, str], list[list[float]]] = {}  # seconds per call, one list per round
+    for _ in track(range(args.rounds), description="rounds"):
         for (model, batch), engines in cases.items():
             for engine, fn in engines.items():
-                samples.setdefault((model, batch, engine), []).append(rate(fn, batch))
+                samples.setdefault((model, batch, engine), []).append(timed_calls(fn))
+        load.append(os.getloadavg()[0])
 
-    rows = []
-    for model, batch in cases:
-        torch_rate = statistics.median(samples[(model, batch, "torch")])
-        ort_rate = statistics.median(samples[(model, batch, "onnxruntime")])
-        spread = [min(samples[(model, batch, "onnxruntime")]), max(samples[(model, batch, "onnxruntime")])]
-        rows.append(
-            {
-                "model": model,
-                "batch": batch,
-                "torch_per_s": torch_rate,
-                "onnxruntime_per_s": ort_rate,
-                "ratio": ort_rate / torch_rate,
-                "onnxruntime_range": spread,
-            }
-        )
+    measured = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "image": args.image,
+        "preset": args.preset,
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "load_average": [min(load), max(load)],
+    }
+    rows = [_row(model, batch, samples, measured) for model, batch in cases]
+    kept = [row for row in _previous_rows() if row["model"] not in args.models]
+    rows = sorted(kept + rows, key=lambda row: (row["batch"], MODELS.index(row["model"])))
     table = Table(
         title=f"PyTorch eager vs ONNX Runtime ({args.threads} threads, {args.image}px, {args.preset} heads, "
-        f"median of {args.rounds} rounds)"
+        f"median of {args.rounds} rounds; load average {min(load):.1f}-{max(load):.1f})"
     )
-    for column in ("model", "batch", "unit", "torch", "onnxruntime", "ratio"):
+    for column in ("model", "batch", "unit", "torch", "onnxruntime", "ratio", "torch ms p50/p99", "ORT ms p50/p99"):
         table.add_column(column, justify="right")
     for row in rows:
         unit = "images/s" if row["model"] == "encoder" else "windows/s"
+        latency = [
+            f"{row[f'{e}_ms_p50']:.2f} / {row[f'{e}_ms_p99']:.2f}" if f"{e}_ms_p50" in row else "n/a"
+            for e in ("torch", "onnxruntime")
+        ]
         table.add_row(
             row["model"],
             str(row["batch"]),
@@ -206,11 +227,45 @@ def main() -> None:
             f"{row['torch_per_s']:.1f}",
             f"{row['onnxruntime_per_s']:.1f}",
             f"{row['ratio']:.2f}x",
+            *latency,
         )
     Console().print(table)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     print(f"wrote {RESULTS}")
+
+
+def _row(
+    model: str, batch: int, samples: dict[tuple[str, int, str], list[list[float]]], measured: dict[str, Any]
+) -> dict[str, Any]:
+    """One model and batch: median throughput over rounds, the ratio, the ONNX Runtime rounds' range, and p50 / p99
+    milliseconds per call over every timed call of each engine."""
+    rates = {e: [len(r) * batch / sum(r) for r in samples[(model, batch, e)]] for e in ("torch", "onnxruntime")}
+    torch_rate, ort_rate = statistics.median(rates["torch"]), statistics.median(rates["onnxruntime"])
+    latency = {}
+    for engine in ("torch", "onnxruntime"):
+        calls = np.concatenate(samples[(model, batch, engine)]) * 1e3
+        latency[f"{engine}_ms_p50"], latency[f"{engine}_ms_p99"] = (float(v) for v in np.percentile(calls, [50, 99]))
+    return {
+        "model": model,
+        "batch": batch,
+        "torch_per_s": torch_rate,
+        "onnxruntime_per_s": ort_rate,
+        "ratio": ort_rate / torch_rate,
+        "onnxruntime_range": [min(rates["onnxruntime"]), max(rates["onnxruntime"])],
+        **latency,
+        "measured": measured,
+    }
+
+
+def _previous_rows() -> list[dict[str, Any]]:
+    """The rows of the last run's JSON (kept for the models not measured now), each with how it was measured (that
+    run's arguments for rows written before rows recorded it); none if there is no such file."""
+    if not RESULTS.is_file():
+        return []
+    previous = json.loads(RESULTS.read_text())
+    rows: list[dict[str, Any]] = previous["rows"]
+    return [{**row, "measured": row.get("measured", previous["args"])} for row in rows]
 
 
 if __name__ == "__main__":
