@@ -130,7 +130,8 @@ def _environment(results: dict[str, Any]) -> list[str]:
     lines.append(
         "- Summed over tasks and seeds: "
         + "; ".join(
-            f"{ARMS[arm][0]} training {_minutes(train[arm])}, rollouts {_minutes(roll[arm])}"
+            (f"{ARMS[arm][0]} training {_minutes(train[arm])}, " if train[arm] else f"{ARMS[arm][0]} ")
+            + f"rollouts {_minutes(roll[arm])}"
             for arm in ARMS
             if train[arm] or roll[arm]
         )
