@@ -58,14 +58,14 @@ def eval_command(
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
     table = Table(title=f"{data} ({report['episodes']} episodes, on {report['device']})")
-    for column in ("checkpoint", "labels", "data", "VOC", "demo MSE", "stage acc", "AUROC", "scored by"):
+    for column in ("checkpoint", "labels", "data", "VOC", "demo MSE", "stage acc", "AUROC"):
         table.add_column(column)
     for name, m in report["checkpoints"].items():
         cells = [m["voc_mean"], m["demo_mse"], m["stage_accuracy"], m["success_auroc"]]
         data_kind = {True: "[yellow]in-sample[/yellow]", False: "held out", None: "unknown"}[m["in_sample"]]
-        scored = f"{m['engine']} ({m['device']})"
-        table.add_row(name, m["labels"], data_kind, *("n/a" if v is None else f"{v:.3f}" for v in cells), scored)
+        table.add_row(name, m["labels"], data_kind, *("n/a" if v is None else f"{v:.3f}" for v in cells))
     console.print(table)
+    # Which engine scored is a line of its own (and per checkpoint in the report): the table stays narrow.
     console.print(f"heads run by {report['engine']} on {report['device']}", soft_wrap=True)
     for name, m in report["checkpoints"].items():
         if "engine_note" in m:
