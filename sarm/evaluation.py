@@ -296,6 +296,10 @@ def evaluate_checkpoint(
         )
     successful = [r for r in results if r.success is not False]
     vocs = [value_order_correlation(r.scores.progress) for r in successful]
+    # Degraded demos contain forced drops, where the true progress goes back: the annotation's own VOC on the same
+    # demos is the ceiling of voc_mean, and clean demos (monotone truth) show the curve's own steadiness.
+    truth_vocs = [value_order_correlation(r.true_progress) for r in successful]
+    clean_vocs = [value_order_correlation(r.scores.progress) for r in successful if r.quality == "clean"]
     mse = {r.episode: float(np.mean((r.scores.progress - r.true_progress) ** 2)) for r in results}
     qualities = sorted({r.quality for r in results})
     by_quality = {q: float(np.mean([mse[r.episode] for r in results if r.quality == q])) for q in qualities}
@@ -321,6 +325,9 @@ def evaluate_checkpoint(
         **({"engine_note": note} if note else {}),
         "voc_mean": float(np.mean(vocs)) if vocs else None,
         "voc_episodes": len(vocs),
+        "voc_annotation": float(np.mean(truth_vocs)) if truth_vocs else None,
+        "voc_clean": float(np.mean(clean_vocs)) if clean_vocs else None,
+        "voc_clean_episodes": len(clean_vocs),
         "demo_mse": float(np.mean(list(mse.values()))),
         "demo_mse_by_quality": by_quality,
         "demo_mse_episodes": len(mse),
@@ -446,14 +453,15 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             if in_sample
             else []
         ),
-        "| checkpoint | labels | data | VOC (successful) | demo MSE | stage accuracy | success AUROC "
-        "| stage changes / episode: predicted vs annotated (ratio) | fixed-stride frames | scored by |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| checkpoint | labels | data | VOC (successful) | annotation's VOC | VOC (clean) | demo MSE | stage accuracy "
+        "| success AUROC | stage changes / episode: predicted vs annotated (ratio) | fixed-stride frames | scored by |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in report["checkpoints"].items():
         data = {True: "in-sample", False: "held out", None: "unknown"}[m.get("in_sample")]
         lines.append(
             f"| {name} | {m['labels']} | {data} | {_fmt(m['voc_mean'])} (n={m['voc_episodes']}) | "
+            f"{_fmt(m.get('voc_annotation'))} | {_fmt(m.get('voc_clean'))} (n={m.get('voc_clean_episodes', 0)}) | "
             f"{_fmt(m['demo_mse'])} | {_fmt(m['stage_accuracy'])} | {_fmt(m['success_auroc'])} | "
             f"{_flicker_cell(m['stage_flicker'] and m['stage_flicker']['overall'])} | "
             f"{m['fixed_stride_share']:.0%} (stride {m['stride_frames']} frames) | "

@@ -87,6 +87,9 @@ def test_report_shows_flicker_next_to_voc_and_per_task() -> None:
         "in_sample": False,
         "voc_mean": 0.9,
         "voc_episodes": 2,
+        "voc_annotation": 0.95,
+        "voc_clean": 0.99,
+        "voc_clean_episodes": 1,
         "demo_mse": 0.01,
         "stage_accuracy": 0.8,
         "success_auroc": None,
@@ -100,5 +103,8 @@ def test_report_shows_flicker_next_to_voc_and_per_task() -> None:
     assert "| 4.00 vs 3.00 (1.33x) | 60% (stride 80 frames) |" in report
     assert "| Pick it. | 2 | 4.00 vs 3.00 (1.33x) |" in report
     # The baseline has one stage class: no flicker figure, and each checkpoint keeps one row per table.
-    assert "| baseline | frame-index | held out | 0.9000 (n=2) | 0.0100 | n/a | n/a | n/a |" in report
+    assert (
+        "| baseline | frame-index | held out | 0.9000 (n=2) | 0.9500 | 0.9900 (n=1) | 0.0100 | n/a | n/a | n/a |"
+        in report
+    )
     assert report.count("| sarm |") == 2

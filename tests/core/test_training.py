@@ -161,6 +161,11 @@ def test_eval_on_held_out_demos_sarm_beats_the_frame_index_baseline(
         assert m["voc_episodes"] == 2 and m["demo_mse_episodes"] == 4
         assert m["in_sample"] is False and m["held_out_check"]["checked"] == "identity"
     assert metrics["baseline"]["stage_accuracy"] is None and metrics["sarm"]["stage_accuracy"] > 0.8
+    # The annotation's own VOC (the ceiling of voc_mean) depends on the data only; clean demos are counted apart.
+    rows = LeRobotDataset(heldout).episodes_table.to_pylist()
+    clean = sum(r["quality"] == "clean" and r["success"] for r in rows)
+    assert metrics["sarm"]["voc_annotation"] == metrics["baseline"]["voc_annotation"] <= 1.0
+    assert metrics["sarm"]["voc_clean_episodes"] == clean
     # Stage durations vary, so t / T is wrong where SARM reads the stage from the frames.
     assert metrics["sarm"]["demo_mse"] < 0.5 * metrics["baseline"]["demo_mse"]
     report = (tmp_path / "report/report.md").read_text()
