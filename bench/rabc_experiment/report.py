@@ -3,6 +3,8 @@ results; nothing in the report is written by hand."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,8 @@ def _summary(results: dict[str, Any]) -> list[str]:
         f"below 0 on {len(main['below 0'])} ({_list(main['below 0'])})."
     )
     met = "met" if len(main["above 0"]) >= TARGET_TASKS else "not met"
+    if not results.get("complete", True):
+        met += " so far (partial run)"
     lines.append(f"- Issue #14's target (RA-BC − BC interval above 0 on at least {TARGET_TASKS} tasks): {met}.")
     for key in ("rabc-bc_success", "bc_success-bc"):
         groups = _verdicts(results, key)
@@ -319,3 +323,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def regenerate(prefix: Path) -> None:
+    """Rewrite PREFIX.md and PREFIX.png from PREFIX.json (e.g. after a change to this module)."""
+    results = json.loads(prefix.with_suffix(".json").read_text())
+    plot(results, prefix.with_suffix(".png"))
+    prefix.with_suffix(".md").write_text(markdown(results, prefix.with_suffix(".png").name))
+
+
+if __name__ == "__main__":
+    regenerate(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/rabc_experiment"))
