@@ -15,7 +15,7 @@ import torch
 from bench.rabc_experiment import data
 from bench.rabc_experiment.machine import environment, load_average
 from bench.rabc_experiment.policy import BCConfig, ChunkPolicy, train_bc
-from bench.rabc_experiment.report import markdown, plot
+from bench.rabc_experiment.report import COMPARISONS, comparison_key, markdown, plot
 from bench.rabc_experiment.rollout import Controller, eval_seeds, expert_controller, rollout, state_controller
 from bench.rabc_experiment.stats import paired_comparison, wilson_interval
 from bench.rabc_experiment.weights import weight_report
@@ -25,8 +25,6 @@ from sarm.sim.metaworld_demos import QUALITIES, STATE_NAMES, QualityMix
 from sarm.training.checkpoint import load_info
 
 POLICY_ARMS = ("bc", "bc_success", "rabc")  # trained per seed, in this order
-# (b, a): report b − a, paired on layouts
-COMPARISONS = (("rabc", "bc"), ("rabc", "bc_success"), ("bc_success", "bc"))
 STAGE_TIMES = "stage_times.json"  # in the work directory: how long each cached data stage took when it ran
 
 
@@ -88,7 +86,7 @@ def comparisons(arms: dict[str, Any], resamples: int) -> dict[str, Any]:
             paired = paired_comparison(
                 outcome_matrix(arms[a]["per_seed"]), outcome_matrix(arms[b]["per_seed"]), resamples=resamples
             )
-            out[f"{b}-{a}"] = {"b": b, "a": a, **paired.to_dict()}
+            out[comparison_key(b, a)] = {"b": b, "a": a, **paired.to_dict()}
     return out
 
 

@@ -25,6 +25,9 @@ ARMS = {
 }
 SHORT = {"bc": "BC", "bc_success": "BC (success-filtered)", "rabc": "RA-BC"}
 QUALITY_COLOURS = {"clean": "tab:green", "degraded": "tab:olive", "failed": "tab:red"}
+# (b, a): the experiment reports b − a, paired on layouts, under comparison_key(b, a)
+COMPARISONS = (("rabc", "bc"), ("rabc", "bc_success"), ("bc_success", "bc"))
+COMPARISON_COLOURS = ("tab:orange", "tab:red", "tab:purple")
 TARGET_TASKS = 2  # issue #14: RA-BC − BC paired interval above 0 on at least 2 of the 3 tasks
 
 
@@ -51,6 +54,10 @@ def _sarm_line(sarm: dict[str, Any]) -> str:
     )
 
 
+def comparison_key(b: str, a: str) -> str:
+    return f"{b}-{a}"
+
+
 def _comparison_name(c: dict[str, Any]) -> str:
     return f"{SHORT[c['b']]} − {SHORT[c['a']]}"
 
@@ -71,7 +78,7 @@ def _list(tasks: list[str]) -> str:
 def _summary(results: dict[str, Any]) -> list[str]:
     n = len(results["tasks"])
     lines = []
-    main = _verdicts(results, "rabc-bc")
+    main = _verdicts(results, comparison_key(*COMPARISONS[0]))
     lines.append(
         f"- RA-BC − BC: the paired 95% interval lies above 0 on {len(main['above 0'])} of {n} tasks "
         f"({_list(main['above 0'])}), includes 0 on {len(main['includes 0'])} ({_list(main['includes 0'])}) and lies "
@@ -81,7 +88,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
     if not results.get("complete", True):
         met += " so far (partial run)"
     lines.append(f"- Issue #14's target (RA-BC − BC interval above 0 on at least {TARGET_TASKS} tasks): {met}.")
-    for key in ("rabc-bc_success", "bc_success-bc"):
+    for key in (comparison_key(b, a) for b, a in COMPARISONS[1:]):
         groups = _verdicts(results, key)
         if not any(groups.values()):
             continue
@@ -280,10 +287,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     top.set_ylabel("success rate (Wilson 95% CI)")
     top.set_title("Closed-loop success, pooled over seeds")
     top.legend(loc="lower right", fontsize=8)
-    keys = ["rabc-bc", "rabc-bc_success", "bc_success-bc"]
-    colours = ["tab:orange", "tab:red", "tab:purple"]
+    keys = [comparison_key(b, a) for b, a in COMPARISONS]
     dwidth = 0.8 / len(keys)
-    for k, (key, colour) in enumerate(zip(keys, colours, strict=True)):
+    for k, (key, colour) in enumerate(zip(keys, COMPARISON_COLOURS, strict=True)):
         present = [t for t in tasks if key in results["tasks"][t]["paired"]]
         if not present:
             continue

@@ -28,18 +28,6 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
     return low, high
 
 
-def newcombe_difference(
-    successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z95
-) -> tuple[float, float]:
-    """Newcombe's hybrid score interval (his method 10) for the difference of two rates, b − a, built from
-    each rate's Wilson interval; it excludes 0 when the two rates differ at the 5% level."""
-    p_a, p_b = successes_a / trials_a, successes_b / trials_b
-    low_a, high_a = wilson_interval(successes_a, trials_a, z)
-    low_b, high_b = wilson_interval(successes_b, trials_b, z)
-    difference = p_b - p_a
-    return (difference - math.hypot(p_b - low_b, high_a - p_a), difference + math.hypot(high_b - p_b, p_a - low_a))
-
-
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Exact two-sided McNemar p from the discordant pairs (a succeeded and b failed: `a_only`; the reverse:
     `b_only`): under no difference each discordant pair goes either way with probability 1/2, so

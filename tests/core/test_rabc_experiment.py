@@ -22,7 +22,6 @@ from bench.rabc_experiment.segments import retreat_frames
 from bench.rabc_experiment.stats import (
     interval_verdict,
     mcnemar_exact,
-    newcombe_difference,
     paired_comparison,
     wilson_interval,
 )
@@ -51,13 +50,6 @@ def test_wilson_interval_rejects_impossible_counts() -> None:
         wilson_interval(3, 0)
     with pytest.raises(ValueError):
         wilson_interval(11, 10)
-
-
-def test_newcombe_difference_matches_his_worked_example() -> None:
-    # Newcombe (1998), Stat. Med. 17:873, method 10 on 56/70 vs 48/80: 0.2000 with interval (0.0524, 0.3339).
-    assert newcombe_difference(48, 80, 56, 70) == pytest.approx((0.0524, 0.3339), abs=5e-5)
-    low, high = newcombe_difference(25, 50, 25, 50)
-    assert low == pytest.approx(-high) and low < 0 < high
 
 
 @pytest.mark.parametrize(
