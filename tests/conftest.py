@@ -112,6 +112,16 @@ def write_dataset(root: Path, episodes: list[EpisodeData]) -> LeRobotDataset:
     return LeRobotDataset(root)
 
 
+def write_embedded(root: Path, episodes: list[EpisodeData]) -> LeRobotDataset:
+    """`write_dataset`, then every frame stored as embeddings by the default encoders (what training and eval read)."""
+    from sarm.embeddings import embed_dataset
+    from sarm.encoders.registry import load_frame_encoder, load_text_encoder
+
+    ds = write_dataset(root, episodes)
+    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
+    return ds
+
+
 @pytest.fixture
 def dataset(tmp_path: Path, episodes: list[EpisodeData]) -> Path:
     return write_dataset(tmp_path / "dataset", episodes).root

@@ -25,9 +25,8 @@ import sarm.device
 import sarm.rabc.progress
 from sarm.cli import app
 from sarm.device import CPU_PROVIDER, CUDA_PROVIDER, DeviceError, onnx_providers, resolve_device
-from sarm.embeddings import embed_dataset, store_path
-from sarm.encoders.registry import load_frame_encoder, load_text_encoder
-from tests.conftest import synthetic_episode, write_dataset
+from sarm.embeddings import store_path
+from tests.conftest import synthetic_episode, write_embedded
 
 runner = CliRunner()
 SIZE = (48, 64)  # the size the shared untrained checkpoint (conftest.sarm_checkpoint) takes
@@ -104,8 +103,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small annotated dataset of 48x64 frames with stored embeddings (default encoders)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("device") / "dataset"
-    ds = write_dataset(root, [synthetic_episode(20 + 3 * seed, seed, size=SIZE) for seed in range(4)])
-    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
+    write_embedded(root, [synthetic_episode(20 + 3 * seed, seed, size=SIZE) for seed in range(4)])
     return root
 
 

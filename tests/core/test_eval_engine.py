@@ -18,15 +18,13 @@ import sarm.device
 from sarm.cli import app
 from sarm.data.lerobot import LeRobotDataset
 from sarm.device import CPU_PROVIDER, CUDA_PROVIDER
-from sarm.embeddings import embed_dataset
-from sarm.encoders.registry import load_frame_encoder, load_text_encoder
 from sarm.evaluation import Placement, evaluate_checkpoint
 from sarm.scoring.backends import LocalBackend
 from sarm.scoring.repository import CACHE_ENV
 from sarm.scoring.torch_backend import TorchBackend
 from sarm.training.scaffold import untrained_checkpoint
 from sarm.training.trainer import TrainConfig, train
-from tests.conftest import synthetic_episode, write_dataset
+from tests.conftest import synthetic_episode, write_embedded
 
 runner = CliRunner()
 # The heads' export parity tolerance (tests/core/test_export_onnx.py, test_heads_match_pytorch: ONNX Runtime vs
@@ -40,8 +38,7 @@ TORCH_CPU = Placement("torch", torch.device("cpu"))
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four short annotated episodes (successful and failed) with stored embeddings and joint state."""
     root = tmp_path_factory.mktemp("eval_engine") / "dataset"
-    ds = write_dataset(root, [synthetic_episode(20 + 4 * seed, seed) for seed in range(4)])
-    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
+    write_embedded(root, [synthetic_episode(20 + 4 * seed, seed) for seed in range(4)])
     return root
 
 

@@ -23,7 +23,7 @@ from sarm.scoring.pytorch import score_embeddings
 from sarm.training.checkpoint import CheckpointError, load_checkpoint
 from sarm.training.samples import WindowSampler, episode_arrays, label_vocabulary
 from sarm.training.trainer import TrainConfig, evaluate_batch, train, validation_batch
-from tests.conftest import CAMERA, synthetic_episode, write_dataset
+from tests.conftest import CAMERA, synthetic_episode, write_dataset, write_embedded
 
 runner = CliRunner()
 
@@ -31,8 +31,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def embedded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("embedded") / "dataset"
-    ds = write_dataset(root, [synthetic_episode(24 + 3 * seed, seed) for seed in range(6)])
-    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
+    write_embedded(root, [synthetic_episode(24 + 3 * seed, seed) for seed in range(6)])
     return root
 
 
@@ -196,10 +195,9 @@ def test_a_copy_or_a_subset_of_the_training_data_is_not_held_out(embedded: Path,
     with pytest.raises(InSampleError, match="it is training dataset"):
         evaluate([tmp_path / "sarm"], copy, tmp_path / "r1")
     # Two of the training episodes re-packed with a new one into another dataset: caught by fingerprints.
-    mixed = write_dataset(
+    mixed = write_embedded(
         tmp_path / "mixed", [synthetic_episode(24, 0), synthetic_episode(27, 1), synthetic_episode(40, 99)]
     )
-    embed_dataset(mixed, load_frame_encoder(), load_text_encoder())
     with pytest.raises(InSampleError, match="2 of its 3 episodes are training episodes"):
         evaluate([tmp_path / "sarm"], mixed.root, tmp_path / "r2")
 

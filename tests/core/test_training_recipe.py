@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from sarm.data.lerobot import LeRobotDataset
-from sarm.embeddings import embed_dataset, load_embeddings
-from sarm.encoders.registry import load_frame_encoder, load_text_encoder
+from sarm.embeddings import load_embeddings
 from sarm.model.labels import REGRESS_COLUMN, stage_tau_labels
 from sarm.training.checkpoint import load_checkpoint
 from sarm.training.samples import episode_arrays, label_vocabulary
 from sarm.training.trainer import TrainConfig, train
-from tests.conftest import synthetic_episode, write_dataset
+from tests.conftest import synthetic_episode, write_embedded
 
 LENGTHS = (40, 46, 52, 58)
 GIVE_UP = (-1, 30, -1, 40)
@@ -29,9 +28,7 @@ def embedded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ep = synthetic_episode(length, seed)
         ep.episode_columns[REGRESS_COLUMN] = give_up
         episodes.append(ep)
-    ds = write_dataset(tmp_path_factory.mktemp("recipe") / "dataset", episodes)
-    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
-    return ds.root
+    return write_embedded(tmp_path_factory.mktemp("recipe") / "dataset", episodes).root
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 
 from sarm.cli import app
 from sarm.data.lerobot import DatasetError, LeRobotDataset
-from sarm.embeddings import embed_dataset, load_embeddings
-from sarm.encoders.registry import load_frame_encoder, load_text_encoder
+from sarm.embeddings import load_embeddings
 from sarm.model.labels import frame_index_labels
 from sarm.model.windows import sequence_indices
 from sarm.training.checkpoint import load_checkpoint, load_info
@@ -30,7 +29,7 @@ from sarm.training.samples import (
     state_width,
 )
 from sarm.training.trainer import TrainConfig, evaluate_batch, train, validation_batch
-from tests.conftest import synthetic_episode, write_dataset
+from tests.conftest import synthetic_episode, write_dataset, write_embedded
 
 runner = CliRunner()
 
@@ -38,8 +37,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def embedded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("embedded_state") / "dataset"
-    ds = write_dataset(root, [synthetic_episode(20 + 3 * seed, seed) for seed in range(5)])
-    embed_dataset(ds, load_frame_encoder(), load_text_encoder())
+    write_embedded(root, [synthetic_episode(20 + 3 * seed, seed) for seed in range(5)])
     return root
 
 
