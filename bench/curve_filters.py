@@ -28,7 +28,15 @@ from rich.console import Console
 from rich.table import Table
 
 from sarm.data.lerobot import LeRobotDataset
-from sarm.evaluation import EpisodeResult, evaluate_checkpoint, stage_changes, success_auroc, value_order_correlation
+from sarm.evaluation import (
+    EpisodeResult,
+    checkpoint_classes,
+    evaluate_checkpoint,
+    stage_changes,
+    success_auroc,
+    value_order_correlation,
+)
+from sarm.training.checkpoint import load_info
 
 Curve = Callable[[EpisodeResult, float], np.ndarray]
 
@@ -138,8 +146,10 @@ def stage_rows(results: list[EpisodeResult], fps: float, class_of: np.ndarray) -
 def measure(checkpoint: Path, root: Path) -> dict[str, Any]:
     ds = LeRobotDataset(root)
     _, results = evaluate_checkpoint(checkpoint, ds)
-    classes = json.loads((checkpoint / "config.json").read_text())["model"]["stage_names"]
-    class_of = np.array([classes.index(name) for name in ds.proportions() or {}], np.int64)
+    vocabulary, classes = list(ds.proportions() or {}), load_info(checkpoint).model.stage_names
+    class_of = checkpoint_classes(classes, vocabulary)
+    if len(class_of) != len(vocabulary):
+        raise ValueError(f"{root}'s stages {vocabulary} are not all among the checkpoint's {classes}")
     successful = [r for r in results if r.success is not False]
     return {
         "dataset": str(root),

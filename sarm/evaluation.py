@@ -150,6 +150,12 @@ def fixed_stride_share(lengths: list[int], stride: int) -> float:
     return fixed / total if total else 0.0
 
 
+def checkpoint_classes(classes: list[str], vocabulary: list[str]) -> np.ndarray:
+    """The checkpoint's class number of each dataset stage (`vocabulary`, in the dataset's order) that it knows:
+    classes are matched by name, as the two number them differently."""
+    return np.array([classes.index(name) for name in vocabulary if name in classes], np.int64)
+
+
 def ground_truth_progress(
     ds: LeRobotDataset, episode: int, proportions: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -262,11 +268,10 @@ def evaluate_checkpoint(
     columns = set(ds.episodes_table.column_names)
     proportions = ds.proportions() or {}
     vocabulary = list(proportions)
-    # Stage accuracy needs every dataset stage to be a checkpoint class (a multi-task model has more);
-    # classes are matched by name, as their numbers differ between the two.
+    # Stage accuracy needs every dataset stage to be a checkpoint class (a multi-task model has more).
     classes = model.config.stage_names
     stages_match = info.labels == "stage" and set(vocabulary) <= set(classes)
-    checkpoint_class = np.array([classes.index(name) for name in vocabulary if name in classes], np.int64)
+    checkpoint_class = checkpoint_classes(classes, vocabulary)
     results, correct, counted = [], 0, 0
     note = _unexportable(checkpoint) if where.engine == "onnxruntime" else None
     if where.engine == "onnxruntime" and note is None:
