@@ -1,15 +1,20 @@
 """Would a causal filter make SARM's per-frame curves steadier without making them wrong?
 
 Scores every frame of held-out demos with `sarm eval`'s own path (sarm.evaluation.evaluate_checkpoint) and
-compares the raw curve with causal filters a streaming server could run (each step sees only the past):
-- EMA with time constant τ (seconds), optionally with its gain scaled by the model's confidence;
-- the one-euro filter (adaptive cut-off: smooth when the curve is still, quick when it moves);
-- stage hysteresis: the reported stage switches only after the new argmax has held for `hold` seconds.
+compares the raw curve with causal filters a streaming server could run (each step sees only the past), all of them
+sarm.model.progress filters run as the gateway runs them:
+- the official code's history smoother (Σ c³·v / Σ c³ over the last 10 scores of confidence ≥ 0.9);
+- a first-order low-pass with time constant τ (seconds);
+- the one-euro filter (adaptive cut-off: smooth when the curve is still, quick when it moves), with its gain scaled by
+  the confidence squared or not; the scaled one at 1 Hz, β 0.5 is what the gateway serves by default;
+- for the stage: hysteresis (the reported stage switches only after the new argmax has held for `hold` seconds), and
+  the stage the served progress falls in (the task's cumulative ᾱ).
 
 Per task it prints and writes: VOC on all successful demos (the issue's metric), the annotation's own VOC on the
 same demos (its ceiling: degraded demos contain forced drops, where the true progress goes back), VOC on clean
-demos (whose truth is monotone), demo MSE against the annotation, success AUROC of the final progress, and the
-stage flicker (predicted changes per episode / annotated) with stage accuracy. Usage:
+demos (whose truth is monotone), demo MSE against the annotation, success AUROC of the final progress, the lag at
+a successful demo's end and how many successful demos reach progress 0.9 (the RL client's success threshold), and
+the stage flicker (predicted changes per episode / annotated) with stage accuracy. Usage:
     PYTHONPATH=. .venv/bin/python bench/curve_filters.py CHECKPOINT DATASET [DATASET ...]
         [--out bench/results/curve_filters.json]
 """
@@ -31,51 +36,45 @@ from sarm.data.lerobot import LeRobotDataset
 from sarm.evaluation import (
     EpisodeResult,
     checkpoint_classes,
+    curve_metrics,
     evaluate_checkpoint,
+    served_progress,
     stage_changes,
-    success_auroc,
     value_order_correlation,
 )
+from sarm.model.progress import ConfidenceSmoother, OneEuroFilter, ProgressFilter
 from sarm.training.checkpoint import load_info
 
 Curve = Callable[[EpisodeResult, float], np.ndarray]
+SUCCESS_THRESHOLD = 0.9  # the RL client's default success_threshold (sarm_client.rewards)
 
 
-def ema(values: np.ndarray, gains: np.ndarray) -> np.ndarray:
-    """y_t = y_{t-1} + g_t (x_t − y_{t-1}), starting at the first value."""
-    out = np.empty(len(values), np.float64)
-    y = float(values[0])
-    for i, (x, g) in enumerate(zip(values, gains, strict=True)):
-        y += float(g) * (float(x) - y)
-        out[i] = y
-    return out
+def filtered(make: Callable[[float], ProgressFilter]) -> Curve:
+    """The curve a filter made by `make(fps)` gives over an episode's scored frames, as the gateway runs it."""
 
-
-def ema_curve(tau_s: float, confidence_gated: bool) -> Curve:
     def curve(r: EpisodeResult, fps: float) -> np.ndarray:
-        gain = 1.0 - np.exp(-1.0 / (fps * tau_s))
-        gains = gain * (r.scores.confidence if confidence_gated else np.ones(len(r.scores.progress)))
-        return ema(r.scores.progress, gains)
+        f, s = make(fps), r.scores
+        steps = zip(s.frame_index, s.progress, s.confidence, strict=True)
+        return np.array([f.update(int(t), float(v), float(c)) for t, v, c in steps])
 
     return curve
 
 
-def one_euro_curve(min_cutoff_hz: float, beta: float, derivative_cutoff_hz: float = 1.0) -> Curve:
-    def alpha(cutoff: float, dt: float) -> float:
-        r = 2 * np.pi * cutoff * dt
-        return r / (r + 1)
+def low_pass(tau_s: float) -> Callable[[float], ProgressFilter]:
+    """A first-order low-pass with time constant τ: the one-euro filter without its speed term or confidence."""
+    return lambda fps: OneEuroFilter(fps, 1.0 / (2 * np.pi * tau_s), beta=0.0, confidence_power=0.0)
 
-    def curve(r: EpisodeResult, fps: float) -> np.ndarray:
-        dt, x = 1.0 / fps, r.scores.progress
-        y, dy, out = float(x[0]), 0.0, np.empty(len(x), np.float64)
-        for i, value in enumerate(x):
-            if i:
-                dy += alpha(derivative_cutoff_hz, dt) * ((float(value) - y) / dt - dy)
-                y += alpha(min_cutoff_hz + beta * abs(dy), dt) * (float(value) - y)
-            out[i] = y
-        return out
 
-    return curve
+FILTERS: dict[str, Curve] = {
+    "raw": lambda r, fps: r.scores.progress.astype(np.float64),
+    "history (official: 10 scores, c ≥ 0.9)": filtered(lambda fps: ConfidenceSmoother()),
+    "low-pass τ 0.1 s": filtered(low_pass(0.1)),
+    "low-pass τ 0.2 s": filtered(low_pass(0.2)),
+    "one-euro 1 Hz, β 0.5": filtered(lambda fps: OneEuroFilter(fps, confidence_power=0.0)),
+    "one-euro 1 Hz, β 0.5, × c² (served)": lambda r, fps: served_progress(r.scores, fps),
+    "one-euro 1 Hz, β 0.2, × c²": filtered(lambda fps: OneEuroFilter(fps, beta=0.2)),
+}
+HOLDS_S = (0.0, 0.05, 0.1)  # stage hysteresis holds compared (0: the raw argmax)
 
 
 def hysteresis_stages(probs: np.ndarray, hold: int) -> np.ndarray:
@@ -94,47 +93,46 @@ def hysteresis_stages(probs: np.ndarray, hold: int) -> np.ndarray:
     return np.asarray(out)
 
 
-FILTERS: dict[str, Curve] = {
-    "raw": lambda r, fps: r.scores.progress.astype(np.float64),
-    "EMA τ 0.1 s": ema_curve(0.1, confidence_gated=False),
-    "EMA τ 0.1 s × confidence": ema_curve(0.1, confidence_gated=True),
-    "EMA τ 0.2 s": ema_curve(0.2, confidence_gated=False),
-    "one-euro 1 Hz, β 0.5": one_euro_curve(1.0, 0.5),
-}
-HOLDS_S = (0.0, 0.05, 0.1)  # stage hysteresis holds compared (0: the raw argmax)
-
-
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
 def progress_rows(results: list[EpisodeResult], fps: float) -> dict[str, dict[str, Any]]:
-    successful = [r for r in results if r.success is not False]
-    clean = [r for r in successful if r.quality == "clean"]
-    labelled = [r for r in results if r.success is not None]
+    successes = [r for r in results if r.success]
     rows = {}
     for name, curve in FILTERS.items():
         curves = {r.episode: curve(r, fps) for r in results}
         rows[name] = {
-            "voc_successful": _mean([value_order_correlation(curves[r.episode]) for r in successful]),
-            "voc_clean": _mean([value_order_correlation(curves[r.episode]) for r in clean]),
-            "demo_mse": _mean([float(np.mean((curves[r.episode] - r.true_progress) ** 2)) for r in results]),
-            "success_auroc": success_auroc(
-                np.array([curves[r.episode][-1] for r in labelled]), np.array([bool(r.success) for r in labelled])
-            ),
+            **curve_metrics(results, curves),
+            # What the lag costs where it shows: at a demo's end, which stops right after success.
+            "end_lag": _mean([float(r.scores.progress[-1] - curves[r.episode][-1]) for r in successes]),
+            "successes_reaching_threshold": sum(bool(curves[r.episode].max() >= SUCCESS_THRESHOLD) for r in successes),
+            "successes": len(successes),
         }
     return rows
 
 
-def stage_rows(results: list[EpisodeResult], fps: float, class_of: np.ndarray) -> dict[str, dict[str, Any]]:
+def stage_rows(
+    results: list[EpisodeResult], fps: float, class_of: np.ndarray, proportions: list[float]
+) -> dict[str, dict[str, Any]]:
+    """Per way of reporting the stage: its changes per episode against the annotation's, and its accuracy. Stages
+    are compared as checkpoint classes (`class_of` maps the dataset's)."""
     annotated = _mean([float(stage_changes(r.true_stage)) for r in results])
+    bounds = np.cumsum(proportions)[:-1]  # a progress value's stage: how many stage ends it has passed
+    ways: dict[str, dict[int, np.ndarray]] = {
+        f"hold {hold_s:g} s": {
+            r.episode: hysteresis_stages(r.scores.stage_probs, max(1, round(hold_s * fps))) for r in results
+        }
+        for hold_s in HOLDS_S
+    }
+    ways["stage of the served progress"] = {
+        r.episode: class_of[np.searchsorted(bounds, served_progress(r.scores, fps), side="right")] for r in results
+    }
     rows = {}
-    for hold_s in HOLDS_S:
-        hold = max(1, round(hold_s * fps))
-        stages = {r.episode: hysteresis_stages(r.scores.stage_probs, hold) for r in results}
+    for name, stages in ways.items():
         predicted = _mean([float(stage_changes(stages[r.episode])) for r in results])
         correct = sum(int((stages[r.episode] == class_of[r.true_stage]).sum()) for r in results)
-        rows[f"hold {hold_s:g} s"] = {
+        rows[name] = {
             "predicted_changes": predicted,
             "annotated_changes": annotated,
             "flicker_ratio": predicted / annotated if predicted is not None and annotated else None,
@@ -146,7 +144,8 @@ def stage_rows(results: list[EpisodeResult], fps: float, class_of: np.ndarray) -
 def measure(checkpoint: Path, root: Path) -> dict[str, Any]:
     ds = LeRobotDataset(root)
     _, results = evaluate_checkpoint(checkpoint, ds)
-    vocabulary, classes = list(ds.proportions() or {}), load_info(checkpoint).model.stage_names
+    proportions = ds.proportions() or {}
+    vocabulary, classes = list(proportions), load_info(checkpoint).model.stage_names
     class_of = checkpoint_classes(classes, vocabulary)
     if len(class_of) != len(vocabulary):
         raise ValueError(f"{root}'s stages {vocabulary} are not all among the checkpoint's {classes}")
@@ -158,7 +157,7 @@ def measure(checkpoint: Path, root: Path) -> dict[str, Any]:
         "clean": sum(r.quality == "clean" for r in successful),
         "annotation_voc_successful": _mean([value_order_correlation(r.true_progress) for r in successful]),
         "progress": progress_rows(results, float(ds.fps)),
-        "stages": stage_rows(results, float(ds.fps), class_of),
+        "stages": stage_rows(results, float(ds.fps), class_of, list(proportions.values())),
     }
 
 
@@ -167,9 +166,10 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 
 def print_tables(report: dict[str, Any]) -> None:
-    console = Console()
+    console = Console(width=200)  # wide tables stay readable in a log
     progress = Table(title="Causal filters on the progress curve (held-out demos)")
-    for column in ("task", "filter", "VOC successful", "annotation VOC", "VOC clean", "demo MSE", "AUROC"):
+    columns = ("task", "filter", "VOC successful", "annotation VOC", "VOC clean", "demo MSE", "AUROC", "end lag")
+    for column in (*columns, f"successes reaching {SUCCESS_THRESHOLD}"):
         progress.add_column(column)
     stages = Table(title="Stage hysteresis")
     for column in ("task", "hold", "stage changes / episode", "annotated", "ratio", "stage accuracy"):
@@ -179,11 +179,13 @@ def print_tables(report: dict[str, Any]) -> None:
             progress.add_row(
                 task,
                 name,
-                _cell(row["voc_successful"]),
+                _cell(row["voc_mean"]),
                 _cell(m["annotation_voc_successful"]),
                 _cell(row["voc_clean"]),
                 _cell(row["demo_mse"], 4),
                 _cell(row["success_auroc"]),
+                _cell(row["end_lag"]),
+                f"{row['successes_reaching_threshold']}/{row['successes']}",
             )
         for name, row in m["stages"].items():
             stages.add_row(

@@ -37,6 +37,7 @@ from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_enc
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.modeling_sarm import SARM
 from sarm.model.windows import WINDOW_FRAMES, stride_frames
+from sarm.scoring.curve import ScoringOptions
 from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction, instruction_key
 from sarm.scoring.metrics import EngineMetrics
 from sarm.scoring.options import EngineOptions
@@ -106,6 +107,32 @@ def value_order_correlation(progress: np.ndarray) -> float:
     if np.ptp(progress) == 0:
         return 0.0
     return float(spearmanr(progress, np.arange(len(progress))).statistic)
+
+
+def served_progress(scores: EpisodeScores, fps: float) -> np.ndarray:
+    """The smoothed progress the gateway serves beside the raw one: its default filter over the scored frames."""
+    progress_filter = ScoringOptions().smoother(fps)
+    assert progress_filter is not None  # smoothing is on by default
+    steps = zip(scores.frame_index, scores.progress, scores.confidence, strict=True)
+    return np.array([progress_filter.update(int(t), float(v), float(c)) for t, v, c in steps])
+
+
+def curve_metrics(results: list[EpisodeResult], curves: dict[int, np.ndarray]) -> dict[str, Any]:
+    """VOC on successful demos (and on clean ones), demo MSE and success AUROC of one progress curve per episode."""
+    successful = [r for r in results if r.success is not False]
+    vocs = [value_order_correlation(curves[r.episode]) for r in successful]
+    clean_vocs = [value_order_correlation(curves[r.episode]) for r in successful if r.quality == "clean"]
+    labelled = [r for r in results if r.success is not None]
+    return {
+        "voc_mean": float(np.mean(vocs)) if vocs else None,
+        "voc_episodes": len(vocs),
+        "voc_clean": float(np.mean(clean_vocs)) if clean_vocs else None,
+        "voc_clean_episodes": len(clean_vocs),
+        "demo_mse": float(np.mean([np.mean((curves[r.episode] - r.true_progress) ** 2) for r in results])),
+        "success_auroc": success_auroc(
+            np.array([curves[r.episode][-1] for r in labelled]), np.array([bool(r.success) for r in labelled])
+        ),
+    }
 
 
 def stage_changes(stages: np.ndarray) -> int:
@@ -300,18 +327,15 @@ def evaluate_checkpoint(
             )
         )
     successful = [r for r in results if r.success is not False]
-    vocs = [value_order_correlation(r.scores.progress) for r in successful]
     # Degraded demos contain forced drops, where the true progress goes back: the annotation's own VOC on the same
     # demos is the ceiling of voc_mean, and clean demos (monotone truth) show the curve's own steadiness.
     truth_vocs = [value_order_correlation(r.true_progress) for r in successful]
-    clean_vocs = [value_order_correlation(r.scores.progress) for r in successful if r.quality == "clean"]
+    raw = curve_metrics(results, {r.episode: r.scores.progress for r in results})
+    served = curve_metrics(results, {r.episode: served_progress(r.scores, float(ds.fps)) for r in results})
     mse = {r.episode: float(np.mean((r.scores.progress - r.true_progress) ** 2)) for r in results}
     qualities = sorted({r.quality for r in results})
     by_quality = {q: float(np.mean([mse[r.episode] for r in results if r.quality == q])) for q in qualities}
     labelled = [r for r in results if r.success is not None]
-    auroc = success_auroc(
-        np.array([r.scores.progress[-1] for r in labelled]), np.array([bool(r.success) for r in labelled])
-    )
     # The predicted stage only means something for stage-label checkpoints (the baseline has one class).
     flicker = (
         stage_flicker(
@@ -328,17 +352,14 @@ def evaluate_checkpoint(
         "engine": engine,  # what scored this checkpoint: onnxruntime, or torch (asked for, or no export)
         "device": on,
         **({"engine_note": note} if note else {}),
-        "voc_mean": float(np.mean(vocs)) if vocs else None,
-        "voc_episodes": len(vocs),
+        **raw,
         "voc_annotation": float(np.mean(truth_vocs)) if truth_vocs else None,
-        "voc_clean": float(np.mean(clean_vocs)) if clean_vocs else None,
-        "voc_clean_episodes": len(clean_vocs),
-        "demo_mse": float(np.mean(list(mse.values()))),
         "demo_mse_by_quality": by_quality,
         "demo_mse_episodes": len(mse),
         "stage_accuracy": correct / counted if counted else None,
         "stage_accuracy_frames": counted,
-        "success_auroc": auroc,
+        # The same figures of the smoothed progress the gateway serves by default (sarm.scoring.curve).
+        "served": {"smoothing": ScoringOptions().smoothing_settings(), **served},
         "auroc_episodes": {
             "successful": sum(bool(r.success) for r in labelled),
             "failed": sum(not r.success for r in labelled),
@@ -472,6 +493,22 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"{m['fixed_stride_share']:.0%} (stride {m['stride_frames']} frames) | "
             f"{m.get('engine', 'n/a')} ({m.get('device', 'n/a')}) |"
         )
+    served = {name: m["served"] for name, m in report["checkpoints"].items() if m.get("served")}
+    if served:
+        settings = next(iter(served.values()))["smoothing"]
+        lines += [
+            "",
+            f"The progress the gateway serves smoothed by default ({', '.join(f'{k} {v}' for k, v in settings.items())}"
+            "; causal):",
+            "",
+            "| checkpoint | VOC (successful) | VOC (clean) | demo MSE | success AUROC |",
+            "| --- | --- | --- | --- | --- |",
+            *(
+                f"| {name} | {_fmt(m['voc_mean'])} | {_fmt(m['voc_clean'])} | {_fmt(m['demo_mse'])} | "
+                f"{_fmt(m['success_auroc'])} |"
+                for name, m in served.items()
+            ),
+        ]
     notes = [f"- {name}: {m['engine_note']}" for name, m in report["checkpoints"].items() if m.get("engine_note")]
     if notes:
         lines += ["", *notes]

@@ -55,8 +55,11 @@ def options_to_proto(options: ScoringOptions) -> pb.ScoringOptions:
     return pb.ScoringOptions(
         score_every=options.score_every,
         smoothing=options.smoothing,
+        smoothing_filter=options.smoothing_filter,
         smoothing_history=options.smoothing_history,
         smoothing_min_confidence=options.smoothing_min_confidence,
+        smoothing_cutoff_hz=options.smoothing_cutoff_hz,
+        smoothing_beta=options.smoothing_beta,
     )
 
 

@@ -65,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--instruction", required=True, help="the task instruction")
     score.add_argument("--fps", type=float, default=None, help="frame rate (default: the file's)")
     score.add_argument("--score-every", type=int, default=1, metavar="N", help="score every N-th frame")
-    score.add_argument("--smoothing", action="store_true", help="add confidence-weighted smoothed progress")
+    score.add_argument(
+        "--smoothing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add smoothed progress, a causal filter's (default: on)",
+    )
+    score.add_argument(
+        "--smoothing-filter", choices=("one-euro", "history"), default="one-euro", help="the filter (default one-euro)"
+    )
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _evaluate_parser(commands)
     rabc = commands.add_parser("rabc", help="RA-BC weights of a dataset, computed by the service (a job over HTTP)")
@@ -155,7 +163,9 @@ def _progress(enabled: bool, what: str) -> Iterator[Callable[[int, int | None], 
 
 
 def _score_video(client: SarmClient, args: argparse.Namespace) -> int:
-    options = ScoringOptions(score_every=args.score_every, smoothing=args.smoothing)
+    options = ScoringOptions(
+        score_every=args.score_every, smoothing=args.smoothing, smoothing_filter=args.smoothing_filter
+    )
     info = client.info()
     fps = video.frame_rate(args.file) if args.fps is None else args.fps
     with _progress(not args.json, "scoring") as on_progress:

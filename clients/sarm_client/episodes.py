@@ -50,7 +50,7 @@ class EpisodePool:
         tls: TLS | bool = False,
         timeout: Timeout = Timeout(),
         retry: Retry = Retry(),
-        smoothing: bool = False,
+        smoothing: bool = True,
         resize: bool = True,
         episode_id: str = "",
         channel_options: Sequence[tuple[str, Any]] = (),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class FrameScore:
 
     frame_index: int
     score: Score
-    smoothed_progress: float | None = None  # set when ScoringOptions.smoothing is on
+    smoothed_progress: float | None = None  # set unless ScoringOptions.smoothing is off
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,24 @@ class ScoringOptions:
     """How an episode is scored (streams, score_frames, score_video)."""
 
     score_every: int = 1  # score every N-th frame (frame 0 always)
-    smoothing: bool = False  # confidence-weighted smoothing of progress (FrameScore.smoothed_progress)
-    smoothing_history: int = 10
-    smoothing_min_confidence: float = 0.9
+    smoothing: bool = True  # a causal filter's progress beside the raw one (FrameScore.smoothed_progress)
+    smoothing_filter: str = "one-euro"  # or "history" (the official code's Σ c³·v / Σ c³ of the last scores)
+    smoothing_history: int = 10  # history: scores remembered
+    smoothing_min_confidence: float = 0.9  # history: scores below it are ignored
+    smoothing_cutoff_hz: float = 1.0  # one-euro: the cut-off while progress holds
+    smoothing_beta: float = 0.5  # one-euro: how fast the cut-off rises with progress's speed
 
     def __post_init__(self) -> None:
         if self.score_every < 1 or self.smoothing_history < 1:
             raise InvalidArgument("score_every and smoothing_history must be at least 1")
         if not 0 < self.smoothing_min_confidence <= 1:
             raise InvalidArgument("smoothing_min_confidence must be in (0, 1]")
+        if self.smoothing_filter not in ("one-euro", "history"):
+            raise InvalidArgument(f"smoothing_filter must be one-euro or history, not {self.smoothing_filter!r}")
+        if not (math.isfinite(self.smoothing_cutoff_hz) and self.smoothing_cutoff_hz > 0):
+            raise InvalidArgument("smoothing_cutoff_hz must be a frequency > 0")
+        if not (math.isfinite(self.smoothing_beta) and self.smoothing_beta >= 0):
+            raise InvalidArgument("smoothing_beta must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ frames is smooth at the scale of a second and interpolating it costs little accu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from sarm.model.progress import ConfidenceSmoother
+from sarm.model.progress import ConfidenceSmoother, OneEuroFilter, ProgressFilter
 from sarm.scoring.engine import Engine, FrameSource, Instruction
 from sarm.scoring.errors import InvalidInput
 from sarm.scoring.score_cache import WindowScore
@@ -38,12 +39,21 @@ def interpolate(frames: np.ndarray, values: np.ndarray, length: int) -> np.ndarr
     return np.interp(np.arange(length), frames, values).astype(np.float32)
 
 
+SMOOTHING_FILTERS = ("one-euro", "history")  # OneEuroFilter (the default), ConfidenceSmoother (the official one)
+
+
 @dataclass(frozen=True)
 class ScoringOptions:
+    """How an episode is scored. Smoothed progress is on by default and rides beside the raw score: the one-euro
+    filter's defaults lifted held-out VOC above 0.95 at unchanged demo MSE and AUROC (docs/model.md)."""
+
     score_every: int = 1
-    smoothing: bool = False
-    smoothing_history: int = 10
-    smoothing_min_confidence: float = 0.9
+    smoothing: bool = True
+    smoothing_filter: str = "one-euro"
+    smoothing_history: int = 10  # history: scores remembered
+    smoothing_min_confidence: float = 0.9  # history: scores below this confidence are ignored
+    smoothing_cutoff_hz: float = 1.0  # one-euro: the cut-off while progress holds
+    smoothing_beta: float = 0.5  # one-euro: how fast the cut-off rises with the curve's speed
 
     def __post_init__(self) -> None:
         if self.score_every < 1 or self.smoothing_history < 1:
@@ -52,9 +62,34 @@ class ScoringOptions:
             )
         if not 0.0 < self.smoothing_min_confidence <= 1.0:
             raise InvalidInput(f"smoothing_min_confidence must be in (0, 1], got {self.smoothing_min_confidence}")
+        if self.smoothing_filter not in SMOOTHING_FILTERS:
+            raise InvalidInput(
+                f"smoothing_filter {self.smoothing_filter!r} is not one of {', '.join(SMOOTHING_FILTERS)}"
+            )
+        if not (math.isfinite(self.smoothing_cutoff_hz) and self.smoothing_cutoff_hz > 0):
+            raise InvalidInput(f"smoothing_cutoff_hz must be a frequency > 0, got {self.smoothing_cutoff_hz}")
+        if not (math.isfinite(self.smoothing_beta) and self.smoothing_beta >= 0):
+            raise InvalidInput(f"smoothing_beta must be >= 0, got {self.smoothing_beta}")
 
-    def smoother(self) -> ConfidenceSmoother | None:
-        return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence) if self.smoothing else None
+    def smoothing_settings(self) -> dict[str, str | float] | None:
+        """The filter and its settings, for provenance; None when smoothing is off."""
+        if not self.smoothing:
+            return None
+        if self.smoothing_filter == "history":
+            return {
+                "filter": "history",
+                "history": self.smoothing_history,
+                "min_confidence": self.smoothing_min_confidence,
+            }
+        return {"filter": "one-euro", "cutoff_hz": self.smoothing_cutoff_hz, "beta": self.smoothing_beta}
+
+    def smoother(self, fps: float) -> ProgressFilter | None:
+        """A fresh filter for one episode filmed at `fps`, or None when smoothing is off."""
+        if not self.smoothing:
+            return None
+        if self.smoothing_filter == "history":
+            return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence)
+        return OneEuroFilter(fps, self.smoothing_cutoff_hz, self.smoothing_beta)
 
 
 @dataclass(frozen=True)
@@ -65,23 +100,29 @@ class FrameResult:
 
 
 def frame_results(
-    frames: Sequence[int], scores: Sequence[WindowScore], smoother: ConfidenceSmoother | None
+    frames: Sequence[int], scores: Sequence[WindowScore], smoother: ProgressFilter | None
 ) -> list[FrameResult]:
     """Pair scored frames with their scores, smoothing progress in frame order when asked to."""
     return [
-        FrameResult(int(t), s, None if smoother is None else smoother.update(s.progress, s.confidence))
+        FrameResult(int(t), s, None if smoother is None else smoother.update(int(t), s.progress, s.confidence))
         for t, s in zip(frames, scores, strict=True)
     ]
 
 
 async def score_curve(
-    engine: Engine, frames: FrameSource, length: int, stride: int, instruction: Instruction, options: ScoringOptions
+    engine: Engine,
+    frames: FrameSource,
+    length: int,
+    fps: float,
+    stride: int,
+    instruction: Instruction,
+    options: ScoringOptions,
 ) -> list[FrameResult]:
-    """A whole episode of `length` encoded time steps: the scored frames' windows, smoothed in frame order when asked
-    to (ScoreFrames, uploaded videos, datasets)."""
+    """A whole episode of `length` encoded time steps filmed at `fps`: the scored frames' windows, smoothed in frame
+    order unless smoothing is off (ScoreFrames, uploaded videos)."""
     scored = scored_frames(length, options.score_every).tolist()
     scores = await engine.score_at(frames, scored, stride, instruction, length)
-    return frame_results(scored, scores, options.smoother())
+    return frame_results(scored, scores, options.smoother(fps))
 
 
 def progress_of_every_frame(results: Sequence[FrameResult], length: int, head: str = "sparse") -> np.ndarray:

@@ -36,13 +36,18 @@ def request_bytes(request: pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.St
 
 
 def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
-    """Zero fields take their defaults (proto3 cannot tell unset from 0)."""
+    """Unset fields take their defaults: zero ones too where proto3 cannot tell unset from 0."""
     defaults = ScoringOptions()
     return ScoringOptions(
         score_every=options.score_every or defaults.score_every,
-        smoothing=options.smoothing,
+        smoothing=options.smoothing if options.HasField("smoothing") else defaults.smoothing,
+        smoothing_filter=options.smoothing_filter or defaults.smoothing_filter,
         smoothing_history=options.smoothing_history or defaults.smoothing_history,
         smoothing_min_confidence=options.smoothing_min_confidence or defaults.smoothing_min_confidence,
+        smoothing_cutoff_hz=(
+            options.smoothing_cutoff_hz if options.HasField("smoothing_cutoff_hz") else defaults.smoothing_cutoff_hz
+        ),
+        smoothing_beta=options.smoothing_beta if options.HasField("smoothing_beta") else defaults.smoothing_beta,
     )
 
 

@@ -1,4 +1,4 @@
-"""One live episode of a stream: the embeddings its causal windows still need, and optional smoothing.
+"""One live episode of a stream: the embeddings its causal windows still need, and its progress filter.
 
 Frame t's window holds the episode's first frame and frames no older than t − 7g (evenly spaced frames
 since the start while t < 8g), so older embeddings are dropped as the episode advances: memory stays bounded
@@ -36,7 +36,7 @@ class Episode:
         self.instruction = instruction
         self.stride = window_stride(fps, engine.manifest.window)
         self.options = options
-        self._smoother = options.smoother()
+        self._smoother = options.smoother(fps)
         self._history: dict[int, Encoded] = {}  # frame index -> its cameras' embeddings (C, D) and keys (C,)
         self._oldest_kept = 1  # frames in [1, _oldest_kept) are dropped; frame 0 is kept for good
         self.frames_seen = 0

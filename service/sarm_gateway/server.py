@@ -156,7 +156,9 @@ class RewardService(pb_grpc.RewardServiceServicer):
             state = engine.state(request.state, steps, "the episode")
             instruction = await engine.embed_instruction(request.instruction)
             encoded = (await engine.encode(frames_from_proto(request.frames))).steps(engine.num_cameras)
-            results = await score_curve(engine, encoded.with_state(state), steps, stride, instruction, options)
+            results = await score_curve(
+                engine, encoded.with_state(state), steps, request.fps, stride, instruction, options
+            )
         for result in results:
             yield frame_score_to_proto(result, engine.version, instruction)
 

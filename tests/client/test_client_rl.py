@@ -27,11 +27,12 @@ from sarm_client import (
     Overloaded,
     SarmClient,
     Score,
+    ScoringOptions,
     Timeout,
     Unavailable,
 )
 from sarm_client.frames import fit
-from sarm_client.rewards import EpisodeReward, RewardConfig
+from sarm_client.rewards import EpisodeReward, RewardConfig, progress_of
 from sarm_client.rl import SarmReward, SarmVectorReward
 from tests.client_harness import CLIENT_ROOT, target
 from tests.gateway_harness import INSTRUCTION, TIMEOUT, H, RunningGateway, episode_frames, free_port
@@ -153,8 +154,10 @@ def client(served: RunningGateway) -> Iterator[SarmClient]:
         yield made
 
 
-def curve(client: SarmClient, frames: np.ndarray) -> list[float]:
-    return [s.score.progress for s in client.score_frames(INSTRUCTION, frames, FPS)]
+def curve(client: SarmClient, frames: np.ndarray, smoothing: bool = True) -> list[float]:
+    """The progress rewards are made of: smoothed, as the wrappers' streams are unless told otherwise."""
+    scores = client.score_frames(INSTRUCTION, frames, FPS, options=ScoringOptions(smoothing=smoothing))
+    return [progress_of(s) for s in scores]
 
 
 def test_each_step_is_rewarded_with_the_gateways_progress(served: RunningGateway, client: SarmClient) -> None:
@@ -174,6 +177,18 @@ def test_each_step_is_rewarded_with_the_gateways_progress(served: RunningGateway
         np.testing.assert_allclose(rewards, np.diff(expected), atol=1e-5)
         _, info = env.reset(seed=4)  # a new stream: the new film's first frame is frame 0 again
         assert info["sarm_progress"] == pytest.approx(curve(client, env.unwrapped.film[:1])[0], abs=1e-5)  # type: ignore[attr-defined]
+    finally:
+        env.close()
+
+
+def test_without_smoothing_the_reward_is_the_raw_progress(served: RunningGateway, client: SarmClient) -> None:
+    env = SarmReward(FilmEnv(6), target(served), INSTRUCTION, timeout=CLIENT_TIMEOUT, smoothing=False)
+    try:
+        _, info = env.reset(seed=5)
+        progress = [info["sarm_progress"]] + [env.step(0)[4]["sarm_progress"] for _ in range(5)]
+        raw = curve(client, env.unwrapped.film, smoothing=False)  # type: ignore[attr-defined]
+        np.testing.assert_allclose(progress, raw, atol=1e-5)
+        assert not np.allclose(raw, curve(client, env.unwrapped.film), atol=1e-6)  # type: ignore[attr-defined]
     finally:
         env.close()
 

@@ -48,12 +48,18 @@ def test_progress_rises_through_a_fresh_successful_demo(task: str) -> None:
             encoded = (await engine.encode([FrameData(f.tobytes(), f.shape) for f in frames])).steps(1)
             instruction = await engine.embed_instruction(episode.task)
             stride = engine.manifest.window.stride(METAWORLD_FPS)
-            results = await score_curve(engine, encoded, len(frames), stride, instruction, ScoringOptions())
+            results = await score_curve(
+                engine, encoded, len(frames), METAWORLD_FPS, stride, instruction, ScoringOptions()
+            )
         finally:
             await engine.close()
-        return np.array([r.score.progress for r in results])
+        return np.array([[r.score.progress, r.smoothed_progress] for r in results], np.float64)
 
-    progress = asyncio.run(curve())
+    progress, smoothed = asyncio.run(curve()).T
     assert len(progress) == len(frames)
-    assert spearmanr(progress, np.arange(len(progress))).statistic > 0.8
+    raw_voc, smoothed_voc = (spearmanr(curve, np.arange(len(curve))).statistic for curve in (progress, smoothed))
+    assert raw_voc > 0.8
     assert progress[-1] - progress[0] > 0.5, f"progress only went from {progress[0]:.2f} to {progress[-1]:.2f}"
+    # The served (smoothed) curve is steadier and rises as far (it trails the raw end by ~0.02 on held-out demos).
+    assert smoothed_voc >= raw_voc, (raw_voc, smoothed_voc)
+    assert smoothed[-1] - smoothed[0] > 0.5

@@ -168,7 +168,12 @@ def test_eval_on_held_out_demos_sarm_beats_the_frame_index_baseline(
     # Stage durations vary, so t / T is wrong where SARM reads the stage from the frames.
     assert metrics["sarm"]["demo_mse"] < 0.5 * metrics["baseline"]["demo_mse"]
     report = (tmp_path / "report/report.md").read_text()
-    assert report.count("| sarm |") == 2 and "In-sample" not in report and "| held out |" in report
+    # The served (smoothed) curve's figures, in the metrics and a table of their own.
+    served = metrics["sarm"]["served"]
+    assert served["smoothing"] == {"filter": "one-euro", "cutoff_hz": 1.0, "beta": 0.5}
+    assert served["voc_episodes"] == 2 and served["voc_mean"] != metrics["sarm"]["voc_mean"]
+    assert report.count("| sarm |") == 3 and "In-sample" not in report and "| held out |" in report
+    assert "serves smoothed by default (filter one-euro, cutoff_hz 1.0, beta 0.5" in report
     assert list((tmp_path / "report").glob("episode_*_clean.png"))
 
 

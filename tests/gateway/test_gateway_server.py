@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sarm.encoders.base import TextEncoder
 from sarm.export.model_repo import read_manifest
+from sarm.model.progress import ConfidenceSmoother, OneEuroFilter
 from sarm.scoring.pytorch import score_embeddings
 from sarm.training.checkpoint import load_checkpoint
 from sarm_gateway.v1 import sarm_pb2 as pb
@@ -108,9 +109,26 @@ def test_stream_scores_like_score_frames_and_offline_and_encodes_each_frame_once
     assert [s.score.stage_index for s in streamed] == expected.stage.tolist()
 
 
-def test_stream_scoring_interval_and_smoothing_match_score_frames(served: RunningGateway) -> None:
+SMOOTHING = {
+    "default": (pb.ScoringOptions(score_every=3), lambda fps: OneEuroFilter(fps)),
+    "one-euro tuned": (
+        pb.ScoringOptions(score_every=3, smoothing_cutoff_hz=0.5, smoothing_beta=0.0),
+        lambda fps: OneEuroFilter(fps, 0.5, 0.0),
+    ),
+    "history": (
+        pb.ScoringOptions(score_every=3, smoothing_filter="history", smoothing_min_confidence=0.01),
+        lambda fps: ConfidenceSmoother(10, 0.01),
+    ),
+    "off": (pb.ScoringOptions(score_every=3, smoothing=False), lambda fps: None),
+}
+
+
+@pytest.mark.parametrize("smoothing", SMOOTHING)
+def test_stream_scoring_interval_and_smoothing_match_score_frames(served: RunningGateway, smoothing: str) -> None:
+    """Smoothing is on unless turned off, the same in a stream and a whole episode, and it is the named filter run
+    over the raw scores at the episode's frame rate."""
     frames, fps = episode_frames(12, seed=3), 5.0
-    options = pb.ScoringOptions(score_every=3, smoothing=True, smoothing_min_confidence=0.01)
+    options, make_filter = SMOOTHING[smoothing]
     replies = list(served.stub.StreamEpisode(stream_requests(frames, fps, options, per_step=2), timeout=TIMEOUT))
     streamed = [s for r in replies for s in r.scores]
     curve = list(
@@ -122,10 +140,31 @@ def test_stream_scoring_interval_and_smoothing_match_score_frames(served: Runnin
     # A whole episode also scores its last frame (sarm.scoring.curve); a stream cannot know which frame is last.
     assert [s.frame_index for s in streamed] == [0, 3, 6, 9]
     assert [s.frame_index for s in curve] == [0, 3, 6, 9, 11]
-    assert all(s.HasField("smoothed_progress") for s in streamed)
-    np.testing.assert_allclose(
-        [s.smoothed_progress for s in streamed], [s.smoothed_progress for s in curve[:4]], atol=1e-5
-    )
+    progress_filter = make_filter(fps)
+    if progress_filter is None:
+        assert not any(s.HasField("smoothed_progress") for s in [*streamed, *curve])
+        return
+    expected = [progress_filter.update(s.frame_index, s.score.progress, s.score.confidence) for s in curve]
+    assert all(s.HasField("smoothed_progress") for s in [*streamed, *curve])
+    np.testing.assert_allclose([s.smoothed_progress for s in curve], expected, atol=1e-6)
+    np.testing.assert_allclose([s.smoothed_progress for s in streamed], expected[:4], atol=1e-5)
+    assert not np.allclose(expected, [s.score.progress for s in curve], atol=1e-6)  # it did smooth something
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (pb.ScoringOptions(smoothing_filter="kalman"), "smoothing_filter 'kalman' is not one of one-euro, history"),
+        (pb.ScoringOptions(smoothing_beta=-1.0), "smoothing_beta must be >= 0"),
+        (pb.ScoringOptions(smoothing_cutoff_hz=0.0), "smoothing_cutoff_hz must be a frequency > 0"),
+    ],
+)
+def test_bad_smoothing_options_are_refused(served: RunningGateway, options: pb.ScoringOptions, message: str) -> None:
+    frame = raw(episode_frames(1, seed=0)[0])
+    request = pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[frame], fps=5.0, options=options)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(served.stub.ScoreFrames(request, timeout=TIMEOUT))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in (refused.value.details() or "")
 
 
 def test_model_info_health_and_reflection(served: RunningGateway, cpu_model_repo: Path) -> None:

@@ -104,7 +104,7 @@ def score(
 def test_video_curve_matches_score_frames_on_the_same_frames(
     served: RunningGateway, client: httpx.Client, videos: dict[str, Path]
 ) -> None:
-    reply = score(client, videos["episode"], smoothing="true", smoothing_min_confidence="0.01")
+    reply = score(client, videos["episode"])  # smoothing is on by default, as in gRPC
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["fps"] == FPS and body["num_frames"] == 30 and body["stride_frames"] == 10
@@ -116,8 +116,7 @@ def test_video_curve_matches_score_frames_on_the_same_frames(
 
     decoded = read_frames(videos["episode"], FPS, 0.0, 30)
     encoded, heads_rows = served.backend.encoded, served.backend.heads_rows
-    options = pb.ScoringOptions(smoothing=True, smoothing_min_confidence=0.01)
-    request = pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in decoded], fps=FPS, options=options)
+    request = pb.ScoreFramesRequest(instruction=INSTRUCTION, frames=[raw(f) for f in decoded], fps=FPS)
     curve = list(served.stub.ScoreFrames(request, timeout=TIMEOUT))
     assert served.backend.encoded == encoded  # the same engine: the upload's frames were in its cache
     assert served.backend.heads_rows == heads_rows  # and its windows' scores
@@ -142,7 +141,7 @@ def test_score_every_fps_override_and_resizing(client: httpx.Client, videos: dic
 
 
 def test_png_plot(client: httpx.Client, videos: dict[str, Path]) -> None:
-    reply = score(client, videos["episode"], {"format": "png"}, smoothing="true")
+    reply = score(client, videos["episode"], {"format": "png"})
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(reply.content)) as image:
@@ -151,7 +150,16 @@ def test_png_plot(client: httpx.Client, videos: dict[str, Path]) -> None:
 
 def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[str, Path], tmp_path: Path) -> None:
     as_json = score(client, videos["episode"]).json()
-    reply = score(client, videos["episode"], format="parquet")
+    reply = score(client, videos["episode"], format="parquet")  # the smoothed progress, as smoothing is on
+    assert reply.status_code == 200, reply.text
+    (tmp_path / "smoothed.parquet").write_bytes(reply.content)
+    smoothed = read_progress(tmp_path / "smoothed.parquet")
+    np.testing.assert_allclose(
+        smoothed.episodes[0].progress, [f["smoothed_progress"] for f in as_json["frames"]], atol=1e-6
+    )
+    assert smoothed.provenance["smoothing"] == {"filter": "one-euro", "cutoff_hz": 1.0, "beta": 0.5}
+    # Off, the raw progress: what `sarm rabc` writes, and what the rest compares.
+    reply = score(client, videos["episode"], format="parquet", smoothing="false")
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/vnd.apache.parquet"
     assert 'filename="sarm_progress.parquet"' in reply.headers["content-disposition"]
@@ -168,10 +176,10 @@ def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[
     [episode] = progress.episodes
     assert episode.episode_index == 0
     np.testing.assert_allclose(episode.progress, [f["progress"] for f in as_json["frames"]], atol=1e-6)
-    assert progress.provenance["model_version"] == as_json["model_version"]
+    assert progress.provenance["model_version"] == as_json["model_version"] and progress.provenance["smoothing"] is None
     assert progress.provenance["window"] == {"mode": "causal", "frames": 9, "stride_frames": 10}
     # Every 2nd frame and the last scored, the others interpolated: the one rule `sarm rabc --stride` uses.
-    gapped = score(client, videos["episode"], score_every="2", format="parquet")
+    gapped = score(client, videos["episode"], score_every="2", format="parquet", smoothing="false")
     assert gapped.status_code == 200, gapped.text
     (tmp_path / "gapped.parquet").write_bytes(gapped.content)
     interpolated = read_progress(tmp_path / "gapped.parquet")
@@ -250,6 +258,16 @@ def bad_form_cases(videos: dict[str, Path]) -> dict[str, tuple[dict[str, object]
             {"data": {"instruction": INSTRUCTION, "score_every": "0"}, "files": {"video": video}},
             422,
             "score_every",
+        ),
+        "unknown filter": (
+            {"data": {"instruction": INSTRUCTION, "smoothing_filter": "kalman"}, "files": {"video": video}},
+            422,
+            "smoothing_filter",
+        ),
+        "negative beta": (
+            {"data": {"instruction": INSTRUCTION, "smoothing_beta": "-1"}, "files": {"video": video}},
+            422,
+            "smoothing_beta",
         ),
         "two videos": (
             {"data": {"instruction": INSTRUCTION}, "files": [("video", video), ("video", video)]},

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sarm/v1/sarm.proto\x12\x07sarm.v1\"E\n\x05\x46rame\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12 \n\x03raw\x18\x02 \x01(\x0b\x32\x11.sarm.v1.RawImageH\x00\x42\x07\n\x05image\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"\xf1\x01\n\x05Score\x12\x13\n\x0bstage_index\x18\x01 \x01(\r\x12\x12\n\nstage_name\x18\x02 \x01(\t\x12\x13\n\x0bstage_probs\x18\x03 \x03(\x02\x12\x0b\n\x03tau\x18\x04 \x01(\x02\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x14\n\x0cmatched_task\x18\x08 \x01(\t\x12\x17\n\x0ftask_similarity\x18\t \x01(\x02\x12\'\n\x05\x64\x65nse\x18\n \x01(\x0b\x32\x13.sarm.v1.DenseScoreH\x00\x88\x01\x01\x42\x08\n\x06_dense\"i\n\nDenseScore\x12\x13\n\x0bstage_index\x18\x01 \x01(\r\x12\x12\n\nstage_name\x18\x02 \x01(\t\x12\x13\n\x0bstage_probs\x18\x03 \x03(\x02\x12\x0b\n\x03tau\x18\x04 \x01(\x02\x12\x10\n\x08progress\x18\x05 \x01(\x02\"X\n\x12ScoreWindowRequest\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x1e\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x0e.sarm.v1.Frame\x12\r\n\x05state\x18\x03 \x03(\x02\"4\n\x13ScoreWindowResponse\x12\x1d\n\x05score\x18\x01 \x01(\x0b\x32\x0e.sarm.v1.Score\"u\n\x0eScoringOptions\x12\x13\n\x0bscore_every\x18\x01 \x01(\r\x12\x11\n\tsmoothing\x18\x02 \x01(\x08\x12\x19\n\x11smoothing_history\x18\x03 \x01(\r\x12 \n\x18smoothing_min_confidence\x18\x04 \x01(\x02\"~\n\x0b\x45pisodeOpen\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x02\x12\x0f\n\x07\x63\x61meras\x18\x03 \x03(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.sarm.v1.ScoringOptions\x12\x12\n\nepisode_id\x18\x05 \x01(\t\":\n\tFrameStep\x12\x1e\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x0e.sarm.v1.Frame\x12\r\n\x05state\x18\x02 \x03(\x02\"k\n\x14StreamEpisodeRequest\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.sarm.v1.EpisodeOpenH\x00\x12\"\n\x04step\x18\x02 \x01(\x0b\x32\x12.sarm.v1.FrameStepH\x00\x42\t\n\x07message\"v\n\nFrameScore\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x1d\n\x05score\x18\x02 \x01(\x0b\x32\x0e.sarm.v1.Score\x12\x1e\n\x11smoothed_progress\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_smoothed_progress\"P\n\x15StreamEpisodeResponse\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.sarm.v1.FrameScore\"\x8f\x01\n\x12ScoreFramesRequest\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x1e\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x0e.sarm.v1.Frame\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x02\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.sarm.v1.ScoringOptions\x12\r\n\x05state\x18\x05 \x03(\x02\"\x15\n\x13GetModelInfoRequest\"3\n\x07\x45ncoder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\"E\n\x04Task\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x13\n\x0bstage_names\x18\x02 \x03(\t\x12\x13\n\x0bproportions\x18\x03 \x03(\x02\"\x82\x01\n\x06Window\x12\x0e\n\x06\x66rames\x18\x01 \x01(\r\x12\x16\n\x0estride_seconds\x18\x02 \x01(\x02\x12\x12\n\nmax_rewind\x18\x03 \x01(\r\x12\x17\n\x0fsequence_length\x18\x04 \x01(\r\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x15\n\rstride_frames\x18\x06 \x01(\r\":\n\tImageSize\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06resize\x18\x03 \x01(\t\"\xfb\x02\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0bstage_names\x18\x02 \x03(\t\x12\x1c\n\x05tasks\x18\x03 \x03(\x0b\x32\r.sarm.v1.Task\x12\x1f\n\x06window\x18\x04 \x01(\x0b\x32\x0f.sarm.v1.Window\x12\x13\n\x0bnum_cameras\x18\x05 \x01(\r\x12!\n\x05image\x18\x06 \x01(\x0b\x32\x12.sarm.v1.ImageSize\x12\'\n\rframe_encoder\x18\x07 \x01(\x0b\x32\x10.sarm.v1.Encoder\x12&\n\x0ctext_encoder\x18\x08 \x01(\x0b\x32\x10.sarm.v1.Encoder\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x16\n\x0etask_match_min\x18\n \x01(\x02\x12\r\n\x05heads\x18\x0b \x03(\t\x12\x19\n\x11\x64\x65nse_stage_names\x18\x0c \x03(\t\x12\x11\n\tstate_dim\x18\r \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\x0e \x01(\t2\xb2\x02\n\rRewardService\x12H\n\x0bScoreWindow\x12\x1b.sarm.v1.ScoreWindowRequest\x1a\x1c.sarm.v1.ScoreWindowResponse\x12R\n\rStreamEpisode\x12\x1d.sarm.v1.StreamEpisodeRequest\x1a\x1e.sarm.v1.StreamEpisodeResponse(\x01\x30\x01\x12\x41\n\x0bScoreFrames\x12\x1b.sarm.v1.ScoreFramesRequest\x1a\x13.sarm.v1.FrameScore0\x01\x12@\n\x0cGetModelInfo\x12\x1c.sarm.v1.GetModelInfoRequest\x1a\x12.sarm.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12sarm/v1/sarm.proto\x12\x07sarm.v1\"E\n\x05\x46rame\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12 \n\x03raw\x18\x02 \x01(\x0b\x32\x11.sarm.v1.RawImageH\x00\x42\x07\n\x05image\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"\xf1\x01\n\x05Score\x12\x13\n\x0bstage_index\x18\x01 \x01(\r\x12\x12\n\nstage_name\x18\x02 \x01(\t\x12\x13\n\x0bstage_probs\x18\x03 \x03(\x02\x12\x0b\n\x03tau\x18\x04 \x01(\x02\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\x12\n\nconfidence\x18\x06 \x01(\x02\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x14\n\x0cmatched_task\x18\x08 \x01(\t\x12\x17\n\x0ftask_similarity\x18\t \x01(\x02\x12\'\n\x05\x64\x65nse\x18\n \x01(\x0b\x32\x13.sarm.v1.DenseScoreH\x00\x88\x01\x01\x42\x08\n\x06_dense\"i\n\nDenseScore\x12\x13\n\x0bstage_index\x18\x01 \x01(\r\x12\x12\n\nstage_name\x18\x02 \x01(\t\x12\x13\n\x0bstage_probs\x18\x03 \x03(\x02\x12\x0b\n\x03tau\x18\x04 \x01(\x02\x12\x10\n\x08progress\x18\x05 \x01(\x02\"X\n\x12ScoreWindowRequest\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x1e\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x0e.sarm.v1.Frame\x12\r\n\x05state\x18\x03 \x03(\x02\"4\n\x13ScoreWindowResponse\x12\x1d\n\x05score\x18\x01 \x01(\x0b\x32\x0e.sarm.v1.Score\"\x8c\x02\n\x0eScoringOptions\x12\x13\n\x0bscore_every\x18\x01 \x01(\r\x12\x16\n\tsmoothing\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x11smoothing_history\x18\x03 \x01(\r\x12 \n\x18smoothing_min_confidence\x18\x04 \x01(\x02\x12\x18\n\x10smoothing_filter\x18\x05 \x01(\t\x12 \n\x13smoothing_cutoff_hz\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0esmoothing_beta\x18\x07 \x01(\x02H\x02\x88\x01\x01\x42\x0c\n\n_smoothingB\x16\n\x14_smoothing_cutoff_hzB\x11\n\x0f_smoothing_beta\"~\n\x0b\x45pisodeOpen\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x02\x12\x0f\n\x07\x63\x61meras\x18\x03 \x03(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.sarm.v1.ScoringOptions\x12\x12\n\nepisode_id\x18\x05 \x01(\t\":\n\tFrameStep\x12\x1e\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x0e.sarm.v1.Frame\x12\r\n\x05state\x18\x02 \x03(\x02\"k\n\x14StreamEpisodeRequest\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.sarm.v1.EpisodeOpenH\x00\x12\"\n\x04step\x18\x02 \x01(\x0b\x32\x12.sarm.v1.FrameStepH\x00\x42\t\n\x07message\"v\n\nFrameScore\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x1d\n\x05score\x18\x02 \x01(\x0b\x32\x0e.sarm.v1.Score\x12\x1e\n\x11smoothed_progress\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_smoothed_progress\"P\n\x15StreamEpisodeResponse\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.sarm.v1.FrameScore\"\x8f\x01\n\x12ScoreFramesRequest\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x1e\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x0e.sarm.v1.Frame\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x02\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.sarm.v1.ScoringOptions\x12\r\n\x05state\x18\x05 \x03(\x02\"\x15\n\x13GetModelInfoRequest\"3\n\x07\x45ncoder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\"E\n\x04Task\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12\x13\n\x0bstage_names\x18\x02 \x03(\t\x12\x13\n\x0bproportions\x18\x03 \x03(\x02\"\x82\x01\n\x06Window\x12\x0e\n\x06\x66rames\x18\x01 \x01(\r\x12\x16\n\x0estride_seconds\x18\x02 \x01(\x02\x12\x12\n\nmax_rewind\x18\x03 \x01(\r\x12\x17\n\x0fsequence_length\x18\x04 \x01(\r\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x15\n\rstride_frames\x18\x06 \x01(\r\":\n\tImageSize\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06resize\x18\x03 \x01(\t\"\xfb\x02\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0bstage_names\x18\x02 \x03(\t\x12\x1c\n\x05tasks\x18\x03 \x03(\x0b\x32\r.sarm.v1.Task\x12\x1f\n\x06window\x18\x04 \x01(\x0b\x32\x0f.sarm.v1.Window\x12\x13\n\x0bnum_cameras\x18\x05 \x01(\r\x12!\n\x05image\x18\x06 \x01(\x0b\x32\x12.sarm.v1.ImageSize\x12\'\n\rframe_encoder\x18\x07 \x01(\x0b\x32\x10.sarm.v1.Encoder\x12&\n\x0ctext_encoder\x18\x08 \x01(\x0b\x32\x10.sarm.v1.Encoder\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x16\n\x0etask_match_min\x18\n \x01(\x02\x12\r\n\x05heads\x18\x0b \x03(\t\x12\x19\n\x11\x64\x65nse_stage_names\x18\x0c \x03(\t\x12\x11\n\tstate_dim\x18\r \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\x0e \x01(\t2\xb2\x02\n\rRewardService\x12H\n\x0bScoreWindow\x12\x1b.sarm.v1.ScoreWindowRequest\x1a\x1c.sarm.v1.ScoreWindowResponse\x12R\n\rStreamEpisode\x12\x1d.sarm.v1.StreamEpisodeRequest\x1a\x1e.sarm.v1.StreamEpisodeResponse(\x01\x30\x01\x12\x41\n\x0bScoreFrames\x12\x1b.sarm.v1.ScoreFramesRequest\x1a\x13.sarm.v1.FrameScore0\x01\x12@\n\x0cGetModelInfo\x12\x1c.sarm.v1.GetModelInfoRequest\x1a\x12.sarm.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,32 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREWINDOWREQUEST']._serialized_end=616
   _globals['_SCOREWINDOWRESPONSE']._serialized_start=618
   _globals['_SCOREWINDOWRESPONSE']._serialized_end=670
-  _globals['_SCORINGOPTIONS']._serialized_start=672
-  _globals['_SCORINGOPTIONS']._serialized_end=789
-  _globals['_EPISODEOPEN']._serialized_start=791
-  _globals['_EPISODEOPEN']._serialized_end=917
-  _globals['_FRAMESTEP']._serialized_start=919
-  _globals['_FRAMESTEP']._serialized_end=977
-  _globals['_STREAMEPISODEREQUEST']._serialized_start=979
-  _globals['_STREAMEPISODEREQUEST']._serialized_end=1086
-  _globals['_FRAMESCORE']._serialized_start=1088
-  _globals['_FRAMESCORE']._serialized_end=1206
-  _globals['_STREAMEPISODERESPONSE']._serialized_start=1208
-  _globals['_STREAMEPISODERESPONSE']._serialized_end=1288
-  _globals['_SCOREFRAMESREQUEST']._serialized_start=1291
-  _globals['_SCOREFRAMESREQUEST']._serialized_end=1434
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1436
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1457
-  _globals['_ENCODER']._serialized_start=1459
-  _globals['_ENCODER']._serialized_end=1510
-  _globals['_TASK']._serialized_start=1512
-  _globals['_TASK']._serialized_end=1581
-  _globals['_WINDOW']._serialized_start=1584
-  _globals['_WINDOW']._serialized_end=1714
-  _globals['_IMAGESIZE']._serialized_start=1716
-  _globals['_IMAGESIZE']._serialized_end=1774
-  _globals['_MODELINFO']._serialized_start=1777
-  _globals['_MODELINFO']._serialized_end=2156
-  _globals['_REWARDSERVICE']._serialized_start=2159
-  _globals['_REWARDSERVICE']._serialized_end=2465
+  _globals['_SCORINGOPTIONS']._serialized_start=673
+  _globals['_SCORINGOPTIONS']._serialized_end=941
+  _globals['_EPISODEOPEN']._serialized_start=943
+  _globals['_EPISODEOPEN']._serialized_end=1069
+  _globals['_FRAMESTEP']._serialized_start=1071
+  _globals['_FRAMESTEP']._serialized_end=1129
+  _globals['_STREAMEPISODEREQUEST']._serialized_start=1131
+  _globals['_STREAMEPISODEREQUEST']._serialized_end=1238
+  _globals['_FRAMESCORE']._serialized_start=1240
+  _globals['_FRAMESCORE']._serialized_end=1358
+  _globals['_STREAMEPISODERESPONSE']._serialized_start=1360
+  _globals['_STREAMEPISODERESPONSE']._serialized_end=1440
+  _globals['_SCOREFRAMESREQUEST']._serialized_start=1443
+  _globals['_SCOREFRAMESREQUEST']._serialized_end=1586
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1588
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1609
+  _globals['_ENCODER']._serialized_start=1611
+  _globals['_ENCODER']._serialized_end=1662
+  _globals['_TASK']._serialized_start=1664
+  _globals['_TASK']._serialized_end=1733
+  _globals['_WINDOW']._serialized_start=1736
+  _globals['_WINDOW']._serialized_end=1866
+  _globals['_IMAGESIZE']._serialized_start=1868
+  _globals['_IMAGESIZE']._serialized_end=1926
+  _globals['_MODELINFO']._serialized_start=1929
+  _globals['_MODELINFO']._serialized_end=2308
+  _globals['_REWARDSERVICE']._serialized_start=2311
+  _globals['_REWARDSERVICE']._serialized_end=2617
 # @@protoc_insertion_point(module_scope)

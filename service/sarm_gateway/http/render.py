@@ -89,7 +89,7 @@ def plot(curve: VideoCurve, stage_names: list[str], model_version: str) -> bytes
 
 def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) -> bytes:
     """The video as episode 0 with a value for every frame (the schema has no gaps): the scored frames' progress (the
-    smoothed value when smoothing is on), interpolated between them as `sarm rabc --stride` does. Provenance as
+    smoothed value unless smoothing is off), interpolated between them as `sarm rabc --stride` does. Provenance as
     `sarm rabc` writes it, in the schema metadata."""
     progress = progress_of_every_frame(curve.results, curve.num_frames)
     dense = progress_of_every_frame(curve.results, curve.num_frames, "dense") if curve.dense else None
@@ -100,7 +100,7 @@ def progress_parquet(curve: VideoCurve, model_version: str, window_frames: int) 
         "model_version": model_version,
         "instruction": curve.instruction,
         "fps": curve.fps,
-        "smoothing": curve.options.smoothing,
+        "smoothing": curve.options.smoothing_settings(),
         "task": {"matched": curve.matched.task, "similarity": curve.matched.similarity},
         "window": {"mode": curve.window_mode, "frames": window_frames, "stride_frames": curve.stride},
         "score_stride": every,

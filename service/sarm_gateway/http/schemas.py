@@ -30,9 +30,20 @@ class ScoreForm(BaseModel):
         None, gt=0, le=MAX_FPS, description="Frame rate to assume instead of the video's own; sets the window stride."
     )
     score_every: int = Field(1, ge=1, description="Score every N-th frame (frame 0 always).")
-    smoothing: bool = Field(False, description="Add confidence-weighted smoothed progress.")
-    smoothing_history: int = Field(10, ge=1, description="Scores the smoothing remembers.")
-    smoothing_min_confidence: float = Field(0.9, gt=0, le=1, description="Scores below this confidence are ignored.")
+    smoothing: bool = Field(True, description="Add smoothed progress (a causal filter) beside the raw progress.")
+    smoothing_filter: Literal["one-euro", "history"] = Field(
+        "one-euro",
+        description="one-euro: the one-euro filter, its gain scaled by the stage confidence squared; history: the "
+        "official code's confidence-weighted mean of the last smoothing_history confident scores.",
+    )
+    smoothing_history: int = Field(10, ge=1, description="history: scores the smoothing remembers.")
+    smoothing_min_confidence: float = Field(
+        0.9, gt=0, le=1, description="history: scores below this confidence are ignored."
+    )
+    smoothing_cutoff_hz: float = Field(1.0, gt=0, allow_inf_nan=False, description="one-euro: cut-off at rest.")
+    smoothing_beta: float = Field(
+        0.5, ge=0, allow_inf_nan=False, description="one-euro: how fast the cut-off rises with progress's speed."
+    )
     format: OutputFormat | SkipJsonSchema[None] = Field(
         None, description="json (default), png or parquet; the `format` query parameter does the same."
     )
@@ -52,7 +63,15 @@ class ScoreForm(BaseModel):
             ) from error
 
     def options(self) -> ScoringOptions:
-        return ScoringOptions(self.score_every, self.smoothing, self.smoothing_history, self.smoothing_min_confidence)
+        return ScoringOptions(
+            self.score_every,
+            self.smoothing,
+            self.smoothing_filter,
+            self.smoothing_history,
+            self.smoothing_min_confidence,
+            self.smoothing_cutoff_hz,
+            self.smoothing_beta,
+        )
 
     @classmethod
     def request_body(cls) -> dict[str, Any]:
@@ -87,7 +106,7 @@ class FrameScore(BaseModel):
     tau: float = Field(description="Progress within the stage, [0, 1].")
     progress: float = Field(description="Normalised task progress, [0, 1].")
     confidence: float = Field(description="Probability of the predicted stage.")
-    smoothed_progress: float | None = Field(description="Set when smoothing is on.")
+    smoothed_progress: float | None = Field(description="Set unless smoothing is off.")
     dense: DenseScore | None = Field(None, description="The dense head's answer, for a model that has one.")
 
 

@@ -85,7 +85,7 @@ async def score_video(engine: Engine, video: Path, form: ScoreForm, limits: Vide
         await engine.offload(reader.close)
     if form.state is not None:
         encoded = encoded.with_state(engine.state(_state_rows(form.state, reader.decoded), reader.decoded, "`state`"))
-    results = await score_curve(engine, encoded, reader.decoded, stride, instruction, options)
+    results = await score_curve(engine, encoded, reader.decoded, reader.fps, stride, instruction, options)
     return VideoCurve(
         form.instruction,
         instruction,

@@ -81,16 +81,22 @@ class ScoreWindowResponse(_message.Message):
     def __init__(self, score: _Optional[_Union[Score, _Mapping]] = ...) -> None: ...
 
 class ScoringOptions(_message.Message):
-    __slots__ = ("score_every", "smoothing", "smoothing_history", "smoothing_min_confidence")
+    __slots__ = ("score_every", "smoothing", "smoothing_history", "smoothing_min_confidence", "smoothing_filter", "smoothing_cutoff_hz", "smoothing_beta")
     SCORE_EVERY_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_HISTORY_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_FILTER_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_CUTOFF_HZ_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_BETA_FIELD_NUMBER: _ClassVar[int]
     score_every: int
     smoothing: bool
     smoothing_history: int
     smoothing_min_confidence: float
-    def __init__(self, score_every: _Optional[int] = ..., smoothing: _Optional[bool] = ..., smoothing_history: _Optional[int] = ..., smoothing_min_confidence: _Optional[float] = ...) -> None: ...
+    smoothing_filter: str
+    smoothing_cutoff_hz: float
+    smoothing_beta: float
+    def __init__(self, score_every: _Optional[int] = ..., smoothing: _Optional[bool] = ..., smoothing_history: _Optional[int] = ..., smoothing_min_confidence: _Optional[float] = ..., smoothing_filter: _Optional[str] = ..., smoothing_cutoff_hz: _Optional[float] = ..., smoothing_beta: _Optional[float] = ...) -> None: ...
 
 class EpisodeOpen(_message.Message):
     __slots__ = ("instruction", "fps", "cameras", "options", "episode_id")
