@@ -87,6 +87,11 @@ def test_one_euro_reads_time_not_calls() -> None:
     assert np.max(np.abs(np.array(dense_curve[::3]) - sparse_curve)) < 0.03
 
 
+def test_one_euro_with_an_enormous_cut_off_passes_values_through() -> None:
+    f = OneEuroFilter(fps=30.0, min_cutoff_hz=1e308, beta=1e308)
+    assert [f.update(t, v, 1.0) for t, v in enumerate([0.1, 0.9, 0.3])] == pytest.approx([0.1, 0.9, 0.3])
+
+
 def test_one_euro_refuses_frames_out_of_order() -> None:
     f = OneEuroFilter(fps=30.0)
     f.update(4, 0.1, 1.0)
