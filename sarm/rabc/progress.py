@@ -88,7 +88,6 @@ class EngineHandle:
         """An engine over the checkpoint's exported repository (exported once, cached) on a loop of its own. Labelling
         reads each frame once, so only the instruction cache is kept. `providers` (sarm.device.onnx_providers) place
         the local backend's sessions (default: the CPU)."""
-        loop = asyncio.new_event_loop()
         options = replace(options, frame_cache_entries=0, score_cache_entries=0, redis_url=None)
         repo = repository_for(checkpoint)
 
@@ -100,7 +99,12 @@ class EngineHandle:
                 backend = LocalBackend(repo, manifest, threads, workers, providers=providers)
             return Engine.open(repo, options, text_encoder=text_encoder, backend=backend)
 
-        engine = loop.run_until_complete(opened())
+        loop = asyncio.new_event_loop()
+        try:
+            engine = loop.run_until_complete(opened())
+        except BaseException:  # no engine, no handle: nothing else would close the loop
+            loop.close()
+            raise
 
         def close() -> None:
             loop.run_until_complete(engine.close())

@@ -328,3 +328,23 @@ def test_cli_refuses_an_unknown_statistic(ds_root: Path, sarm_checkpoint: Path, 
     )
     assert result.exit_code == 2
     assert "median" in result.output
+
+
+def test_an_engine_that_fails_to_open_leaves_no_event_loop_open(
+    sarm_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+    new_loop = asyncio.new_event_loop
+
+    def recorded() -> asyncio.AbstractEventLoop:
+        loops.append(new_loop())
+        return loops[-1]
+
+    def refuse(*args: Any, **kwargs: Any) -> Engine:
+        raise RuntimeError("the backend is down")
+
+    monkeypatch.setattr(asyncio, "new_event_loop", recorded)
+    monkeypatch.setattr(Engine, "open", refuse)
+    with pytest.raises(RuntimeError, match="the backend is down"):
+        EngineHandle.open(sarm_checkpoint, EngineOptions())
+    assert len(loops) == 1 and loops[0].is_closed()
