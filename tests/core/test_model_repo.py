@@ -111,3 +111,21 @@ def test_a_replaced_onnx_file_is_refused(cpu_model_repo: Path, tmp_path: Path) -
         LocalBackend(repo, manifest)
     result = runner.invoke(app, ["serve", "--model-repo", str(repo), "--grpc-port", "0"])
     assert result.exit_code == 2 and "sha256 differs" in result.output
+
+
+def test_the_export_cache_follows_the_config_not_only_the_weights(sarm_checkpoint: Path, tmp_path: Path) -> None:
+    """Editing config.json (here a task's instruction) with the same weights gives a fresh export, not the cached one
+    that describes the old config."""
+    from sarm.scoring.repository import repository_for
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(sarm_checkpoint, checkpoint)
+    first = repository_for(checkpoint, tmp_path / "cache")
+    assert repository_for(checkpoint, tmp_path / "cache") == first  # a cache hit
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["model"]["tasks"][0]["instruction"] = "lift the block"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    second = repository_for(checkpoint, tmp_path / "cache")
+    assert second != first
+    assert [t.instruction for t in read_manifest(second).tasks] == ["lift the block"]
+    assert [t.instruction for t in read_manifest(first).tasks] == [""]
