@@ -51,7 +51,7 @@ class ConfidenceSmoother:
 def _smoothing_factor(cutoff_hz: float, seconds: float) -> float:
     """The exponential smoothing factor of a first-order low-pass at `cutoff_hz` over a step of `seconds`."""
     r = 2.0 * math.pi * cutoff_hz * seconds
-    return 1.0 / (1.0 + 1.0 / r)  # r / (r + 1), and 1 (not NaN) for a cut-off so high that r overflows
+    return 1.0 if math.isinf(r) else r / (r + 1.0)  # a cut-off so high that r overflows passes values through
 
 
 class OneEuroFilter:

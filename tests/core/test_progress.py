@@ -92,6 +92,11 @@ def test_one_euro_with_an_enormous_cut_off_passes_values_through() -> None:
     assert [f.update(t, v, 1.0) for t, v in enumerate([0.1, 0.9, 0.3])] == pytest.approx([0.1, 0.9, 0.3])
 
 
+def test_one_euro_with_a_vanishing_cut_off_holds_its_first_value() -> None:
+    f = OneEuroFilter(fps=30.0, min_cutoff_hz=5e-324, beta=0.0)
+    assert [f.update(t, v, 1.0) for t, v in enumerate([0.1, 0.9, 0.3])] == [0.1, 0.1, 0.1]
+
+
 def test_one_euro_refuses_frames_out_of_order() -> None:
     f = OneEuroFilter(fps=30.0)
     f.update(4, 0.1, 1.0)
