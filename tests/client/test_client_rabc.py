@@ -4,6 +4,7 @@ and `sarm-client rabc` as a process."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -254,35 +255,45 @@ def test_the_cli_reports_errors_in_one_line(served: RunningGateway, tmp_path: Pa
     assert anonymous.returncode == 1 and anonymous.stderr.startswith("sarm-client: error: Unauthenticated: ")
 
 
-def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, tmp_path: Path) -> None:
+def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, data_root: Path, tmp_path: Path) -> None:
+    # A dataset no other test scored (nothing in the gateway's caches) and a held encoder: the job cannot finish
+    # before the Ctrl-C reaches the CLI, however fast the machine.
+    write_dataset(data_root / "held", [synthetic_episode(LENGTH, seed) for seed in range(100, 100 + EPISODES)])
     env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT), "SARM_TOKEN": "trainer-token"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sarm_client",
-            "rabc",
-            "--http",
-            served.http_url,
-            "demos",
-            "--chunk-size",
-            str(CHUNK),
-            "--poll",
-            "0.02",
-            "--out",
-            str(tmp_path / "weights.parquet"),
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    line = process.stderr.readline()  # the first progress line names the job: "RA-BC job <id>: queued, ..."
-    assert line.startswith("RA-BC job "), line
-    job_id = line.split()[2].rstrip(":")
-    process.send_signal(signal.SIGINT)
-    rest = process.stderr.read()
-    assert process.wait(60) == 130 and "sarm-client: interrupted" in rest and "Traceback" not in rest
+    served.backend.gate = asyncio.Event()
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sarm_client",
+                "rabc",
+                "--http",
+                served.http_url,
+                "held",
+                "--chunk-size",
+                str(CHUNK),
+                "--poll",
+                "0.02",
+                "--out",
+                str(tmp_path / "weights.parquet"),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        line = process.stderr.readline()  # the first progress line names the job: "RA-BC job <id>: queued, ..."
+        assert line.startswith("RA-BC job "), line
+        job_id = line.split()[2].rstrip(":")
+        time.sleep(0.5)
+        assert client(served).status(job_id).state in ("queued", "running")  # held, as promised
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        assert process.wait(60) == 130 and "sarm-client: interrupted" in rest and "Traceback" not in rest
+    finally:
+        served.open_gate()  # the cancelled job stops at its next check, once its encode is let through
+        served.backend.gate = None
     jobs = client(served)
     deadline = time.monotonic() + 60
     while (job := jobs.status(job_id)).state in ("queued", "running"):  # the CLI's cancel, not ours
