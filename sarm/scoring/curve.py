@@ -45,7 +45,7 @@ SMOOTHING_FILTERS = ("one-euro", "history")  # OneEuroFilter (the default), Conf
 @dataclass(frozen=True)
 class ScoringOptions:
     """How an episode is scored. Smoothed progress is on by default and rides beside the raw score: the one-euro
-    filter's defaults lifted held-out VOC above 0.95 at unchanged demo MSE and AUROC (docs/model.md)."""
+    filter's defaults lifted held-out VOC above 0.95 at +0.001 demo MSE or less, AUROC unchanged (docs/model.md)."""
 
     score_every: int = 1
     smoothing: bool = True
