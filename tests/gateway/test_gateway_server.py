@@ -119,6 +119,10 @@ SMOOTHING = {
         pb.ScoringOptions(score_every=3, smoothing_filter="history", smoothing_min_confidence=0.01),
         lambda fps: ConfidenceSmoother(10, 0.01),
     ),
+    "history, as clients asked before the filter could be chosen": (
+        pb.ScoringOptions(score_every=3, smoothing=True, smoothing_min_confidence=0.01),
+        lambda fps: ConfidenceSmoother(10, 0.01),
+    ),
     "off": (pb.ScoringOptions(score_every=3, smoothing=False), lambda fps: None),
 }
 

@@ -158,6 +158,11 @@ def test_parquet_in_the_sarm_progress_schema(client: httpx.Client, videos: dict[
         smoothed.episodes[0].progress, [f["smoothed_progress"] for f in as_json["frames"]], atol=1e-6
     )
     assert smoothed.provenance["smoothing"] == {"filter": "one-euro", "cutoff_hz": 1.0, "beta": 0.5}
+    # A request that tunes the history smoother without naming a filter (as before the choice existed) gets it.
+    reply = score(client, videos["episode"], format="parquet", smoothing_min_confidence="0.5")
+    (tmp_path / "history.parquet").write_bytes(reply.content)
+    expected = {"filter": "history", "history": 10, "min_confidence": 0.5}
+    assert read_progress(tmp_path / "history.parquet").provenance["smoothing"] == expected
     # Off, the raw progress: what `sarm rabc` writes, and what the rest compares.
     reply = score(client, videos["episode"], format="parquet", smoothing="false")
     assert reply.status_code == 200, reply.text

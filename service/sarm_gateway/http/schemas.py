@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from sarm.scoring.curve import ScoringOptions
+from sarm_gateway.convert import implied_filter
 from sarm_gateway.episode import MAX_FPS
 from sarm_gateway.http.upload import FILE_FIELD
 
@@ -34,7 +35,8 @@ class ScoreForm(BaseModel):
     smoothing_filter: Literal["one-euro", "history"] = Field(
         "one-euro",
         description="one-euro: the one-euro filter, its gain scaled by the stage confidence squared; history: the "
-        "official code's confidence-weighted mean of the last smoothing_history confident scores.",
+        "official code's confidence-weighted mean of the last smoothing_history confident scores. Unset: one-euro, or "
+        "history where smoothing_history or smoothing_min_confidence is given.",
     )
     smoothing_history: int = Field(10, ge=1, description="history: scores the smoothing remembers.")
     smoothing_min_confidence: float = Field(
@@ -66,7 +68,11 @@ class ScoreForm(BaseModel):
         return ScoringOptions(
             self.score_every,
             self.smoothing,
-            self.smoothing_filter,
+            self.smoothing_filter
+            if "smoothing_filter" in self.model_fields_set
+            else implied_filter(
+                *(f in self.model_fields_set for f in ("smoothing_history", "smoothing_min_confidence"))
+            ),
             self.smoothing_history,
             self.smoothing_min_confidence,
             self.smoothing_cutoff_hz,
