@@ -258,7 +258,10 @@ def test_the_cli_reports_errors_in_one_line(served: RunningGateway, tmp_path: Pa
 def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, data_root: Path, tmp_path: Path) -> None:
     # A dataset no other test scored (nothing in the gateway's caches) and a held encoder: the job cannot finish
     # before the Ctrl-C reaches the CLI, however fast the machine.
-    write_dataset(data_root / "held", [synthetic_episode(LENGTH, seed) for seed in range(100, 100 + EPISODES)])
+    episodes = [synthetic_episode(LENGTH, seed) for seed in range(EPISODES)]
+    for i, episode in enumerate(episodes):  # the synthetic frames only encode time: mark these apart
+        next(iter(episode.frames.values()))[:, :4] = 250 - i
+    write_dataset(data_root / "held", episodes)
     env = {**os.environ, "PYTHONPATH": str(CLIENT_ROOT), "SARM_TOKEN": "trainer-token"}
     served.backend.gate = asyncio.Event()
     try:
