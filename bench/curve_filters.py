@@ -28,6 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -141,7 +145,29 @@ def stage_rows(
     return rows
 
 
-def measure(checkpoint: Path, root: Path) -> dict[str, Any]:
+def plot_examples(axes: Any, task: str, results: list[EpisodeResult], fps: float) -> None:
+    """A clean and a degraded successful demo: the truth, the raw curve and the served one."""
+    for ax, quality in zip(axes, ("clean", "degraded"), strict=True):
+        r = next((r for r in results if r.success and r.quality == quality), None)
+        if r is None:
+            ax.set_axis_off()
+            continue
+        seconds = np.arange(len(r.true_progress)) / fps
+        ax.plot(seconds, r.true_progress, color="black", lw=2, label="annotation")
+        ax.plot(seconds, r.scores.progress, lw=1, alpha=0.8, label="raw")
+        ax.plot(seconds, served_progress(r.scores, fps), lw=1.5, label="served (one-euro × c²)")
+        ax.set(
+            title=f"{task}: episode {r.episode} ({quality})", xlabel="time (s)", ylabel="progress", ylim=(-0.02, 1.02)
+        )
+        ax.legend(loc="upper left", fontsize=7)
+
+
+def task_name(root: Path) -> str:
+    """runs/quality/<task>/heldout is named by its task."""
+    return root.parent.name if root.name in ("heldout", "train") else root.name
+
+
+def measure(checkpoint: Path, root: Path, axes: Any) -> dict[str, Any]:
     ds = LeRobotDataset(root)
     _, results = evaluate_checkpoint(checkpoint, ds)
     proportions = ds.proportions() or {}
@@ -149,6 +175,7 @@ def measure(checkpoint: Path, root: Path) -> dict[str, Any]:
     class_of = checkpoint_classes(classes, vocabulary)
     if len(class_of) != len(vocabulary):
         raise ValueError(f"{root}'s stages {vocabulary} are not all among the checkpoint's {classes}")
+    plot_examples(axes, task_name(root), results, float(ds.fps))
     successful = [r for r in results if r.success is not False]
     return {
         "dataset": str(root),
@@ -208,13 +235,16 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     tasks = {}
-    for root in args.datasets:  # runs/quality/<task>/heldout is named by its task
-        tasks[root.parent.name if root.name in ("heldout", "train") else root.name] = measure(args.checkpoint, root)
+    figure, axes = plt.subplots(len(args.datasets), 2, figsize=(11, 3.2 * len(args.datasets)), squeeze=False)
+    for root, row in zip(args.datasets, axes, strict=True):
+        tasks[task_name(root)] = measure(args.checkpoint, root, row)
     report = {"checkpoint": str(args.checkpoint), "tasks": tasks, "wall_s": time.perf_counter() - start}
     print_tables(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    figure.tight_layout()
+    figure.savefig(args.out.with_suffix(".png"), dpi=100)
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

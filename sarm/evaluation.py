@@ -372,7 +372,8 @@ def evaluate_checkpoint(
 
 
 def _plot_examples(path: Path, runs: dict[str, list[EpisodeResult]], fps: float) -> list[str]:
-    """One PNG per quality (first episode of each): predicted progress of every checkpoint vs the truth."""
+    """One PNG per quality (first episode of each): predicted progress of every checkpoint, raw and as served, vs the
+    truth."""
     written = []
     first_run = next(iter(runs.values()))
     for quality in sorted({r.quality for r in first_run}):
@@ -382,7 +383,9 @@ def _plot_examples(path: Path, runs: dict[str, list[EpisodeResult]], fps: float)
         seconds = np.arange(len(ref.true_progress)) / fps
         ax.plot(seconds, ref.true_progress, color="black", lw=2, label="ground truth (stage-aware)")
         for name, results in runs.items():
-            ax.plot(seconds, results[index].scores.progress, lw=1.3, label=name)
+            [line] = ax.plot(seconds, results[index].scores.progress, lw=1.3, label=name)
+            served = served_progress(results[index].scores, fps)
+            ax.plot(seconds, served, lw=1.0, ls="--", color=line.get_color(), label=f"{name}, served (smoothed)")
         ax.set(
             xlabel="time (s)",
             ylabel="progress",
