@@ -284,6 +284,9 @@ def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, data_root:
             env=env,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell's background job starts with SIGINT ignored, and Python then leaves it so: give the CLI the
+            # Ctrl-C a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert process.stderr is not None
         line = process.stderr.readline()  # the first progress line names the job: "RA-BC job <id>: queued, ..."
@@ -292,8 +295,12 @@ def test_ctrl_c_cancels_the_job_and_exits_130(served: RunningGateway, data_root:
         time.sleep(0.5)
         assert client(served).status(job_id).state in ("queued", "running")  # held, as promised
         process.send_signal(signal.SIGINT)
-        rest = process.stderr.read()
-        assert process.wait(60) == 130 and "sarm-client: interrupted" in rest and "Traceback" not in rest
+        try:
+            _, rest = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError("the CLI did not stop within 60 s of Ctrl-C") from None
+        assert process.returncode == 130 and "sarm-client: interrupted" in rest and "Traceback" not in rest
     finally:
         served.open_gate()  # the cancelled job stops at its next check, once its encode is let through
         served.backend.gate = None
