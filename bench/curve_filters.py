@@ -42,6 +42,7 @@ from sarm.evaluation import (
     checkpoint_classes,
     curve_metrics,
     evaluate_checkpoint,
+    filtered_progress,
     served_progress,
     stage_changes,
     value_order_correlation,
@@ -55,13 +56,7 @@ SUCCESS_THRESHOLD = 0.9  # the RL client's default success_threshold (sarm_clien
 
 def filtered(make: Callable[[float], ProgressFilter]) -> Curve:
     """The curve a filter made by `make(fps)` gives over an episode's scored frames, as the gateway runs it."""
-
-    def curve(r: EpisodeResult, fps: float) -> np.ndarray:
-        f, s = make(fps), r.scores
-        steps = zip(s.frame_index, s.progress, s.confidence, strict=True)
-        return np.array([f.update(int(t), float(v), float(c)) for t, v, c in steps])
-
-    return curve
+    return lambda r, fps: filtered_progress(r.scores, make(fps))
 
 
 def low_pass(tau_s: float) -> Callable[[float], ProgressFilter]:

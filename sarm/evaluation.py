@@ -36,6 +36,7 @@ from sarm.device import CPU_PROVIDER, CUDA_PROVIDER, DeviceError, onnx_providers
 from sarm.embeddings import DatasetEmbeddings, load_embeddings, require_same_encoders
 from sarm.model.labels import progress_from_stage_tau, regress_labels, regress_start, stage_tau_labels
 from sarm.model.modeling_sarm import SARM
+from sarm.model.progress import ProgressFilter
 from sarm.model.windows import WINDOW_FRAMES, stride_frames
 from sarm.scoring.curve import ScoringOptions
 from sarm.scoring.engine import Encoded, Engine, EngineCaches, Instruction, instruction_key
@@ -109,12 +110,17 @@ def value_order_correlation(progress: np.ndarray) -> float:
     return float(spearmanr(progress, np.arange(len(progress))).statistic)
 
 
+def filtered_progress(scores: EpisodeScores, progress_filter: ProgressFilter) -> np.ndarray:
+    """A fresh filter's smoothed progress over the scored frames, in order, as the gateway runs it."""
+    steps = zip(scores.frame_index, scores.progress, scores.confidence, strict=True)
+    return np.array([progress_filter.update(int(t), float(v), float(c)) for t, v, c in steps])
+
+
 def served_progress(scores: EpisodeScores, fps: float) -> np.ndarray:
     """The smoothed progress the gateway serves beside the raw one: its default filter over the scored frames."""
     progress_filter = ScoringOptions().smoother(fps)
     assert progress_filter is not None  # smoothing is on by default
-    steps = zip(scores.frame_index, scores.progress, scores.confidence, strict=True)
-    return np.array([progress_filter.update(int(t), float(v), float(c)) for t, v, c in steps])
+    return filtered_progress(scores, progress_filter)
 
 
 def curve_metrics(results: list[EpisodeResult], curves: dict[int, np.ndarray]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -39,7 +40,8 @@ def interpolate(frames: np.ndarray, values: np.ndarray, length: int) -> np.ndarr
     return np.interp(np.arange(length), frames, values).astype(np.float32)
 
 
-SMOOTHING_FILTERS = ("one-euro", "history")  # OneEuroFilter (the default), ConfidenceSmoother (the official one)
+SmoothingFilter = Literal["one-euro", "history"]  # OneEuroFilter (the default), ConfidenceSmoother (the official one)
+SMOOTHING_FILTERS: tuple[str, ...] = get_args(SmoothingFilter)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,12 @@ class ScoringOptions:
         if self.smoothing_filter == "history":
             return ConfidenceSmoother(self.smoothing_history, self.smoothing_min_confidence)
         return OneEuroFilter(fps, self.smoothing_cutoff_hz, self.smoothing_beta)
+
+
+def implied_filter(sets_history_settings: bool) -> str:
+    """The filter of a request that names none: the history smoother where it sets that smoother's settings (as every
+    client did before the filter could be chosen, so they keep what they asked for), else the default."""
+    return "history" if sets_history_settings else ScoringOptions.smoothing_filter
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sarm.scoring.curve import FrameResult, ScoringOptions
+from sarm.scoring.curve import FrameResult, ScoringOptions, implied_filter
 from sarm.scoring.engine import Engine, Instruction
 from sarm.scoring.images import FrameData
 from sarm.scoring.score_cache import WindowScore
@@ -35,12 +35,6 @@ def request_bytes(request: pb.ScoreWindowRequest | pb.ScoreFramesRequest | pb.St
     return images + rest + 16 * len(frames)  # tags, lengths and raw shapes: under 16 bytes a frame
 
 
-def implied_filter(*history_settings: object) -> str:
-    """The filter of a request that names none: the history smoother where it sets that smoother's settings (as every
-    client did before the filter could be chosen, so they keep what they asked for), else the default."""
-    return "history" if any(history_settings) else ScoringOptions().smoothing_filter
-
-
 def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
     """Unset fields take their defaults: zero ones too where proto3 cannot tell unset from 0."""
     defaults = ScoringOptions()
@@ -48,7 +42,7 @@ def options_from_proto(options: pb.ScoringOptions) -> ScoringOptions:
         score_every=options.score_every or defaults.score_every,
         smoothing=options.smoothing if options.HasField("smoothing") else defaults.smoothing,
         smoothing_filter=options.smoothing_filter
-        or implied_filter(options.smoothing_history, options.smoothing_min_confidence),
+        or implied_filter(bool(options.smoothing_history or options.smoothing_min_confidence)),
         smoothing_history=options.smoothing_history or defaults.smoothing_history,
         smoothing_min_confidence=options.smoothing_min_confidence or defaults.smoothing_min_confidence,
         smoothing_cutoff_hz=(

@@ -8,8 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from sarm.scoring.curve import ScoringOptions
-from sarm_gateway.convert import implied_filter
+from sarm.scoring.curve import ScoringOptions, SmoothingFilter, implied_filter
 from sarm_gateway.episode import MAX_FPS
 from sarm_gateway.http.upload import FILE_FIELD
 
@@ -32,7 +31,7 @@ class ScoreForm(BaseModel):
     )
     score_every: int = Field(1, ge=1, description="Score every N-th frame (frame 0 always).")
     smoothing: bool = Field(True, description="Add smoothed progress (a causal filter) beside the raw progress.")
-    smoothing_filter: Literal["one-euro", "history"] = Field(
+    smoothing_filter: SmoothingFilter = Field(
         "one-euro",
         description="one-euro: the one-euro filter, its gain scaled by the stage confidence squared; history: the "
         "official code's confidence-weighted mean of the last smoothing_history confident scores. Unset: one-euro, or "
@@ -70,9 +69,7 @@ class ScoreForm(BaseModel):
             self.smoothing,
             self.smoothing_filter
             if "smoothing_filter" in self.model_fields_set
-            else implied_filter(
-                *(f in self.model_fields_set for f in ("smoothing_history", "smoothing_min_confidence"))
-            ),
+            else implied_filter(bool({"smoothing_history", "smoothing_min_confidence"} & self.model_fields_set)),
             self.smoothing_history,
             self.smoothing_min_confidence,
             self.smoothing_cutoff_hz,
